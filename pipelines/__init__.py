@@ -1,0 +1,1 @@
+"""How steps are assembled: spec validation, the Beam DAG, runs and the ``agentmill`` command."""

@@ -1,0 +1,95 @@
+"""Plan -> Beam DAG: apply each step in topological order and wire in the run artifacts.
+
+Besides the dataset shards (written by the ``write`` step), every run writes into its working
+directory: ``ledger.json`` (the summed per-step accounting), ``rejected/<step>.jsonl`` (every
+filtered record and dead letter, sorted) and ``shards.json`` (what each shard holds).
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+import transforms.coders  # noqa: F401  (registers the record coders)
+from pipelines.graph import Plan
+from transforms.base import LEDGER, MAIN, REJECTED
+
+LEDGER_FILE = "ledger.json"
+SHARDS_FILE = "shards.json"
+REJECTED_DIR = "rejected"
+
+
+def _write_text(path: str, text: str) -> None:
+    with FileSystems.create(path) as handle:
+        handle.write(text.encode("utf-8"))
+
+
+class _WriteJson(beam.DoFn):
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def process(self, items: list[Any]) -> None:
+        _write_text(self.path, json.dumps(sorted(items), ensure_ascii=False))
+
+
+class _WriteRejected(beam.DoFn):
+    """Writes one step's rejected records, sorted, as ``rejected/<step>.jsonl``."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def process(self, element: tuple[str, Iterable[str]]) -> None:
+        step_id, records = element
+        lines = sorted(records)
+        _write_text(FileSystems.join(self.directory, f"{step_id}.jsonl"), "".join(line + "\n" for line in lines))
+
+
+def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str) -> None:
+    """Add the plan's steps and the run artifacts to ``pipeline``."""
+    outputs: dict[tuple[str, str], beam.PCollection] = {}
+    rejected, ledgers, shard_infos = [], [], None
+    for planned in plan.steps:
+        step = planned.instantiate(plan.spec.seed, plan.base_dir, work_dir)
+        if not planned.inputs:
+            result = pipeline | step
+        else:
+            upstream = {(f"{i}" if p == MAIN else f"{i}.{p}"): outputs[(i, p)] for i, p in planned.inputs}
+            if step.fan_in == "named":
+                result = upstream | step
+            elif len(upstream) == 1:
+                result = next(iter(upstream.values())) | step
+            else:
+                merged = tuple(upstream.values()) | f"{planned.id}/Merge" >> beam.Flatten()
+                merged.element_type = planned.cls.input_type
+                result = merged | step
+        for port in step.output_ports():
+            outputs[(planned.id, port)] = result[port]
+        rejected.append(result[REJECTED])
+        ledgers.append(result[LEDGER])
+        if planned is plan.sink:
+            shard_infos = result[MAIN]
+
+    (
+        tuple(ledgers)
+        | "Run/Ledger/Merge" >> beam.Flatten()
+        | "Run/Ledger/Sum" >> beam.CombinePerKey(sum)
+        | "Run/Ledger/List" >> beam.combiners.ToList()
+        | "Run/Ledger/Write" >> beam.ParDo(_WriteJson(FileSystems.join(work_dir, LEDGER_FILE)))
+    )
+    merged_rejected = tuple(rejected) | "Run/Rejected/Merge" >> beam.Flatten()
+    merged_rejected.element_type = beam.typehints.KV[str, str]
+    (
+        merged_rejected
+        | "Run/Rejected/Group" >> beam.GroupByKey()
+        | "Run/Rejected/Write" >> beam.ParDo(_WriteRejected(FileSystems.join(work_dir, REJECTED_DIR)))
+    )
+    (
+        shard_infos
+        | "Run/Shards/List" >> beam.combiners.ToList()
+        | "Run/Shards/Write" >> beam.ParDo(_WriteJson(FileSystems.join(work_dir, SHARDS_FILE)))
+    )

@@ -1,0 +1,160 @@
+"""The ``agentmill`` command: run, validate, graph and inspect pipelines.
+
+User errors (bad specs, missing inputs, unwritable outputs) print one clear message and exit 2;
+add ``--debug`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.errors import AgentmillError, OutputError
+from pipelines.publish import MANIFEST, is_agentmill_output
+from pipelines.report import ledger_rows
+from schemas import Manifest
+
+console = Console(stderr=True)
+stdout = Console()
+
+
+def _ledger_table(manifest: Manifest) -> Table:
+    table = Table(title=f"{manifest.name}: ledger", show_lines=False)
+    for column, justify in (("step", "left"), ("type", "left"), ("in", "right"), ("passed", "right"),
+                            ("filtered", "left"), ("dead letters", "left"), ("emitted", "right")):
+        table.add_column(column, justify=justify)
+    for row in ledger_rows(manifest):
+        table.add_row(*(str(v) for v in row))
+    return table
+
+
+def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from pipelines.graph import load_plan
+    from pipelines.run import run_plan
+
+    plan = load_plan(args.spec)
+    started = time.monotonic()
+    with console.status("[bold]preparing", spinner="dots") as status:
+
+        def on_stage(stage: str) -> None:
+            status.update(f"[bold]{plan.spec.name}[/]: {stage} ({time.monotonic() - started:.0f}s)")
+            if not args.quiet:
+                console.log(stage)
+
+        summary = run_plan(plan, args.output, beam_args, on_stage=on_stage)
+    out = summary.manifest.output
+    if not args.quiet:
+        console.print(_ledger_table(summary.manifest))
+    console.print(
+        f"[green]wrote[/] {out.num_rows} samples in {len(out.shards)} shard(s) to {summary.output} "
+        f"({out.tokens} tokens, {out.supervised_tokens} supervised) in {summary.seconds:.1f}s"
+    )
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pipelines.graph import load_plan
+    from pipelines.run import collect_inputs
+
+    plan = load_plan(args.spec)
+    inputs = collect_inputs(plan) if not args.no_inputs else []
+    console.print(f"[green]ok[/] {args.spec}: {len(plan.steps)} steps, {len(inputs)} input files")
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from pipelines.graph import load_plan, mermaid
+
+    stdout.out(mermaid(load_plan(args.spec)), end="")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    directory = args.directory
+    if not is_agentmill_output(directory):
+        raise OutputError(f"{directory!r} is not an agentmill output (no manifest.json)")
+    with open(os.path.join(directory, MANIFEST), encoding="utf-8") as handle:
+        manifest = Manifest.model_validate(json.load(handle))
+    if args.json:
+        stdout.out(manifest.dump_json())
+        return 0
+    out = manifest.output
+    stdout.print(f"[bold]{manifest.name}[/]  rows {out.num_rows}  shards {len(out.shards)}  "
+                 f"tokens {out.tokens}  supervised {out.supervised_tokens}  spec {manifest.spec_hash}")
+    if out.by_kind:
+        stdout.print("by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(out.by_kind.items())))
+    import pyarrow as pa
+
+    if out.shards:
+        with pa.memory_map(os.path.join(directory, out.shards[0].filename)) as source:
+            schema = pa.ipc.open_stream(source).schema
+        stdout.print("[bold]schema[/]")
+        stdout.out(schema.remove_metadata().to_string())
+    stdout.print(_ledger_table(manifest))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentmill", description="Agent trajectories -> fine-tuning data, as Beam pipelines.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a pipeline spec", description="Run SPEC; Beam options go after '--'.")
+    run.add_argument("spec")
+    run.add_argument("--output", "-o", required=True, help="output directory (published atomically)")
+    run.add_argument("--quiet", "-q", action="store_true")
+    run.set_defaults(handler=cmd_run)
+
+    validate = sub.add_parser("validate", help="check a spec without running it")
+    validate.add_argument("spec")
+    validate.add_argument("--no-inputs", action="store_true", help="do not check that input paths exist")
+    validate.set_defaults(handler=cmd_validate)
+
+    graph = sub.add_parser("graph", help="print the DAG as Mermaid text")
+    graph.add_argument("spec")
+    graph.set_defaults(handler=cmd_graph)
+
+    inspect = sub.add_parser("inspect", help="summarise an output directory")
+    inspect.add_argument("directory")
+    inspect.add_argument("--json", action="store_true", help="print the manifest")
+    inspect.set_defaults(handler=cmd_inspect)
+    return parser
+
+
+def split_beam_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    argv = list(argv)
+    if "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1 :]
+    return argv, []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    own, beam_args = split_beam_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(own)
+    try:
+        if args.command == "run":
+            return cmd_run(args, beam_args)
+        if beam_args:
+            parser.error("Beam options after '--' are only for 'run'")
+        return args.handler(args)
+    except AgentmillError as exc:
+        if args.debug:
+            raise
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/]; nothing was published")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

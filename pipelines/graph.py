@@ -1,0 +1,207 @@
+"""Spec -> validated plan: the DAG checked before anything runs.
+
+Checks, each reported with the spec file and the step id: YAML syntax and duplicate keys,
+unknown keys, unknown step types, invalid step configs, unknown or missing inputs and ports,
+cycles, type mismatches between connected steps, unconsumed outputs, and exactly one ``write``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from pipelines.errors import SpecError
+from pipelines.registry import UnknownStepType, resolve_step_type
+from pipelines.yaml_loader import safe_load
+from schemas import PipelineSpec, StepSpec, content_hash
+from transforms.base import MAIN, Step, StepConfig, StepContext
+
+
+@dataclass
+class PlannedStep:
+    spec: StepSpec
+    cls: type[Step]
+    config: StepConfig
+    inputs: list[tuple[str, str]]  # (upstream step id, port)
+    config_hash: str
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def context(self, seed: int, base_dir: str, output_dir: str | None) -> StepContext:
+        return StepContext(step_id=self.id, seed=seed, base_dir=base_dir, output_dir=output_dir, config_hash=self.config_hash)
+
+    def instantiate(self, seed: int, base_dir: str, output_dir: str | None = None) -> Step:
+        return self.cls(self.config, self.context(seed, base_dir, output_dir))
+
+
+@dataclass
+class Plan:
+    path: str
+    base_dir: str
+    spec: PipelineSpec
+    steps: list[PlannedStep]  # topological order
+    spec_hash: str
+    by_id: dict[str, PlannedStep] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.by_id = {s.id: s for s in self.steps}
+
+    @property
+    def sink(self) -> PlannedStep:
+        return next(s for s in self.steps if s.spec.type == "write")
+
+
+def format_errors(errors: list[Any]) -> str:
+    """One line from pydantic error dicts: unknown and missing keys named plainly."""
+    parts = []
+    for error in errors:
+        loc = ".".join(str(p) for p in error["loc"])
+        if error["type"] == "extra_forbidden":
+            parts.append(f"unknown key {loc!r}")
+        elif error["type"] == "missing":
+            parts.append(f"missing key {loc!r}")
+        else:
+            parts.append(f"{loc}: {error['msg']}" if loc else error["msg"])
+    return "; ".join(parts)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    return format_errors(exc.errors())
+
+
+def load_spec(path: str) -> PipelineSpec:
+    """Read and validate a spec file (structure only; :func:`plan_spec` checks the DAG)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise SpecError(path, f"cannot read spec: {exc.strerror}") from None
+    try:
+        raw = safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(path, f"invalid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(path, "a spec must be a mapping with 'name' and 'steps'")
+    try:
+        return PipelineSpec.model_validate(raw)
+    except ValidationError as exc:
+        step_errors: dict[Any, list[str]] = {}
+        for error in exc.errors():
+            loc = error["loc"]
+            if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+                steps = raw.get("steps") or []
+                step = steps[loc[1]] if loc[1] < len(steps) and isinstance(steps[loc[1]], dict) else {}
+                step_id = step.get("id", f"#{loc[1] + 1}")
+                step_errors.setdefault(step_id, []).append(format_errors([{**error, "loc": loc[2:]}]))
+        if step_errors:
+            step_id, messages = next(iter(step_errors.items()))
+            raise SpecError(path, "; ".join(messages), step_id=str(step_id)) from None
+        raise SpecError(path, format_validation_error(exc)) from None
+
+
+def _parse_input(ref: str) -> tuple[str, str]:
+    step_id, _, port = ref.partition(".")
+    return step_id, port or MAIN
+
+
+def _topological(path: str, steps: list[PlannedStep]) -> list[PlannedStep]:
+    order: list[PlannedStep] = []
+    done: set[str] = set()
+    remaining = list(steps)
+    while remaining:
+        ready = [s for s in remaining if all(i in done for i, _ in s.inputs)]
+        if not ready:
+            cycle = " -> ".join(s.id for s in remaining)
+            raise SpecError(path, f"the steps form a cycle: {cycle}", step_id=remaining[0].id)
+        for step in ready:
+            order.append(step)
+            done.add(step.id)
+        remaining = [s for s in remaining if s.id not in done]
+    return order
+
+
+def _accepts(expected: type | None, given: type | None) -> bool:
+    if expected is None or expected is Any:
+        return True
+    return given is not None and isinstance(given, type) and issubclass(given, expected)
+
+
+def plan_spec(spec: PipelineSpec, path: str, base_dir: str) -> Plan:
+    """Validate the DAG of ``spec`` and return its steps in topological order."""
+    seen: set[str] = set()
+    planned: list[PlannedStep] = []
+    for step in spec.steps:
+        if step.id in seen:
+            raise SpecError(path, "duplicate step id", step_id=step.id)
+        seen.add(step.id)
+        try:
+            cls = resolve_step_type(step.type)
+        except UnknownStepType as exc:
+            raise SpecError(path, str(exc), step_id=step.id) from None
+        try:
+            config = cls.config_model.model_validate(step.config)
+        except ValidationError as exc:
+            raise SpecError(path, f"invalid config: {format_validation_error(exc)}", step_id=step.id) from None
+        inputs = [_parse_input(ref) for ref in step.inputs]
+        config_hash = content_hash({"type": step.type, "config": config.model_dump(mode="json")}, 16)
+        planned.append(PlannedStep(step, cls, config, inputs, config_hash))
+
+    by_id = {s.id: s for s in planned}
+    consumed: set[tuple[str, str]] = set()
+    for step in planned:
+        if step.cls.input_type is None and step.inputs:
+            raise SpecError(path, f"a {step.spec.type!r} step reads no inputs, but 'inputs' is set", step_id=step.id)
+        if step.cls.input_type is not None and not step.inputs:
+            raise SpecError(path, "missing 'inputs': this step needs at least one upstream step", step_id=step.id)
+        for upstream_id, port in step.inputs:
+            upstream = by_id.get(upstream_id)
+            if upstream is None:
+                raise SpecError(path, f"input {upstream_id!r} is not a step of this spec", step_id=step.id)
+            ports = {MAIN: upstream.cls.output_type, **upstream.cls.extra_outputs}
+            if upstream.cls.output_type is None and port == MAIN:
+                raise SpecError(path, f"input {upstream_id!r} is a sink and has no output", step_id=step.id)
+            if port not in ports:
+                raise SpecError(path, f"step {upstream_id!r} has no output port {port!r}; ports: {', '.join(ports)}", step_id=step.id)
+            if not _accepts(step.cls.input_type, ports[port]):
+                given = getattr(ports[port], "__name__", ports[port])
+                raise SpecError(
+                    path,
+                    f"type mismatch: expects {step.cls.input_type.__name__} records but input "
+                    f"{upstream_id + ('' if port == MAIN else '.' + port)!r} gives {given}",
+                    step_id=step.id,
+                )
+            consumed.add((upstream_id, port))
+
+    order = _topological(path, planned)
+    writes = [s for s in planned if s.spec.type == "write"]
+    if len(writes) != 1:
+        raise SpecError(path, f"a spec needs exactly one 'write' step, found {len(writes)}")
+    for step in planned:
+        if step.cls.output_type is not None and (step.id, MAIN) not in consumed:
+            raise SpecError(path, "its output is not used by any step; connect it or remove it", step_id=step.id)
+    spec_hash = content_hash(spec.model_dump(mode="json"), 16)
+    return Plan(path=path, base_dir=base_dir, spec=spec, steps=order, spec_hash=spec_hash)
+
+
+def load_plan(path: str) -> Plan:
+    """Load, validate and plan the spec at ``path``; relative data paths start at its folder."""
+    spec = load_spec(path)
+    return plan_spec(spec, path, os.path.dirname(os.path.abspath(path)))
+
+
+def mermaid(plan: Plan) -> str:
+    """The DAG as Mermaid ``flowchart`` text."""
+    lines = ["flowchart LR"]
+    for step in plan.steps:
+        lines.append(f'  {step.id}["{step.id}<br/><i>{step.spec.type}</i>"]')
+    for step in plan.steps:
+        for upstream, port in step.inputs:
+            arrow = "-->" if port == MAIN else f"-->|{port}|"
+            lines.append(f"  {upstream} {arrow} {step.id}")
+    return "\n".join(lines) + "\n"

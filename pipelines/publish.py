@@ -1,0 +1,71 @@
+"""Output directories: a run writes into a working directory and publishes it atomically.
+
+The working directory ``<parent>/.<name>.agentmill-tmp`` carries a marker file; a crashed run
+leaves only that, never a directory that looks complete, and the next run removes it. An existing
+output is replaced only if it is an earlier agentmill output (it holds an agentmill manifest) or
+an empty directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from pipelines.errors import OutputError
+
+MARKER = ".agentmill-incomplete"
+MANIFEST = "manifest.json"
+
+
+def _check_local(output: str) -> None:
+    if "://" in output:
+        raise OutputError(f"{output!r}: only local output directories can be published atomically")
+
+
+def is_agentmill_output(path: str) -> bool:
+    try:
+        with open(os.path.join(path, MANIFEST), encoding="utf-8") as handle:
+            return "agentmill_version" in json.load(handle)
+    except (OSError, ValueError):
+        return False
+
+
+def work_dir_for(output: str) -> str:
+    parent, name = os.path.split(os.path.abspath(output))
+    return os.path.join(parent, f".{name}.agentmill-tmp")
+
+
+def prepare(output: str) -> str:
+    """Check ``output`` may be written and return a fresh working directory for the run."""
+    _check_local(output)
+    output = os.path.abspath(output)
+    if os.path.exists(output):
+        if not os.path.isdir(output):
+            raise OutputError(f"{output!r} exists and is not a directory")
+        if os.listdir(output) and not is_agentmill_output(output):
+            raise OutputError(f"refusing to overwrite {output!r}: it is not empty and not an agentmill output")
+    work = work_dir_for(output)
+    if os.path.exists(work):
+        if not os.path.exists(os.path.join(work, MARKER)):
+            raise OutputError(f"{work!r} exists but is not an agentmill working directory; remove it")
+        shutil.rmtree(work)
+    os.makedirs(work)
+    with open(os.path.join(work, MARKER), "w", encoding="utf-8") as handle:
+        handle.write("incomplete agentmill run; safe to delete\n")
+    return work
+
+
+def publish(work: str, output: str) -> None:
+    """Move the finished working directory to ``output`` (replacing an earlier output)."""
+    output = os.path.abspath(output)
+    os.remove(os.path.join(work, MARKER))
+    old = None
+    if os.path.exists(output):
+        old = f"{work}.old"
+        if os.path.exists(old):
+            shutil.rmtree(old)
+        os.rename(output, old)
+    os.rename(work, output)
+    if old:
+        shutil.rmtree(old)

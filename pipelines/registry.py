@@ -1,0 +1,76 @@
+"""Step types by name: built-ins, dotted paths (``pkg.module:Class``) and entry points.
+
+Built-ins are found, not listed: every ``transforms`` module that defines a Step subclass with a
+``type_name`` provides that name. A module of a user's package is referenced by dotted path, or
+registered under the ``agentmill.transforms`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import pkgutil
+from importlib.metadata import entry_points
+
+import transforms
+from transforms.base import Step
+
+ENTRY_POINT_GROUP = "agentmill.transforms"
+
+
+@functools.cache
+def builtin_steps() -> dict[str, str]:
+    """Name -> ``module:Class`` of every built-in step in the ``transforms`` package."""
+    found: dict[str, str] = {}
+    for module_info in pkgutil.iter_modules(transforms.__path__):
+        module = importlib.import_module(f"transforms.{module_info.name}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, Step) and cls.__module__ == module.__name__ and cls.type_name:
+                if cls.type_name in found:
+                    raise RuntimeError(f"two built-in steps are named {cls.type_name!r}")
+                found[cls.type_name] = f"{module.__name__}:{cls.__qualname__}"
+    return found
+
+
+class UnknownStepType(LookupError):
+    pass
+
+
+def _load(target: str) -> type:
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise UnknownStepType(f"{target!r} is not of the form 'package.module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownStepType(f"cannot import {module_name!r}: {exc}") from None
+    try:
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise UnknownStepType(f"module {module_name!r} has no {attr!r}") from None
+    return obj
+
+
+def available_steps() -> dict[str, str]:
+    """Name -> target of every step type known by name (built-ins first, then entry points)."""
+    known = dict(builtin_steps())
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        known.setdefault(ep.name, ep.value)
+    return known
+
+
+def resolve_step_type(name: str) -> type[Step]:
+    """The Step class for a spec ``type``; raises :class:`UnknownStepType` with the known names."""
+    if ":" in name:
+        cls = _load(name)
+    else:
+        known = available_steps()
+        if name not in known:
+            raise UnknownStepType(f"unknown step type {name!r}; known: {', '.join(sorted(known))}, or 'package.module:Class'")
+        cls = _load(known[name])
+    if not (isinstance(cls, type) and issubclass(cls, Step)):
+        raise UnknownStepType(f"{name!r} is not a transforms.base.Step subclass")
+    return cls

@@ -1,0 +1,227 @@
+"""Running a plan: inputs fingerprinted, Beam pipeline run, ledger checked, output published.
+
+A run never publishes unless every step's ledger balances (``in == passed + filtered +
+dead_letter``), every step received exactly what its inputs emitted, and the shards hold exactly
+what the ``write`` step accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.build import LEDGER_FILE, REJECTED_DIR, SHARDS_FILE, build
+from pipelines.errors import RunError, SpecError
+from pipelines.graph import Plan, load_plan
+from pipelines.publish import MANIFEST, prepare, publish
+from pipelines.report import write_report
+from schemas import InputFile, Manifest, OutputInfo, ShardInfo, StepLedger
+from transforms.base import DEAD_LETTER, EMITTED, FILTERED, IN, MAIN, PASSED, PORT, STAT
+from transforms.files import InputError, fingerprint
+from transforms.write import Write, shard_filename, shard_schema, write_shard
+
+
+def agentmill_version() -> str:
+    try:
+        return version("agentmill")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def make_options(beam_args: list[str]) -> tuple[PipelineOptions, Any]:
+    """Beam options from the command line; the runner defaults to the in-process FnApiRunner."""
+    options = PipelineOptions(beam_args)
+    runner = options.view_as(StandardOptions).runner
+    if runner is None:
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return options, FnApiRunner()
+    return options, runner
+
+
+def collect_inputs(plan: Plan) -> list[InputFile]:
+    """Fingerprints of every input file; a path that matches nothing is a spec error."""
+    inputs = []
+    for planned in plan.steps:
+        step = planned.instantiate(plan.spec.seed, plan.base_dir)
+        files_of = getattr(step, "input_files", None)
+        if files_of is None:
+            continue
+        try:
+            files = files_of()
+        except InputError as exc:
+            raise SpecError(plan.path, str(exc), step_id=planned.id) from None
+        for path in files:
+            fp = fingerprint(path)
+            inputs.append(InputFile(step=planned.id, path=fp.path, bytes=fp.bytes, sha256=fp.sha256))
+    return inputs
+
+
+def read_ledger(plan: Plan, work: str) -> dict[str, StepLedger]:
+    with open(os.path.join(work, LEDGER_FILE), encoding="utf-8") as handle:
+        entries = json.load(handle)
+    ledgers = {s.id: StepLedger(type=s.spec.type) for s in plan.steps}
+    for (step_id, category, reason), n in entries:
+        ledger = ledgers[step_id]
+        if category == IN:
+            ledger.in_ += n
+        elif category == PASSED:
+            ledger.passed += n
+        elif category == EMITTED:
+            ledger.emitted += n
+        elif category == FILTERED:
+            ledger.filtered[reason] = ledger.filtered.get(reason, 0) + n
+        elif category == DEAD_LETTER:
+            ledger.dead_letter[reason] = ledger.dead_letter.get(reason, 0) + n
+        elif category == PORT:
+            ledger.ports[reason] = ledger.ports.get(reason, 0) + n
+        elif category == STAT:
+            ledger.stats[reason] = ledger.stats.get(reason, 0) + n
+    return ledgers
+
+
+def check_ledger(plan: Plan, ledgers: dict[str, StepLedger], rows_written: int) -> None:
+    """Raise :class:`RunError` unless every record is accounted for, step by step."""
+    problems = []
+    for planned in plan.steps:
+        ledger = ledgers[planned.id]
+        if not ledger.balanced():
+            problems.append(
+                f"step {planned.id!r}: in={ledger.in_} but passed={ledger.passed} + filtered="
+                f"{sum(ledger.filtered.values())} + dead_letter={sum(ledger.dead_letter.values())}"
+            )
+        if planned.inputs:
+            received = sum(
+                ledgers[i].emitted if port == MAIN else ledgers[i].ports.get(port, 0) for i, port in planned.inputs
+            )
+            if received != ledger.in_:
+                problems.append(f"step {planned.id!r}: inputs emitted {received} records but it counted {ledger.in_}")
+    sink = ledgers[plan.sink.id]
+    if sink.passed != rows_written:
+        problems.append(f"write step accepted {sink.passed} samples but the shards hold {rows_written}")
+    if problems:
+        raise RunError("the run's accounting does not add up:\n  " + "\n  ".join(problems))
+
+
+def finish_shards(plan: Plan, work: str) -> list[ShardInfo]:
+    """Shard infos in index order; shards that received no rows are written empty."""
+    with open(os.path.join(work, SHARDS_FILE), encoding="utf-8") as handle:
+        infos = {i.filename: i for i in (ShardInfo.model_validate_json(text) for text in json.load(handle))}
+    count = len(infos)
+    if infos:
+        count = int(next(iter(infos)).split("-of-")[1].split(".")[0])
+    config = plan.sink.config
+    if not infos:
+        count = getattr(config, "num_shards", None) or 1
+    shards = []
+    for index in range(count):
+        name = shard_filename(index, count)
+        if name not in infos:
+            infos[name] = write_shard(os.path.join(work, name), [], shard_schema(), 1)
+        shards.append(infos[name])
+    return shards
+
+
+def write_dataset_files(work: str, shards: list[ShardInfo], fingerprint_: str) -> None:
+    """``state.json`` and ``dataset_info.json`` as ``datasets.Dataset.save_to_disk`` writes them."""
+    import datasets
+
+    schema = shard_schema()
+    info = datasets.DatasetInfo(features=datasets.Features.from_arrow_schema(schema))
+    state = {
+        "_data_files": [{"filename": s.filename} for s in shards],
+        "_fingerprint": fingerprint_,
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    }
+    with open(os.path.join(work, "state.json"), "w", encoding="utf-8") as handle:
+        json.dump(state, handle, indent=2, sort_keys=True)
+    with open(os.path.join(work, "dataset_info.json"), "w", encoding="utf-8") as handle:
+        # First-level keys only: sorting nested keys would reorder the struct fields of features.
+        as_dict = asdict(info)
+        json.dump({key: as_dict[key] for key in sorted(as_dict)}, handle, indent=2)
+
+
+@dataclass
+class RunSummary:
+    output: str
+    manifest: Manifest
+    seconds: float
+
+
+def run_plan(
+    plan: Plan,
+    output: str,
+    beam_args: list[str] | None = None,
+    on_stage: Callable[[str], None] = lambda stage: None,
+) -> RunSummary:
+    """Run ``plan`` and publish its output to ``output``."""
+    beam_args = list(beam_args or [])
+    on_stage("fingerprinting inputs")
+    inputs = collect_inputs(plan)
+    work = prepare(output)
+    options, runner = make_options(beam_args)
+    started = time.monotonic()
+    on_stage("running pipeline")
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    build(pipeline, plan, work)
+    try:
+        state = pipeline.run().wait_until_finish()
+    except Exception as exc:
+        raise RunError(f"the pipeline failed: {type(exc).__name__}: {exc}") from exc
+    if state not in (None, "DONE", beam.runners.runner.PipelineState.DONE):
+        raise RunError(f"the pipeline ended in state {state}")
+    seconds = time.monotonic() - started
+
+    on_stage("checking the ledger")
+    os.makedirs(os.path.join(work, REJECTED_DIR), exist_ok=True)
+    shards = finish_shards(plan, work)
+    ledgers = read_ledger(plan, work)
+    check_ledger(plan, ledgers, sum(s.rows for s in shards))
+    os.remove(os.path.join(work, SHARDS_FILE))
+    os.remove(os.path.join(work, LEDGER_FILE))
+
+    sink = ledgers[plan.sink.id]
+    manifest = Manifest(
+        agentmill_version=agentmill_version(),
+        name=plan.spec.name,
+        spec=plan.spec.model_dump(mode="json"),
+        spec_hash=plan.spec_hash,
+        config_hashes={s.id: s.config_hash for s in plan.steps},
+        inputs=inputs,
+        steps=ledgers,
+        output=OutputInfo(
+            num_rows=sum(s.rows for s in shards),
+            shards=shards,
+            tokens=sink.stats.get("tokens", 0),
+            supervised_tokens=sink.stats.get("supervised_tokens", 0),
+            by_kind={k.split(":", 1)[1]: v for k, v in sink.stats.items() if k.startswith("kind:")},
+        ),
+        run={"runner": type(runner).__name__ if not isinstance(runner, str) else runner, "beam_args": beam_args, "seconds": round(seconds, 3)},
+    )
+    on_stage("publishing")
+    write_dataset_files(work, shards, "".join(s.sha256 for s in shards)[:16] or plan.spec_hash)
+    write_report(work, manifest)
+    with open(os.path.join(work, MANIFEST), "w", encoding="utf-8") as handle:
+        handle.write(manifest.dump_json())
+    publish(work, output)
+    return RunSummary(output=os.path.abspath(output), manifest=manifest, seconds=seconds)
+
+
+def run_spec(spec_path: str, output: str, beam_args: list[str] | None = None, **kwargs: Any) -> RunSummary:
+    """Load, validate and run the spec at ``spec_path``."""
+    return run_plan(load_plan(spec_path), output, beam_args, **kwargs)
+
+
+__all__ = ["RunSummary", "Write", "run_plan", "run_spec"]

@@ -1,0 +1,89 @@
+"""``Sample``: one training conversation, the record the shards hold."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.arrow import JsonField
+from schemas.tools import ToolCall, ToolSpec
+from schemas.trajectory import Role
+
+SampleKind = Literal["agent", "general", "negative", "instruction"]
+
+
+class Capability(str, Enum):
+    """Agent-FLAN's capability decomposition of assistant turns, plus general chat."""
+
+    REASONING = "reasoning"
+    RETRIEVAL = "retrieval"
+    UNDERSTANDING = "understanding"
+    INSTRUCTION_FOLLOWING = "instruction_following"
+    GENERAL = "general"
+
+
+class Message(BaseModel):
+    """One chat message. Only messages with ``loss=True`` are supervised in training."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    content: str
+    loss: bool = False
+    capability: Capability | None = None
+    tool_call: ToolCall | None = None
+
+
+class Lineage(BaseModel):
+    """Where a sample came from and which steps made it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    source_id: str
+    trajectory_id: str | None = None
+    task: str | None = None
+    derivation: str = ""
+    steps: list[str] = Field(default_factory=list)
+    config_hash: str = ""
+
+
+class TokenCounts(BaseModel):
+    """Token counts; the default counter splits on whitespace (see :func:`count_tokens`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: int = 0
+    supervised_tokens: int = 0
+
+
+class Sample(BaseModel):
+    """A training conversation with per-message loss flags, tools, kind, lineage and counts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    kind: SampleKind
+    messages: list[Message]
+    tools: list[ToolSpec] = Field(default_factory=list)
+    lineage: Lineage
+    counts: TokenCounts = Field(default_factory=TokenCounts)
+    metadata: JsonField = Field(default_factory=dict)
+
+
+def whitespace_tokens(text: str) -> int:
+    """The default token counter: the number of whitespace-separated words."""
+    return len(text.split())
+
+
+def count_tokens(messages: list[Message], counter=whitespace_tokens) -> TokenCounts:
+    """Total and supervised (``loss=True``) token counts of ``messages``."""
+    total = supervised = 0
+    for message in messages:
+        n = counter(message.content)
+        total += n
+        if message.loss:
+            supervised += n
+    return TokenCounts(tokens=total, supervised_tokens=supervised)

@@ -1,0 +1,69 @@
+"""Tool specifications and tool calls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.arrow import JsonField
+
+
+class ToolSpec(BaseModel):
+    """A tool the agent may call: its name, what it does, and a JSON-schema of its arguments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    parameters: JsonField = Field(default_factory=dict)
+
+
+class ToolCall(BaseModel):
+    """One call of a tool. ``arguments`` is the parsed JSON value of the arguments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    arguments: JsonField = Field(default_factory=dict)
+
+    def arguments_json(self) -> str:
+        """The arguments as compact JSON text (key order as given)."""
+        import json
+
+        return json.dumps(self.arguments, ensure_ascii=False, separators=(",", ":"))
+
+
+def parse_tool_list(value: Any) -> list[ToolSpec]:
+    """Tool specs from a list or a JSON string of a list.
+
+    Accepts plain ``{name, description, parameters}`` entries and OpenAI-style
+    ``{type: "function", function: {...}}`` wrappers. Raises ``ValueError`` on anything else.
+    """
+    import json
+
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"tools is not valid JSON: {exc}") from None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError(f"tools must be a list, got {type(value).__name__}")
+    tools = []
+    for entry in value:
+        if not isinstance(entry, dict):
+            raise ValueError(f"tool entry must be an object, got {type(entry).__name__}")
+        if "function" in entry and isinstance(entry["function"], dict):
+            entry = entry["function"]
+        tools.append(
+            ToolSpec(
+                name=entry.get("name") or "",
+                description=entry.get("description") or "",
+                parameters=entry.get("parameters") or {},
+            )
+        )
+    return tools

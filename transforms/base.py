@@ -1,0 +1,302 @@
+"""The step contract every transform keeps, built-in or user-written.
+
+A step is a ``beam.PTransform`` subclass with a pydantic config, a declared input and output
+record type, and the guarantee that every input record ends in exactly one place: an output, a
+filtered record with a reason, or a dead letter with the error. Steps report that accounting as
+a ledger PCollection, aggregated per bundle, so counting costs a dict update per record.
+
+Most steps are :class:`RecordStep`: business logic is a plain, picklable callable on one record
+(unit-testable without Beam); the base class turns it into a ParDo with the ledger and the
+rejected-record outputs wired in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar
+
+import apache_beam as beam
+from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms.window import GlobalWindows
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from schemas import Rejected, clip
+
+MAIN = "main"
+REJECTED = "__rejected__"
+LEDGER = "__ledger__"
+
+IN = "in"
+PASSED = "passed"
+EMITTED = "emitted"
+FILTERED = "filtered"
+DEAD_LETTER = "dead_letter"
+STAT = "stat"
+PORT = "port"
+
+LedgerKey = tuple[str, str, str]  # (step id, category, reason or stat name)
+
+
+class StepConfig(BaseModel):
+    """Base of every step config: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    """What a step knows of the run: its id, the seed, where relative paths start, the output."""
+
+    step_id: str
+    seed: int = 0
+    base_dir: str = "."
+    output_dir: str | None = None
+    config_hash: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Filtered:
+    """Yielded by a processor to drop its input deliberately, with a reason.
+
+    With ``port`` set, the input record is also sent to that extra output (e.g. a pool of
+    rejected trajectories for negative samples).
+    """
+
+    reason: str
+    detail: str = ""
+    port: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Routed:
+    """Yielded by a processor to send an output record to an extra port instead of ``main``."""
+
+    port: str
+    record: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Stat:
+    """Yielded by a processor to add ``value`` to the step's integer statistic ``name``."""
+
+    name: str
+    value: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Failed:
+    """Yielded by a source for a record that could not be read (a dead letter)."""
+
+    reason: str
+    detail: str
+    location: str | None = None
+    payload: str = ""
+
+
+class RecordError(Exception):
+    """Raised by a processor for a record it cannot handle: the record becomes a dead letter."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _payload(record: Any) -> str:
+    if isinstance(record, BaseModel):
+        return clip(record.model_dump_json())
+    return clip(str(record))
+
+
+def _record_id(record: Any) -> str | None:
+    value = getattr(record, "id", None)
+    return value if isinstance(value, str) else None
+
+
+class _Accounting:
+    """Per-bundle ledger counts and rejected-record construction for one step."""
+
+    def __init__(self, step_id: str) -> None:
+        self.step_id = step_id
+        self.counts: Counter[tuple[str, str]] = Counter()
+
+    def rejected(self, disposition: str, reason: str, detail: str, record: Any = None, **extra: Any) -> TaggedOutput:
+        self.counts[(disposition, reason)] += 1
+        entry = Rejected(
+            step=self.step_id,
+            disposition=disposition,
+            reason=reason,
+            detail=clip(detail, 2_000),
+            record_id=extra.get("record_id", _record_id(record)),
+            location=extra.get("location"),
+            payload=extra.get("payload", _payload(record) if record is not None else ""),
+        )
+        return TaggedOutput(REJECTED, (self.step_id, entry.model_dump_json()))
+
+    def flush(self) -> Iterator[Any]:
+        for (category, reason), n in sorted(self.counts.items()):
+            yield TaggedOutput(LEDGER, GlobalWindows.windowed_value(((self.step_id, category, reason), n)))
+        self.counts.clear()
+
+
+class RecordDoFn(beam.DoFn):
+    """Runs a processor on each record and routes its outcomes (see :class:`RecordStep`)."""
+
+    def __init__(self, processor: Callable[[Any], Iterable[Any]], step_id: str) -> None:
+        self.processor = processor
+        self.step_id = step_id
+
+    def setup(self) -> None:
+        setup = getattr(self.processor, "setup", None)
+        if callable(setup):
+            setup()
+
+    def start_bundle(self) -> None:
+        self.acct = _Accounting(self.step_id)
+
+    def process(self, record: Any) -> Iterator[Any]:
+        acct = self.acct
+        acct.counts[(IN, "")] += 1
+        try:
+            outcomes = list(self.processor(record))
+        except RecordError as exc:
+            yield acct.rejected(DEAD_LETTER, exc.reason, exc.detail, record)
+            return
+        except ValidationError as exc:
+            yield acct.rejected(DEAD_LETTER, "invalid_output", str(exc), record)
+            return
+        except Exception as exc:  # a bug or an unexpected input: never lose the record
+            yield acct.rejected(DEAD_LETTER, "unexpected_error", f"{type(exc).__name__}: {exc}", record)
+            return
+        outputs = []
+        filtered = None
+        for outcome in outcomes:
+            if isinstance(outcome, Stat):
+                acct.counts[(STAT, outcome.name)] += outcome.value
+            elif isinstance(outcome, Filtered):
+                filtered = outcome
+            else:
+                outputs.append(outcome)
+        if filtered is not None:
+            if outputs:
+                yield acct.rejected(DEAD_LETTER, "step_contract", "processor both filtered and emitted", record)
+                return
+            yield acct.rejected(FILTERED, filtered.reason, filtered.detail, record)
+            if filtered.port:
+                acct.counts[(PORT, filtered.port)] += 1
+                yield TaggedOutput(filtered.port, record)
+            return
+        if not outputs:
+            yield acct.rejected(DEAD_LETTER, "no_output", "processor emitted nothing and gave no reason", record)
+            return
+        acct.counts[(PASSED, "")] += 1
+        for output in outputs:
+            if isinstance(output, Routed):
+                acct.counts[(PORT, output.port)] += 1
+                yield TaggedOutput(output.port, output.record)
+            else:
+                acct.counts[(EMITTED, "")] += 1
+                yield output
+
+    def finish_bundle(self) -> Iterator[Any]:
+        yield from self.acct.flush()
+
+
+class SourceDoFn(beam.DoFn):
+    """Runs a source function on each input unit (e.g. a file); every outcome is one record."""
+
+    def __init__(self, source: Callable[[Any], Iterable[Any]], step_id: str) -> None:
+        self.source = source
+        self.step_id = step_id
+
+    def start_bundle(self) -> None:
+        self.acct = _Accounting(self.step_id)
+
+    def process(self, unit: Any) -> Iterator[Any]:
+        acct = self.acct
+        for outcome in self.source(unit):
+            acct.counts[(IN, "")] += 1
+            if isinstance(outcome, Failed):
+                yield acct.rejected(
+                    DEAD_LETTER,
+                    outcome.reason,
+                    outcome.detail,
+                    location=outcome.location,
+                    payload=clip(outcome.payload),
+                    record_id=None,
+                )
+            elif isinstance(outcome, Filtered):
+                yield acct.rejected(FILTERED, outcome.reason, outcome.detail)
+            else:
+                acct.counts[(PASSED, "")] += 1
+                acct.counts[(EMITTED, "")] += 1
+                yield outcome
+
+    def finish_bundle(self) -> Iterator[Any]:
+        yield from self.acct.flush()
+
+
+class Step(beam.PTransform):
+    """Base of every step.
+
+    Subclasses set ``type_name`` (the name used in specs), ``config_model``, ``input_type``
+    (``None`` for a source) and ``output_type``, and may declare ``extra_outputs`` (port name to
+    record type). ``expand`` returns a dict with ``MAIN``, each extra port, ``REJECTED`` (pairs
+    of step id and JSON text of :class:`schemas.Rejected`) and ``LEDGER`` (pairs of
+    ``(step, category, reason)`` and a count).
+    """
+
+    type_name: ClassVar[str] = ""
+    config_model: ClassVar[type[StepConfig]] = StepConfig
+    input_type: ClassVar[type | None] = None
+    output_type: ClassVar[type | None] = None
+    extra_outputs: ClassVar[dict[str, type]] = {}
+    #: "flatten": several inputs are merged into one PCollection; "named": the step receives a
+    #: dict {input name: PCollection} (e.g. a mixing step that treats inputs differently).
+    fan_in: ClassVar[str] = "flatten"
+
+    def __init__(self, config: StepConfig | dict[str, Any] | None = None, context: StepContext | None = None) -> None:
+        context = context or StepContext(step_id=self.type_name or type(self).__name__)
+        super().__init__(label=context.step_id)
+        if not isinstance(config, self.config_model):
+            config = self.config_model.model_validate(config or {})
+        self.config = config
+        self.context = context
+
+    @property
+    def step_id(self) -> str:
+        return self.context.step_id
+
+    def output_ports(self) -> dict[str, type | None]:
+        return {MAIN: self.output_type, **self.extra_outputs}
+
+    def _typed(self, outputs: Any) -> dict[str, Any]:
+        """Dict of the step's outputs with element types set, so Beam picks the right coders."""
+        result = {name: outputs[name] for name in (MAIN, REJECTED, LEDGER, *self.extra_outputs)}
+        for name, record_type in self.output_ports().items():
+            if record_type is not None:
+                result[name].element_type = record_type
+        result[REJECTED].element_type = beam.typehints.KV[str, str]
+        return result
+
+
+class RecordStep(Step):
+    """A step that maps each input record to outcomes with a plain function.
+
+    Subclasses implement :meth:`processor`, returning a picklable callable ``record -> iterable``
+    whose items are output records, :class:`Routed`, :class:`Filtered` or :class:`Stat`; raising
+    :class:`RecordError` dead-letters the record. A callable with a ``setup()`` method gets it
+    called once per worker before use (load a model, compile templates).
+    """
+
+    def processor(self) -> Callable[[Any], Iterable[Any]]:
+        raise NotImplementedError
+
+    def expand(self, pcoll: beam.PCollection) -> dict[str, Any]:
+        outputs = pcoll | "Process" >> beam.ParDo(RecordDoFn(self.processor(), self.step_id)).with_outputs(
+            REJECTED, LEDGER, *self.extra_outputs, main=MAIN
+        )
+        return self._typed(outputs)

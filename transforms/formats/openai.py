@@ -1,0 +1,116 @@
+"""OpenAI chat messages: ``{messages: [{role, content, tool_calls?, tool_call_id?}], ...}``.
+
+Also reads what real agent corpora put around it: top-level ``reward`` / ``success`` / ``model``
+(AgentGym rollouts; ``item_id`` and ``task_name`` too), ``reasoning_content`` (kept as the turn's
+thought), LLaMA-Factory's typed content parts (``text`` / ``reasoning`` / ``tool_call``), and
+answers stored as ``{"answer": ...}`` (Arena-Hard). An assistant message with several tool calls
+becomes one assistant turn per call.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from schemas import Role, ToolCall, Trajectory, Turn
+from transforms.base import RecordError
+from transforms.formats.common import (
+    FieldNames,
+    ParseContext,
+    build_trajectory,
+    parse_call_json,
+    require_list,
+    require_object,
+    require_turn,
+    resolve_loss,
+    resolve_role,
+)
+
+FIELDS = FieldNames(
+    id=("id", "item_id", "uid"),
+    task=("task", "task_name"),
+    reward=("reward",),
+    success=("success",),
+    tools=("tools",),
+)
+MESSAGE_KEYS = ("messages", "conversations", "conversation")
+
+
+def _content(raw: Any, where: str) -> tuple[str, str | None, list[ToolCall]]:
+    """(text, reasoning, tool calls) of a message's content."""
+    if raw is None:
+        return "", None, []
+    if isinstance(raw, str):
+        return raw, None, []
+    if isinstance(raw, dict):
+        for key in ("answer", "text", "content", "value"):
+            if isinstance(raw.get(key), str):
+                return raw[key], None, []
+        raise RecordError("invalid_field", f"{where}: content object has no text field")
+    if isinstance(raw, list):
+        texts, reasoning, calls = [], [], []
+        for j, part in enumerate(raw):
+            if isinstance(part, str):
+                texts.append(part)
+                continue
+            if not isinstance(part, dict):
+                raise RecordError("invalid_field", f"{where}: content part {j} must be an object")
+            kind = part.get("type", "text")
+            value = part.get("value", part.get("text", part.get("content")))
+            if not isinstance(value, str):
+                raise RecordError("invalid_field", f"{where}: content part {j} has no text")
+            if kind == "reasoning":
+                reasoning.append(value)
+            elif kind == "tool_call":
+                calls.append(parse_call_json(value, f"{where}, part {j}"))
+            elif kind == "text":
+                texts.append(value)
+            else:
+                raise RecordError("invalid_field", f"{where}: unsupported content part type {kind!r}")
+        return "".join(texts), ("\n".join(reasoning) or None), calls
+    raise RecordError("invalid_field", f"{where}: content must be text, got {type(raw).__name__}")
+
+
+def _tool_calls(raw: Any, where: str) -> list[ToolCall]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise RecordError("invalid_field", f"{where}: tool_calls must be a list")
+    calls = []
+    for j, call in enumerate(raw):
+        if not isinstance(call, dict):
+            raise RecordError("invalid_tool_call_json", f"{where}: tool call {j} must be an object")
+        function = call.get("function", call)
+        calls.append(parse_call_json(json.dumps(function) if isinstance(function, dict) else function, f"{where}, call {j}"))
+    return calls
+
+
+def parse_turns(messages: list[Any], ctx: ParseContext, extra_keys: tuple[str, ...] = ()) -> list[Turn]:
+    """Turns from OpenAI-style messages; ``extra_keys`` are per-message keys to tolerate."""
+    turns = []
+    for i, message in enumerate(messages):
+        where = f"turn {i}"
+        message = require_turn(message, where)
+        role = resolve_role(message.get("role", message.get("from")), ctx, where)
+        text, reasoning, calls = _content(message.get("content", message.get("value")), where)
+        calls += _tool_calls(message.get("tool_calls"), where)
+        if message.get("function_call") is not None:
+            calls.append(parse_call_json(json.dumps(message["function_call"]), where))
+        thought = message.get("reasoning_content")
+        thought = thought if isinstance(thought, str) and thought else reasoning
+        loss = resolve_loss(message.get("loss"), role, where)
+        if not calls:
+            turns.append(Turn(role=role, text=text, loss=loss, thought=thought))
+            continue
+        if role is not Role.ASSISTANT:
+            raise RecordError("invalid_field", f"{where}: only assistant turns may carry tool calls")
+        for j, call in enumerate(calls):
+            first = j == 0
+            turns.append(Turn(role=role, text=text if first else "", loss=loss, thought=thought if first else None, tool_call=call))
+    return turns
+
+
+def parse(obj: Any, ctx: ParseContext) -> Trajectory:
+    record = require_object(obj)
+    key, messages = require_list(record, MESSAGE_KEYS, "messages")
+    return build_trajectory(record, parse_turns(messages, ctx), ctx, {key})

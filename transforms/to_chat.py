@@ -1,0 +1,79 @@
+"""Step ``to_chat``: Trajectory -> Sample, without rewriting any text.
+
+Guarantees: one message per turn, in order, with role, text, per-turn loss flag and tool call
+unchanged; an optional system prompt is put first (or replaces the source's); the sample's kind,
+lineage (source, source id, trajectory id, task, steps, config hash) and token counts are set;
+reward, success and the source's metadata are kept in ``metadata``. A trajectory with no
+supervised turn is filtered (``no_supervised_turn``) unless ``require_supervised`` is off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from schemas import Lineage, Message, Role, Sample, SampleKind, Trajectory, count_tokens, stable_id
+from transforms.base import Filtered, RecordStep, StepConfig, StepContext
+
+
+class ToChatConfig(StepConfig):
+    kind: SampleKind = "agent"
+    system_prompt: str | None = None
+    replace_system: bool = True
+    require_supervised: bool = True
+
+
+def to_chat(trajectory: Trajectory, config: ToChatConfig, context: StepContext) -> Sample | Filtered:
+    """The pure function behind the step."""
+    turns = trajectory.turns
+    messages: list[Message] = []
+    if config.system_prompt is not None:
+        messages.append(Message(role=Role.SYSTEM, content=config.system_prompt, loss=False))
+        if config.replace_system and turns and turns[0].role is Role.SYSTEM:
+            turns = turns[1:]
+    messages += [Message(role=t.role, content=t.text, loss=t.loss, tool_call=t.tool_call) for t in turns]
+    if config.require_supervised and not any(m.loss for m in messages):
+        return Filtered("no_supervised_turn", "no turn has loss=true")
+    metadata = dict(trajectory.metadata)
+    if trajectory.reward is not None:
+        metadata["reward"] = trajectory.reward
+    if trajectory.success is not None:
+        metadata["success"] = trajectory.success
+    return Sample(
+        id=stable_id(trajectory.source, trajectory.source_id, "to_chat", trajectory.id),
+        kind=config.kind,
+        messages=messages,
+        tools=trajectory.tools,
+        lineage=Lineage(
+            source=trajectory.source,
+            source_id=trajectory.source_id,
+            trajectory_id=trajectory.id,
+            task=trajectory.task,
+            derivation="to_chat",
+            steps=[context.step_id],
+            config_hash=context.config_hash,
+        ),
+        counts=count_tokens(messages),
+        metadata=metadata,
+    )
+
+
+class ToChatFn:
+    def __init__(self, config: ToChatConfig, context: StepContext) -> None:
+        self.config = config
+        self.context = context
+
+    def __call__(self, trajectory: Trajectory) -> Iterator[Any]:
+        yield to_chat(trajectory, self.config, self.context)
+
+
+class ToChat(RecordStep):
+    """Trajectory -> Sample, text untouched (see module docstring)."""
+
+    type_name = "to_chat"
+    config_model = ToChatConfig
+    input_type = Trajectory
+    output_type = Sample
+
+    def processor(self) -> ToChatFn:
+        return ToChatFn(self.config, self.context)

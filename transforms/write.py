@@ -1,0 +1,165 @@
+"""Step ``write``: Samples -> Arrow IPC stream shards in the ``datasets.load_from_disk`` layout.
+
+Guarantees: shard membership is a hash of the sample id and rows inside a shard are sorted by
+id, so the same samples give byte-identical shards on every runner and worker count. The number
+of shards is ``num_shards`` or ``ceil(rows / rows_per_shard)``. The step reports the token,
+supervised-token and per-kind counts as ledger stats. Publishing (state.json, dataset_info.json,
+manifest) is done by the runner once the pipeline has finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import posixpath
+import typing
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+from pydantic import Field
+
+from schemas import ArrowCodec, Sample, ShardInfo
+from transforms.base import LEDGER, MAIN, REJECTED, RecordDoFn, Stat, Step, StepConfig
+
+SAMPLE_CODEC = ArrowCodec(Sample)
+KeyedRow = tuple[str, bytes]
+
+
+class WriteConfig(StepConfig):
+    num_shards: int | None = Field(None, ge=1)
+    rows_per_shard: int = Field(50_000, ge=1)
+    batch_rows: int = Field(1_000, ge=1)
+
+
+def shard_filename(index: int, count: int) -> str:
+    return f"data-{index:05d}-of-{count:05d}.arrow"
+
+
+def shard_of(sample_id: str, num_shards: int) -> int:
+    """Shard index of a sample: a hash of its id, independent of runner and worker count."""
+    return int(hashlib.sha256(sample_id.encode("utf-8")).hexdigest()[:16], 16) % num_shards
+
+
+def features_metadata(schema: pa.Schema) -> dict[str, str]:
+    """The ``huggingface`` schema metadata ``datasets`` puts on its own Arrow files."""
+    import datasets
+
+    features = datasets.Features.from_arrow_schema(schema)
+    return {"huggingface": json.dumps({"info": {"features": features.to_dict()}})}
+
+
+def shard_schema() -> pa.Schema:
+    return SAMPLE_CODEC.schema.with_metadata(features_metadata(SAMPLE_CODEC.schema))
+
+
+class _HashingSink:
+    """A write-only file object that also hashes and counts what passes through."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        self.digest.update(data)
+        self.size += len(data)
+        self.handle.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def write_shard(path: str, rows: Iterable[bytes], schema: pa.Schema, batch_rows: int) -> ShardInfo:
+    """Write JSON-encoded Arrow rows as one IPC stream file; return its size, hash and count."""
+    count = 0
+    with FileSystems.create(path) as handle:
+        sink = _HashingSink(handle)
+        with pa.ipc.new_stream(sink, schema) as writer:
+            batch: list[dict[str, Any]] = []
+            for row in rows:
+                batch.append(json.loads(row))
+                if len(batch) >= batch_rows:
+                    writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
+                    count += len(batch)
+                    batch = []
+            if batch:
+                writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
+                count += len(batch)
+    return ShardInfo(filename=posixpath.basename(path), rows=count, bytes=sink.size, sha256=sink.digest.hexdigest())
+
+
+class EncodeRow:
+    """``Sample -> (id, JSON of its Arrow row)`` plus token and kind statistics."""
+
+    def __call__(self, sample: Sample) -> Iterator[Any]:
+        row = SAMPLE_CODEC.to_row(sample)
+        yield (sample.id, json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        yield Stat("tokens", sample.counts.tokens)
+        yield Stat("supervised_tokens", sample.counts.supervised_tokens)
+        yield Stat(f"kind:{sample.kind}", 1)
+
+
+class WriteShards(beam.DoFn):
+    """Writes one shard from ``(index, [(id, row), ...])``, rows sorted by (id, row)."""
+
+    def __init__(self, output_dir: str, schema: pa.Schema, batch_rows: int) -> None:
+        self.output_dir = output_dir
+        self.schema_bytes = schema.serialize().to_pybytes()
+        self.batch_rows = batch_rows
+
+    def setup(self) -> None:
+        self.schema = pa.ipc.read_schema(pa.py_buffer(self.schema_bytes))
+
+    def process(self, element: tuple[int, Iterable[KeyedRow]], num_shards: int) -> Iterator[str]:
+        index, items = element
+        rows = (row for _, row in sorted(items))
+        path = FileSystems.join(self.output_dir, shard_filename(index, num_shards))
+        yield write_shard(path, rows, self.schema, self.batch_rows).model_dump_json()
+
+
+class Write(Step):
+    """Writes the dataset shards into the run's output directory."""
+
+    type_name = "write"
+    config_model = WriteConfig
+    input_type = Sample
+    output_type = None
+
+    def expand(self, samples: beam.PCollection) -> dict[str, Any]:
+        if self.context.output_dir is None:
+            raise ValueError("the write step needs the run's output directory")
+        config = self.config
+        encoded = samples | "Encode" >> beam.ParDo(RecordDoFn(EncodeRow(), self.step_id)).with_outputs(
+            REJECTED, LEDGER, main=MAIN
+        )
+        rows = encoded[MAIN]
+        rows.element_type = beam.typehints.Tuple[str, bytes]
+
+        def shard_count(rows_total: int) -> int:
+            return config.num_shards or max(1, math.ceil(rows_total / config.rows_per_shard))
+
+        num_shards = rows | "Count" >> beam.combiners.Count.Globally() | "Shards" >> beam.Map(shard_count)
+        shard_infos = (
+            rows
+            | "Assign"
+            >> beam.Map(lambda kv, n: (shard_of(kv[0], n), kv), n=beam.pvalue.AsSingleton(num_shards)).with_output_types(
+                beam.typehints.KV[int, beam.typehints.Tuple[str, bytes]]
+            )
+            | "Group" >> beam.GroupByKey()
+            | "WriteShard"
+            >> beam.ParDo(
+                WriteShards(self.context.output_dir, shard_schema(), config.batch_rows),
+                num_shards=beam.pvalue.AsSingleton(num_shards),
+            )
+        )
+        return {MAIN: shard_infos, REJECTED: encoded[REJECTED], LEDGER: encoded[LEDGER]}
