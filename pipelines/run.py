@@ -193,6 +193,11 @@ def run_plan(
     os.remove(os.path.join(work, LEDGER_FILE))
 
     sink = ledgers[plan.sink.id]
+    ratios = {}
+    for planned in plan.steps:
+        summary = planned.cls.summarize(planned.config, ledgers[planned.id])
+        if summary is not None:
+            ratios[planned.id] = summary
     manifest = Manifest(
         agentmill_version=agentmill_version(),
         name=plan.spec.name,
@@ -208,6 +213,7 @@ def run_plan(
             supervised_tokens=sink.stats.get("supervised_tokens", 0),
             by_kind={k.split(":", 1)[1]: v for k, v in sink.stats.items() if k.startswith("kind:")},
         ),
+        ratios=ratios,
         run={"runner": type(runner).__name__ if not isinstance(runner, str) else runner, "beam_args": beam_args, "seconds": round(seconds, 3)},
     )
     on_stage("publishing")

@@ -270,6 +270,13 @@ class Step(beam.PTransform):
     def step_id(self) -> str:
         return self.context.step_id
 
+    @classmethod
+    def summarize(cls, config: StepConfig, ledger: Any) -> dict[str, Any] | None:
+        """Optional summary for ``manifest.json["ratios"][step id]``, computed after the run
+        from this step's :class:`schemas.StepLedger` (e.g. target vs achieved shares from the
+        integer stats the step reported). ``None`` adds nothing."""
+        return None
+
     def output_ports(self) -> dict[str, type | None]:
         return {MAIN: self.output_type, **self.extra_outputs}
 
