@@ -8,7 +8,6 @@ filtered record and dead letter, sorted) and ``shards.json`` (what each shard ho
 from __future__ import annotations
 
 import json
-import typing
 from collections.abc import Iterable
 from typing import Any
 

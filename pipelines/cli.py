@@ -27,8 +27,15 @@ stdout = Console()
 
 def _ledger_table(manifest: Manifest) -> Table:
     table = Table(title=f"{manifest.name}: ledger", show_lines=False)
-    for column, justify in (("step", "left"), ("type", "left"), ("in", "right"), ("passed", "right"),
-                            ("filtered", "left"), ("dead letters", "left"), ("emitted", "right")):
+    for column, justify in (
+        ("step", "left"),
+        ("type", "left"),
+        ("in", "right"),
+        ("passed", "right"),
+        ("filtered", "left"),
+        ("dead letters", "left"),
+        ("emitted", "right"),
+    ):
         table.add_column(column, justify=justify)
     for row in ledger_rows(manifest):
         table.add_row(*(str(v) for v in row))
@@ -86,8 +93,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         stdout.out(manifest.dump_json())
         return 0
     out = manifest.output
-    stdout.print(f"[bold]{manifest.name}[/]  rows {out.num_rows}  shards {len(out.shards)}  "
-                 f"tokens {out.tokens}  supervised {out.supervised_tokens}  spec {manifest.spec_hash}")
+    stdout.print(
+        f"[bold]{manifest.name}[/]  rows {out.num_rows}  shards {len(out.shards)}  "
+        f"tokens {out.tokens}  supervised {out.supervised_tokens}  spec {manifest.spec_hash}"
+    )
     if out.by_kind:
         stdout.print("by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(out.by_kind.items())))
     import pyarrow as pa
@@ -102,7 +111,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agentmill", description="Agent trajectories -> fine-tuning data, as Beam pipelines.")
+    parser = argparse.ArgumentParser(
+        prog="agentmill", description="Agent trajectories -> fine-tuning data, as Beam pipelines."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 

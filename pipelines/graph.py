@@ -34,7 +34,9 @@ class PlannedStep:
         return self.spec.id
 
     def context(self, seed: int, base_dir: str, output_dir: str | None) -> StepContext:
-        return StepContext(step_id=self.id, seed=seed, base_dir=base_dir, output_dir=output_dir, config_hash=self.config_hash)
+        return StepContext(
+            step_id=self.id, seed=seed, base_dir=base_dir, output_dir=output_dir, config_hash=self.config_hash
+        )
 
     def instantiate(self, seed: int, base_dir: str, output_dir: str | None = None) -> Step:
         return self.cls(self.config, self.context(seed, base_dir, output_dir))
@@ -167,7 +169,11 @@ def plan_spec(spec: PipelineSpec, path: str, base_dir: str) -> Plan:
             if upstream.cls.output_type is None and port == MAIN:
                 raise SpecError(path, f"input {upstream_id!r} is a sink and has no output", step_id=step.id)
             if port not in ports:
-                raise SpecError(path, f"step {upstream_id!r} has no output port {port!r}; ports: {', '.join(ports)}", step_id=step.id)
+                raise SpecError(
+                    path,
+                    f"step {upstream_id!r} has no output port {port!r}; ports: {', '.join(ports)}",
+                    step_id=step.id,
+                )
             if not _accepts(step.cls.input_type, ports[port]):
                 given = getattr(ports[port], "__name__", ports[port])
                 raise SpecError(

@@ -69,7 +69,9 @@ def resolve_step_type(name: str) -> type[Step]:
     else:
         known = available_steps()
         if name not in known:
-            raise UnknownStepType(f"unknown step type {name!r}; known: {', '.join(sorted(known))}, or 'package.module:Class'")
+            raise UnknownStepType(
+                f"unknown step type {name!r}; known: {', '.join(sorted(known))}, or 'package.module:Class'"
+            )
         cls = _load(known[name])
     if not (isinstance(cls, type) and issubclass(cls, Step)):
         raise UnknownStepType(f"{name!r} is not a transforms.base.Step subclass")

@@ -14,7 +14,15 @@ def ledger_rows(manifest: Manifest) -> list[tuple[str, str, int, int, str, str, 
         return ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items())) or "0"
 
     return [
-        (step_id, ledger.type, ledger.in_, ledger.passed, reasons(ledger.filtered), reasons(ledger.dead_letter), ledger.emitted)
+        (
+            step_id,
+            ledger.type,
+            ledger.in_,
+            ledger.passed,
+            reasons(ledger.filtered),
+            reasons(ledger.dead_letter),
+            ledger.emitted,
+        )
         for step_id, ledger in manifest.steps.items()
     ]
 

@@ -214,7 +214,11 @@ def run_plan(
             by_kind={k.split(":", 1)[1]: v for k, v in sink.stats.items() if k.startswith("kind:")},
         ),
         ratios=ratios,
-        run={"runner": type(runner).__name__ if not isinstance(runner, str) else runner, "beam_args": beam_args, "seconds": round(seconds, 3)},
+        run={
+            "runner": type(runner).__name__ if not isinstance(runner, str) else runner,
+            "beam_args": beam_args,
+            "seconds": round(seconds, 3),
+        },
     )
     on_stage("publishing")
     write_dataset_files(work, shards, "".join(s.sha256 for s in shards)[:16] or plan.spec_hash)

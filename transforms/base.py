@@ -13,7 +13,6 @@ rejected-record outputs wired in.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar

@@ -103,7 +103,12 @@ def _iter_jsonl_lines(name: str, lines: Iterator[bytes], max_bytes: int) -> Iter
     for number, raw in enumerate(lines, start=1):
         location = f"{name}:line {number}"
         if len(raw) > max_bytes:
-            yield Failed("record_too_large", f"line has {len(raw)} bytes, limit {max_bytes}", location, raw[:2000].decode("utf-8", "replace"))
+            yield Failed(
+                "record_too_large",
+                f"line has {len(raw)} bytes, limit {max_bytes}",
+                location,
+                raw[:2000].decode("utf-8", "replace"),
+            )
             continue
         if not raw.strip():
             continue

@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import posixpath
-import typing
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -152,9 +151,9 @@ class Write(Step):
         shard_infos = (
             rows
             | "Assign"
-            >> beam.Map(lambda kv, n: (shard_of(kv[0], n), kv), n=beam.pvalue.AsSingleton(num_shards)).with_output_types(
-                beam.typehints.KV[int, beam.typehints.Tuple[str, bytes]]
-            )
+            >> beam.Map(
+                lambda kv, n: (shard_of(kv[0], n), kv), n=beam.pvalue.AsSingleton(num_shards)
+            ).with_output_types(beam.typehints.KV[int, beam.typehints.Tuple[str, bytes]])
             | "Group" >> beam.GroupByKey()
             | "WriteShard"
             >> beam.ParDo(

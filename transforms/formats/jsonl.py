@@ -77,5 +77,8 @@ def parse(obj: Any, ctx: ParseContext, mapping: FieldMapping) -> Trajectory:
             consumed.add(path.split(".")[0])
         response = require_text(get_path(obj, mapping.response), mapping.response)
         consumed.add(mapping.response.split(".")[0])
-        turns += [Turn(role=Role.USER, text="\n\n".join(parts), loss=False), Turn(role=Role.ASSISTANT, text=response, loss=True)]
+        turns += [
+            Turn(role=Role.USER, text="\n\n".join(parts), loss=False),
+            Turn(role=Role.ASSISTANT, text=response, loss=True),
+        ]
     return build_trajectory(obj, turns, ctx, consumed)

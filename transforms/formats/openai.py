@@ -81,7 +81,9 @@ def _tool_calls(raw: Any, where: str) -> list[ToolCall]:
         if not isinstance(call, dict):
             raise RecordError("invalid_tool_call_json", f"{where}: tool call {j} must be an object")
         function = call.get("function", call)
-        calls.append(parse_call_json(json.dumps(function) if isinstance(function, dict) else function, f"{where}, call {j}"))
+        calls.append(
+            parse_call_json(json.dumps(function) if isinstance(function, dict) else function, f"{where}, call {j}")
+        )
     return calls
 
 
@@ -106,7 +108,11 @@ def parse_turns(messages: list[Any], ctx: ParseContext, extra_keys: tuple[str, .
             raise RecordError("invalid_field", f"{where}: only assistant turns may carry tool calls")
         for j, call in enumerate(calls):
             first = j == 0
-            turns.append(Turn(role=role, text=text if first else "", loss=loss, thought=thought if first else None, tool_call=call))
+            turns.append(
+                Turn(
+                    role=role, text=text if first else "", loss=loss, thought=thought if first else None, tool_call=call
+                )
+            )
     return turns
 
 

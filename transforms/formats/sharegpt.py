@@ -39,7 +39,9 @@ def parse_turns(messages: list[Any], ctx: ParseContext) -> list[Turn]:
         tool_call = None
         if isinstance(raw_role, str) and raw_role.strip().lower() == "function_call":
             tool_call = parse_call_json(text, where)
-        turns.append(Turn(role=role, text=text, loss=resolve_loss(message.get("loss"), role, where), tool_call=tool_call))
+        turns.append(
+            Turn(role=role, text=text, loss=resolve_loss(message.get("loss"), role, where), tool_call=tool_call)
+        )
     return turns
 
 

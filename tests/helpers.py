@@ -1,0 +1,55 @@
+"""Small helpers shared by tests: writing specs, running them, reading outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.run import RunSummary, run_spec
+from transforms.base import Failed
+from transforms.read import ReadConfig, ReadFile
+
+
+def write_spec(directory: Path, steps: list[dict[str, Any]], name: str = "test", seed: int = 0) -> Path:
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "seed": seed, "steps": steps}, sort_keys=False))
+    return path
+
+
+def read_chat_write(fmt: str, paths: list[str] | str, **read_config: Any) -> list[dict[str, Any]]:
+    """Steps of a read -> to_chat -> write spec."""
+    return [
+        {"id": "read", "type": "read", "config": {"format": fmt, "paths": paths, **read_config}},
+        {"id": "chat", "type": "to_chat", "inputs": ["read"]},
+        {"id": "write", "type": "write", "inputs": ["chat"], "config": {"num_shards": 2}},
+    ]
+
+
+def run(spec: Path, output: Path, beam_args: list[str] | None = None) -> RunSummary:
+    return run_spec(str(spec), str(output), beam_args or [])
+
+
+def shard_hashes(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("data-*.arrow"))}
+
+
+def rejected(directory: Path, step: str) -> list[dict[str, Any]]:
+    path = directory / "rejected" / f"{step}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def parse_file(path: Path | str, fmt: str, **config: Any) -> tuple[list[Any], list[Failed]]:
+    """Run the read step's per-file function without Beam: (trajectories, failures)."""
+    reader = ReadFile(ReadConfig(format=fmt, paths=[str(path)], **config), source=fmt)
+    good, bad = [], []
+    for outcome in reader(str(path)):
+        (bad if isinstance(outcome, Failed) else good).append(outcome)
+    return good, bad
+
+
+MULTI_PROCESS = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+PORTABLE = ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]
