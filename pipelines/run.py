@@ -48,10 +48,14 @@ def make_options(beam_args: list[str]) -> tuple[PipelineOptions, Any]:
 
 
 def collect_inputs(plan: Plan) -> list[InputFile]:
-    """Fingerprints of every input file; a path that matches nothing is a spec error."""
+    """Run every step's own checks and fingerprint every input file; problems are spec errors."""
     inputs = []
     for planned in plan.steps:
         step = planned.instantiate(plan.spec.seed, plan.base_dir)
+        try:
+            step.check()
+        except ValueError as exc:
+            raise SpecError(plan.path, str(exc), step_id=planned.id) from None
         files_of = getattr(step, "input_files", None)
         if files_of is None:
             continue

@@ -7,7 +7,7 @@ from schemas.arrow import ArrowCodec, JsonField, arrow_schema
 from schemas.ids import canonical_json, content_hash, stable_id
 from schemas.manifest import InputFile, Manifest, OutputInfo, ShardInfo, StepLedger
 from schemas.rejected import Rejected, clip
-from schemas.sample import Capability, Lineage, Message, Sample, SampleKind, TokenCounts, count_tokens
+from schemas.sample import Capability, Lineage, Message, MessagePart, Sample, SampleKind, TokenCounts, count_tokens
 from schemas.spec import PipelineSpec, StepSpec
 from schemas.tools import ToolCall, ToolSpec, parse_tool_list
 from schemas.trajectory import Role, Trajectory, Turn, trajectory_id
@@ -20,6 +20,7 @@ __all__ = [
     "Lineage",
     "Manifest",
     "Message",
+    "MessagePart",
     "OutputInfo",
     "PipelineSpec",
     "Rejected",

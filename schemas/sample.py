@@ -13,6 +13,12 @@ from schemas.trajectory import Role
 
 SampleKind = Literal["agent", "general", "negative", "instruction"]
 
+#: What a message is within an agent step, set by the step that wrote it: ``thought``,
+#: ``tool`` (the tool choice), ``arguments``, ``answer`` (a final answer), ``prose`` (other plain
+#: assistant text), ``react`` (a whole step kept in its ReAct/JSON format), ``elicit`` (a short
+#: user turn that asks for the next part). ``None`` when no step has said.
+MessagePart = Literal["thought", "tool", "arguments", "answer", "prose", "react", "elicit"]
+
 
 class Capability(str, Enum):
     """Agent-FLAN's capability decomposition of assistant turns, plus general chat."""
@@ -34,6 +40,7 @@ class Message(BaseModel):
     loss: bool = False
     capability: Capability | None = None
     tool_call: ToolCall | None = None
+    part: MessagePart | None = None
 
 
 class Lineage(BaseModel):

@@ -156,11 +156,11 @@ class RecordDoFn(beam.DoFn):
     def start_bundle(self) -> None:
         self.acct = _Accounting(self.step_id)
 
-    def process(self, record: Any) -> Iterator[Any]:
+    def process(self, record: Any, **side_inputs):  # no annotation: Beam type-checks process hints
         acct = self.acct
         acct.counts[(IN, "")] += 1
         try:
-            outcomes = list(self.processor(record))
+            outcomes = list(self.processor(record, **side_inputs))
         except RecordError as exc:
             yield acct.rejected(DEAD_LETTER, exc.reason, exc.detail, record)
             return
@@ -269,6 +269,10 @@ class Step(beam.PTransform):
     def step_id(self) -> str:
         return self.context.step_id
 
+    def check(self) -> None:
+        """Checks that need more than the config model (files, templates), run before the
+        pipeline is built; raise ``ValueError`` with a message for the user."""
+
     @classmethod
     def summarize(cls, config: StepConfig, ledger: Any) -> dict[str, Any] | None:
         """Optional summary for ``manifest.json["ratios"][step id]``, computed after the run
@@ -294,7 +298,8 @@ class RecordStep(Step):
 
     Subclasses implement :meth:`processor`, returning a picklable callable ``record -> iterable``
     whose items are output records, :class:`Routed`, :class:`Filtered` or :class:`Stat`; raising
-    :class:`RecordError` dead-letters the record. A callable with a ``setup()`` method gets it
+    :class:`RecordError` dead-letters the record. Side inputs given to the ParDo as keyword
+    arguments reach the processor as keyword arguments. A callable with a ``setup()`` method gets it
     called once per worker before use (load a model, compile templates).
     """
 

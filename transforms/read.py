@@ -35,6 +35,7 @@ class ReadConfig(StepConfig):
     reward_field: str | None = None
     success_field: str | None = None
     tools_field: str | None = None
+    messages_field: str | None = None
     roles: dict[str, Role] = Field(default_factory=dict)
     mapping: jsonl.FieldMapping | None = None
     max_record_bytes: int = Field(16 * 1024 * 1024, ge=1)
@@ -82,6 +83,7 @@ class ReadFile:
             index=raw.index,
             fields=self.fields,
             task=self.config.task,
+            messages_path=self.config.messages_field,
             role_aliases=self.roles,
             max_record_chars=self.config.max_record_chars,
         )

@@ -18,7 +18,7 @@ MESSAGE_KEYS = ("conversation", "conversations")
 
 def parse(obj: Any, ctx: ParseContext) -> Trajectory:
     record = require_object(obj)
-    key, messages = require_list(record, MESSAGE_KEYS, "conversation")
+    key, messages = require_list(record, MESSAGE_KEYS, "conversation", ctx.messages_path)
     trajectory = build_trajectory(record, parse_turns(messages, ctx), ctx, {key})
     types = [m.get("type") if isinstance(m, dict) else None for m in messages]
     if any(t is not None for t in types):

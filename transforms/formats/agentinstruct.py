@@ -19,5 +19,5 @@ MESSAGE_KEYS = ("conversations",)
 
 def parse(obj: Any, ctx: ParseContext) -> Trajectory:
     record = require_object(obj)
-    key, messages = require_list(record, MESSAGE_KEYS, "conversation")
+    key, messages = require_list(record, MESSAGE_KEYS, "conversation", ctx.messages_path)
     return build_trajectory(record, parse_turns(messages, ctx), ctx, {key})

@@ -49,6 +49,7 @@ class ParseContext:
     index: int
     fields: FieldNames = field(default_factory=FieldNames)
     task: str | None = None
+    messages_path: str | None = None
     role_aliases: dict[str, Role] = field(default_factory=dict)
     max_record_chars: int = 1_000_000
 
@@ -57,11 +58,14 @@ _MISSING = object()
 
 
 def get_path(obj: Any, path: str, default: Any = _MISSING) -> Any:
-    """``obj[a][b]`` for ``path == "a.b"``; ``default`` (or a RecordError) when absent."""
+    """``obj[a][b]`` for ``path == "a.b"``; integer parts index lists (``a.-1`` is the last
+    element of ``a``). ``default`` (or a RecordError) when absent."""
     current = obj
     for part in path.split("."):
         if isinstance(current, dict) and part in current:
             current = current[part]
+        elif isinstance(current, list) and re.fullmatch(r"-?\d+", part) and -len(current) <= int(part) < len(current):
+            current = current[int(part)]
         else:
             if default is _MISSING:
                 raise RecordError("missing_field", f"record has no field {path!r}")
@@ -83,7 +87,16 @@ def require_object(obj: Any) -> dict[str, Any]:
     return obj
 
 
-def require_list(obj: dict[str, Any], keys: tuple[str, ...], what: str) -> tuple[str, list[Any]]:
+def require_list(
+    obj: dict[str, Any], keys: tuple[str, ...], what: str, path: str | None = None
+) -> tuple[str, list[Any]]:
+    """The message list: at ``path`` when given (dotted, list indices allowed), else the first of
+    ``keys`` present. Returns (top-level key consumed, list)."""
+    if path:
+        value = get_path(obj, path)
+        if not isinstance(value, list):
+            raise RecordError("invalid_field", f"{path!r} must be a list, got {type(value).__name__}")
+        return path.split(".")[0], value
     for key in keys:
         if key in obj:
             value = obj[key]

@@ -118,5 +118,5 @@ def parse_turns(messages: list[Any], ctx: ParseContext, extra_keys: tuple[str, .
 
 def parse(obj: Any, ctx: ParseContext) -> Trajectory:
     record = require_object(obj)
-    key, messages = require_list(record, MESSAGE_KEYS, "messages")
+    key, messages = require_list(record, MESSAGE_KEYS, "messages", ctx.messages_path)
     return build_trajectory(record, parse_turns(messages, ctx), ctx, {key})

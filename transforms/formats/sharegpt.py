@@ -47,7 +47,7 @@ def parse_turns(messages: list[Any], ctx: ParseContext) -> list[Turn]:
 
 def parse(obj: Any, ctx: ParseContext) -> Trajectory:
     record = require_object(obj)
-    key, messages = require_list(record, MESSAGE_KEYS, "conversation")
+    key, messages = require_list(record, MESSAGE_KEYS, "conversation", ctx.messages_path)
     turns = parse_turns(messages, ctx)
     consumed = {key}
     system = record.get("system")
