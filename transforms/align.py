@@ -189,7 +189,11 @@ class Aligner:
 class _ChatBuilder:
     """Appends aligned messages, inserting an elicitation turn between two assistant messages."""
 
-    ELICIT_FOR: ClassVar[dict[str, str]] = {"tool": "elicit_tool", "arguments": "elicit_arguments", "answer": "elicit_answer"}
+    ELICIT_FOR: ClassVar[dict[str, str]] = {
+        "tool": "elicit_tool",
+        "arguments": "elicit_arguments",
+        "answer": "elicit_answer",
+    }
 
     def __init__(self, phrases: PhraseBook, trajectory_id: str) -> None:
         self.phrases = phrases
