@@ -159,6 +159,8 @@ class Balance(RecordStep):
                 "after": dict(sorted(after.items())),
                 "target_share": target,
                 "achieved_share": achieved,
-                "max_abs_error_pp": round(100 * max(abs(target.get(k, 0) - achieved.get(k, 0)) for k in target), 3),
+                "max_abs_error_pp": round(
+                    100 * max((abs(target[k] - achieved.get(k, 0)) for k in target), default=0), 3
+                ),
             }
         return summary

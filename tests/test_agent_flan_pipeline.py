@@ -1,0 +1,70 @@
+"""pipelines/agent_flan.yaml on the real data: accounting, shares, loadability, determinism."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+
+from schemas import Sample
+from tests.conftest import REPO
+from tests.helpers import MULTI_PROCESS, PORTABLE, run, shard_hashes
+from transforms.react import has_markers
+
+pytestmark = [pytest.mark.real_data, pytest.mark.slow]
+SPEC = REPO / "pipelines" / "agent_flan.yaml"
+EXPLAINED = {"missing_field", "marker_in_output", "no_tool_step", "not_selected"}
+
+
+@pytest.fixture(scope="module")
+def flan(tmp_path_factory):
+    from tests.conftest import external_path
+
+    external_path("agentinstruct_thudm")  # skip or fail early without the data
+    out = tmp_path_factory.mktemp("flan") / "out"
+    return out, run(SPEC, out)
+
+
+def test_every_record_is_accounted_for_with_reasons(flan):
+    _, summary = flan
+    steps = summary.manifest.steps
+    for ledger in steps.values():
+        assert ledger.balanced()
+        assert set(ledger.dead_letter) | set(ledger.filtered) <= EXPLAINED
+    assert steps["read_agentinstruct"].passed == 1465
+    assert steps["align"].in_ == sum(
+        steps[r].emitted for r in ("read_agentinstruct", "read_toolbench", "read_glaive", "read_fireact")
+    )
+    assert steps["instruction_pairs"].emitted == 2000
+    assert steps["write"].emitted == summary.manifest.output.num_rows == steps["align"].emitted + 2000
+
+
+def test_shares_meet_their_targets(flan):
+    _, summary = flan
+    ratios = summary.manifest.ratios
+    assert abs(ratios["align"]["keep_format"]["achieved"] - 0.1) < 0.01
+    for unit in ("tokens", "turns"):
+        target, achieved = ratios["balance"][unit]["target_share"], ratios["balance"][unit]["achieved_share"]
+        assert max(abs(target[c] - achieved[c]) for c in target) < 0.01
+
+
+def test_output_opens_and_aligned_messages_hold_no_markers(flan):
+    out, summary = flan
+    dataset = datasets.load_from_disk(str(out))
+    assert dataset.num_rows == summary.manifest.output.num_rows
+    kinds = {"agent": 0, "instruction": 0}
+    for row in dataset:
+        kinds[row["kind"]] += 1
+        if row["lineage"]["derivation"] == "align":
+            assert not any(has_markers(m["content"]) for m in row["messages"] if m["role"] == "assistant")
+        assert all(m["capability"] for m in row["messages"] if m["role"] == "assistant")
+    assert kinds["instruction"] == 2000
+    Sample.model_validate({**dataset[0], "metadata": {}})
+
+
+@pytest.mark.parametrize(
+    "runner_args", [None, MULTI_PROCESS, PORTABLE], ids=["rerun", "multi_processing", "portable_embed"]
+)
+def test_byte_identical_across_runs_and_runners(flan, tmp_path, runner_args):
+    out, _ = flan
+    run(SPEC, tmp_path / "again", runner_args)
+    assert shard_hashes(tmp_path / "again") == shard_hashes(out)

@@ -1,0 +1,273 @@
+"""The align step: structure, loss flags, tool-call preservation, keep-format, templates, real data."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from schemas import Role, Sample, ToolCall, ToolSpec, Trajectory, Turn, trajectory_id
+from tests.conftest import DEMO_DATA
+from tests.helpers import parse_file
+from transforms.align import Align, describe_parameters
+from transforms.base import RecordError, Stat, StepContext
+from transforms.phrasing import PhrasingError
+from transforms.react import has_markers, parse_turn
+
+GOLDEN = Path(__file__).parent / "golden" / "align"
+
+
+def aligner(tmp_path: Path | None = None, **config):
+    config.setdefault("keep_format_share", 0.0)
+    context = StepContext(step_id="align", base_dir=str(tmp_path or "."))
+    step = Align(config, context)
+    step.check()
+    return step.processor()
+
+
+def outputs(fn, trajectory) -> list[Sample]:
+    return [o for o in fn(trajectory) if not isinstance(o, Stat)]
+
+
+def trajectory(*turns: tuple[str, str, bool], tools=()) -> Trajectory:
+    built = [Turn(role=Role(r), text=t, loss=loss) for r, t, loss in turns]
+    return Trajectory(id=trajectory_id("t", "1", built), source="t", source_id="1", turns=built, tools=list(tools))
+
+
+def shape(sample: Sample) -> list[tuple[str, str | None, bool]]:
+    return [(m.role.value, m.part, m.loss) for m in sample.messages]
+
+
+def test_react_step_becomes_thought_tool_and_arguments_turns():
+    traj = trajectory(
+        ("user", "Find a cat fact.", False),
+        ("assistant", 'Thought: call the API.\nAction: get_fact\nAction Input: {"animal": "cat"}', True),
+        ("tool", '{"fact": "cats nap"}', False),
+        ("assistant", "Thought: done.\nFinal Answer: cats nap", True),
+        tools=[
+            ToolSpec(
+                name="get_fact",
+                description="A fact",
+                parameters={"type": "object", "properties": {"animal": {"type": "string"}}, "required": ["animal"]},
+            )
+        ],
+    )
+    (sample,) = outputs(aligner(), traj)
+    assert shape(sample) == [
+        ("system", None, False),
+        ("user", None, False),
+        ("assistant", "thought", True),
+        ("user", "elicit", False),
+        ("assistant", "tool", True),
+        ("user", "elicit", False),
+        ("assistant", "arguments", True),
+        ("tool", None, False),
+        ("assistant", "thought", True),
+        ("user", "elicit", False),
+        ("assistant", "answer", True),
+    ]
+    messages = sample.messages
+    assert "get_fact" in messages[0].content and "animal (string, required)" in messages[0].content
+    assert messages[2].content == "call the API."
+    assert "get_fact" in messages[4].content
+    assert json.loads(messages[6].content) == {"animal": "cat"}
+    assert messages[6].tool_call == ToolCall(name="get_fact", arguments={"animal": "cat"})
+    assert messages[7].content == '{"fact": "cats nap"}'  # observations are untouched
+    assert "cats nap" in messages[10].content
+    assert not any(has_markers(m.content) for m in messages if m.role is Role.ASSISTANT)
+    assert sample.lineage.derivation == "align" and sample.kind == "agent"
+
+
+def test_loss_false_example_turns_stay_unsupervised():
+    traj = trajectory(
+        ("user", "instructions", False),
+        ("assistant", "Think: example.\n\nAct: bash\n\n```bash\nls\n```", False),
+        ("user", "The output of the OS:\na b", False),
+        ("assistant", "Think: real.\n\nAct: answer(2)", True),
+    )
+    (sample,) = outputs(aligner(), traj)
+    example = [m for m in sample.messages[1:6]]
+    assert [m.part for m in example if m.role is Role.ASSISTANT] == ["thought", "tool", "arguments"]
+    assert not any(m.loss for m in example)
+    assert [m.loss for m in sample.messages if m.role is Role.ASSISTANT][-2:] == [True, True]
+    assert not any(m.loss for m in sample.messages if m.role is not Role.ASSISTANT)
+
+
+def test_step_without_thought_needs_no_elicitation():
+    traj = trajectory(
+        ("user", "go", False), ("assistant", "ACTION: open drawer 1", True), ("user", "It is open.", False)
+    )
+    (sample,) = outputs(aligner(), traj)
+    assert shape(sample) == [
+        ("user", None, False),
+        ("assistant", "tool", True),
+        ("user", "elicit", False),
+        ("assistant", "arguments", True),
+        ("user", None, False),
+    ]
+
+
+def test_unparseable_step_is_a_dead_letter_or_kept_unaligned():
+    traj = trajectory(("user", "q", False), ("assistant", 'Thought: x\nAction: f\nAction Input: {"a": ', True))
+    with pytest.raises(RecordError) as info:
+        outputs(aligner(), traj)
+    assert info.value.reason == "unparseable_step" and "Action Input is not valid JSON" in info.value.detail
+    assert """'{"a":'""" in info.value.detail  # the offending text is in the dead letter
+    (kept,) = outputs(aligner(on_unparseable="keep_unaligned"), traj)
+    assert kept.lineage.derivation == "unaligned"
+    assert [m.content for m in kept.messages] == [t.text for t in traj.turns]
+
+
+def test_keep_format_share_is_deterministic_and_keeps_text():
+    agent = [t for t in parse_file(DEMO_DATA / "agentinstruct_sample.jsonl", "agentinstruct")[0]]
+    fn = aligner(keep_format_share=0.5)
+    first = [outputs(fn, t)[0] for t in agent * 1]
+    again = [outputs(aligner(keep_format_share=0.5), t)[0] for t in agent]
+    assert first == again
+    kept = [s for s in first if s.lineage.derivation == "keep_format"]
+    everything = [outputs(aligner(keep_format_share=1.0), t)[0] for t in agent]
+    assert all(s.lineage.derivation == "keep_format" for s in everything)
+    for sample, traj in zip(everything, agent, strict=True):
+        assert [m.content for m in sample.messages] == [t.text for t in traj.turns]
+        assert [m.loss for m in sample.messages] == [t.loss for t in traj.turns]
+    assert {m.part for s in everything for m in s.messages if m.role is Role.ASSISTANT} <= {"react", "prose"}
+    assert kept or len(agent) < 4
+
+
+def test_phrasings_vary_across_samples_but_not_across_runs(external):
+    trajs = []
+    for path in sorted(glob.glob(str(external("agentinstruct_thudm") / "webshop*.parquet"))):
+        trajs += parse_file(path, "agentinstruct")[0][:60]
+    fn = aligner()
+    elicits = Counter(m.content for t in trajs for m in outputs(fn, t)[0].messages if m.part == "elicit")
+    assert len(elicits) >= 5  # several phrasings are in use
+    assert elicits == Counter(m.content for t in trajs for m in outputs(aligner(), t)[0].messages if m.part == "elicit")
+
+
+def test_user_templates_override_slots(tmp_path):
+    (tmp_path / "mine.yaml").write_text('tool: ["TOOL={{ tool }}"]\nelicit_tool: ["next tool?"]\n')
+    traj = trajectory(("user", "q", False), ("assistant", "Thought: t\nAction: search[x]", True))
+    (sample,) = outputs(aligner(tmp_path, templates="mine.yaml"), traj)
+    assert [m.content for m in sample.messages[2:4]] == ["next tool?", "TOOL=search"]
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ tool.__class__.__mro__[1].__subclasses__() }}",
+        "{{ ''.__class__.__base__.__subclasses__() }}",
+        "{{ cycler.__init__.__globals__ }}",
+    ],
+)
+def test_templates_that_reach_python_internals_are_refused(tmp_path, template):
+    (tmp_path / "evil.yaml").write_text(json.dumps({"tool": [template]}))
+    with pytest.raises(PhrasingError, match="sandbox|undefined"):
+        aligner(tmp_path, templates="evil.yaml")
+
+
+def test_broken_template_files_are_clear_errors(tmp_path):
+    (tmp_path / "bad.yaml").write_text("tool: [unclosed\n")
+    with pytest.raises(PhrasingError, match="invalid YAML"):
+        aligner(tmp_path, templates="bad.yaml")
+    with pytest.raises(PhrasingError, match="cannot read templates"):
+        aligner(tmp_path, templates="absent.yaml")
+    (tmp_path / "syntax.yaml").write_text('tool: ["{{ tool "]\n')
+    with pytest.raises(PhrasingError, match="slot 'tool'"):
+        aligner(tmp_path, templates="syntax.yaml")
+
+
+def test_describe_parameters():
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "description": "City"}, "days": {"type": "integer"}},
+        "required": ["city"],
+    }
+    assert describe_parameters(schema) == "city (string, required): City; days (integer)"
+    assert describe_parameters({}) == "" and describe_parameters(None) == ""
+
+
+# --- real data ----------------------------------------------------------------------------------
+
+
+def aligned_calls(sample: Sample) -> list[ToolCall]:
+    return [m.tool_call for m in sample.messages if m.part == "arguments"]
+
+
+@pytest.mark.real_data
+def test_all_agentinstruct_trajectories_align_and_keep_every_tool_call(external):
+    fn = aligner()
+    count = 0
+    for path in sorted(glob.glob(str(external("agentinstruct_thudm") / "*.parquet"))):
+        for traj in parse_file(path, "agentinstruct")[0]:
+            (sample,) = outputs(fn, traj)  # raises on a dead letter
+            count += 1
+            messages = sample.messages
+            assert not any(has_markers(m.content) for m in messages if m.role is Role.ASSISTANT)
+            source_calls = [s.call for t in traj.turns if t.role is Role.ASSISTANT for s in parse_turn(t) if s.call]
+            assert aligned_calls(sample) == source_calls
+            for i, message in enumerate(messages):
+                if message.part == "arguments":
+                    assert json.loads(message.content) == message.tool_call.arguments
+                    assert messages[i - 2].part == "tool" and message.tool_call.name in messages[i - 2].content
+            supervised_source = sum(t.loss for t in traj.turns if t.role is Role.ASSISTANT)
+            assert (supervised_source == 0) == (not any(m.loss for m in messages))
+            assert not any(m.loss for m in messages if m.role is not Role.ASSISTANT)
+    assert count == 1465
+
+
+# Golden tests: one real row per dialect -> the exact aligned conversation. The expected files hold
+# the structure and a sha256 of each message (no data is copied into the repository); regenerate
+# with AGENTMILL_UPDATE_GOLDEN=1 after an intended change, and review the diff of the structure.
+GOLDEN_CASES = {
+    "os": ("agentinstruct_thudm/os.shared80.parquet", "agentinstruct", {}, 3),
+    "db": ("agentinstruct_thudm/db.shared80.parquet", "agentinstruct", {}, 3),
+    "alfworld": ("agentinstruct_thudm/alfworld.shared80.parquet", "agentinstruct", {}, 3),
+    "webshop": ("agentinstruct_thudm/webshop.shared80.parquet", "agentinstruct", {}, 3),
+    "kg": ("agentinstruct_thudm/kg.shared80.parquet", "agentinstruct", {}, 3),
+    "mind2web": ("agentinstruct_thudm/mind2web.shared80.parquet", "agentinstruct", {}, 2),
+    "toolbench": (
+        "toolbench_openbmb/data_example/answer/G1_answer/10_ChatGPT_DFS_woFilter_w2.json",
+        "openai",
+        {"messages_field": "answer_generation.train_messages.-1", "tools_field": "answer_generation.function"},
+        0,
+    ),
+    "glaive": ("llamafactory_glaive_toolcall/glaive_toolcall_en_demo.shared80.json", "sharegpt", {}, 0),
+    "fireact": ("fireact/data/finetune/gpt_format/hotpotqa.jsonl", "openai", {}, 0),
+    "babyai": ("agentgym_agenttraj_l/babyai_train.json", "agentinstruct", {}, 0),
+}
+
+
+def fingerprint(sample: Sample) -> dict:
+    return {
+        "source_id": sample.lineage.source_id,
+        "messages": [
+            {
+                "role": m.role.value,
+                "part": m.part,
+                "loss": m.loss,
+                "tool": m.tool_call.name if m.tool_call else None,
+                "sha256": hashlib.sha256(m.content.encode()).hexdigest()[:16],
+            }
+            for m in sample.messages
+        ],
+    }
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("dialect", sorted(GOLDEN_CASES))
+def test_golden_alignment_per_dialect(external, dialect):
+    relative, fmt, config, index = GOLDEN_CASES[dialect]
+    traj = parse_file(external(*relative.split("/")), fmt, **config)[0][index]
+    (sample,) = outputs(aligner(), traj)
+    got = fingerprint(sample)
+    path = GOLDEN / f"{dialect}.json"
+    if os.environ.get("AGENTMILL_UPDATE_GOLDEN") == "1":
+        path.write_text(json.dumps(got, indent=1) + "\n")
+    expected = json.loads(path.read_text())
+    assert got == expected
+    assert any(m["part"] == "arguments" for m in got["messages"])
