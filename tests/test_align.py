@@ -166,7 +166,7 @@ def test_user_templates_override_slots(tmp_path):
 )
 def test_templates_that_reach_python_internals_are_refused(tmp_path, template):
     (tmp_path / "evil.yaml").write_text(json.dumps({"tool": [template]}))
-    with pytest.raises(PhrasingError, match="sandbox|undefined"):
+    with pytest.raises(PhrasingError, match=r"sandbox|undefined"):
         aligner(tmp_path, templates="evil.yaml")
 
 

@@ -89,7 +89,8 @@ def one(text: str, **turn) -> ParsedStep:
             ParsedStep(thought="get a fact.", call=ToolCall(name="get_fact", arguments={"animal": "cat", "n": 2})),
         ),
         (
-            'Thought: done.\nAction: Finish\nAction Input: {"return_type": "give_answer", "final_answer": "Cats sleep a lot."}',
+            'Thought: done.\nAction: Finish\nAction Input: {"return_type": "give_answer", '
+            '"final_answer": "Cats sleep a lot."}',
             ParsedStep(thought="done.", answer="Cats sleep a lot.", finished=True),
         ),
         # FireAct: finish[answer]; markdown-bold and mid-line (reflexion) markers
