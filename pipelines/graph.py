@@ -183,6 +183,12 @@ def plan_spec(spec: PipelineSpec, path: str, base_dir: str) -> Plan:
                     step_id=step.id,
                 )
             consumed.add((upstream_id, port))
+        if step.cls.fan_in == "named":
+            names = [i if p == MAIN else f"{i}.{p}" for i, p in step.inputs]
+            try:
+                step.cls.check_inputs(step.config, names)
+            except ValueError as exc:
+                raise SpecError(path, f"inputs: {exc}", step_id=step.id) from None
 
     order = _topological(path, planned)
     writes = [s for s in planned if s.spec.type == "write"]

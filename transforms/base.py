@@ -269,6 +269,11 @@ class Step(beam.PTransform):
     def step_id(self) -> str:
         return self.context.step_id
 
+    @classmethod
+    def check_inputs(cls, config: StepConfig, input_names: list[str]) -> None:
+        """For ``fan_in = "named"`` steps: check the spec's input names against the config
+        before anything runs; raise ``ValueError`` with a message for the user."""
+
     def check(self) -> None:
         """Checks that need more than the config model (files, templates), run before the
         pipeline is built; raise ``ValueError`` with a message for the user."""
