@@ -22,6 +22,12 @@ from pipelines.report import ledger_rows
 from schemas import Manifest
 
 console = Console(stderr=True)
+
+
+class UsageError(AgentmillError):
+    """A command used with missing or inconsistent arguments."""
+
+
 stdout = Console()
 
 
@@ -110,6 +116,68 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_hallucination(args: argparse.Namespace) -> int:
+    from train import hallucination as h
+
+    if not args.model and not args.responses:
+        raise UsageError("give --model (to generate answers) or --responses (answers made elsewhere)")
+    try:
+        keywords = h.Keywords.load(args.keywords)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot use --keywords {args.keywords!r}: {exc}") from None
+    items = None
+    if args.data:
+        if not is_agentmill_output(args.data):
+            raise OutputError(f"{args.data!r} is not an agentmill output (no manifest.json)")
+        items = h.items_from_dir(args.data, args.per_case)
+        if not items:
+            raise UsageError(f"{args.data!r} holds no evaluation items (negatives, general or aligned agent samples)")
+    if args.responses:
+        try:
+            pairs = h.pairs_from_responses(h.read_responses(args.responses), items)
+        except OSError as exc:
+            raise UsageError(f"cannot read --responses: {exc.strerror}") from None
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        if items is None:
+            raise UsageError("--model needs --data DIR for the prompts")
+        if not os.path.isdir(args.model):
+            raise UsageError(f"--model {args.model!r} is not a local model directory")
+        with console.status(f"generating {len(items)} answers with {args.model}"):
+            responses = h.generate(args.model, items, args.max_new_tokens)
+        pairs = [(item.case, response, item.expected_tool) for item, response in zip(items, responses, strict=True)]
+        if args.save_responses:
+            with open(args.save_responses, "w", encoding="utf-8") as handle:
+                for item, response in zip(items, responses, strict=True):
+                    handle.write(
+                        json.dumps({"id": item.id, "case": item.case, "response": response}, ensure_ascii=False) + "\n"
+                    )
+    result = h.score(pairs, keywords)
+    table = Table(title="hallucination (Agent-H style)")
+    for column in ("case", "n", "H_ReAct", "H_General", "correct call"):
+        table.add_column(column, justify="left" if column == "case" else "right")
+    for case, row in result["cases"].items():
+        table.add_row(
+            h.CASE_NAMES.get(case, case),
+            str(row["n"]),
+            str(row.get("h_react", "")),
+            str(row.get("h_general", "")),
+            str(row.get("correct_call", "")),
+        )
+    stdout.print(table)
+    if "hscore" in result:
+        stdout.print(
+            f"H_ReAct {result['h_react']}  H_General {result['h_general']}  [bold]HScore {result['hscore']}[/]"
+        )
+    if "positive_correct_call" in result:
+        stdout.print(f"positive case: correct calls {result['positive_correct_call']}")
+    with open(args.output, "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=2)
+    console.print(f"wrote {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentmill", description="Agent trajectories -> fine-tuning data, as Beam pipelines."
@@ -136,6 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("directory")
     inspect.add_argument("--json", action="store_true", help="print the manifest")
     inspect.set_defaults(handler=cmd_inspect)
+
+    evaluate = sub.add_parser("eval", help="evaluate a model")
+    evals = evaluate.add_subparsers(dest="evaluation", required=True)
+    hall = evals.add_parser("hallucination", help="H_ReAct, H_General, HScore and correct calls (Agent-H style)")
+    hall.add_argument("--model", help="local Hugging Face model directory to generate answers")
+    hall.add_argument("--data", help="agentmill output directory with the evaluation cases")
+    hall.add_argument("--responses", help="JSONL of answers made elsewhere: {id, response} or {case, response}")
+    hall.add_argument("--per-case", type=int, default=None, help="at most N items per case")
+    hall.add_argument("--max-new-tokens", type=int, default=64)
+    hall.add_argument("--keywords", help="YAML/JSON with react_keywords and general_phrases")
+    hall.add_argument("--output", default="hallucination.json", help="where to write the JSON report")
+    hall.add_argument("--save-responses", help="also write the generated answers as JSONL")
+    hall.set_defaults(handler=cmd_eval_hallucination)
     return parser
 
 

@@ -26,7 +26,15 @@ def render_prompt(tokenizer: Any, messages: Sequence[Message]) -> str:
     return "\n".join([*lines, "assistant:"])
 
 
-class CausalLMHandler(ModelHandler[list[Message], PredictionResult, Any]):
+class LoadedModel:
+    """A model and its tokenizer (a class, since RunInference keeps a weak reference to it)."""
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+
+
+class CausalLMHandler(ModelHandler[list[Message], PredictionResult, LoadedModel]):
     """RunInference handler: greedy generation with a local causal LM (no network access).
 
     Examples are message lists; the inference is the generated text, decoded without special
@@ -38,19 +46,19 @@ class CausalLMHandler(ModelHandler[list[Message], PredictionResult, Any]):
         self.max_new_tokens = max_new_tokens
         self.device = device
 
-    def load_model(self) -> Any:
+    def load_model(self) -> LoadedModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(self.model_path, local_files_only=True).to(self.device).eval()
-        return model, tokenizer
+        return LoadedModel(model, tokenizer)
 
     def run_inference(
-        self, batch: Sequence[list[Message]], model: Any, inference_args: dict[str, Any] | None = None
+        self, batch: Sequence[list[Message]], model: LoadedModel, inference_args: dict[str, Any] | None = None
     ) -> Iterable[PredictionResult]:
         import torch
 
-        lm, tokenizer = model
+        lm, tokenizer = model.model, model.tokenizer
         for messages in batch:
             prompt = render_prompt(tokenizer, messages)
             inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)

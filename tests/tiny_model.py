@@ -1,0 +1,34 @@
+"""A tiny randomly initialised Llama with a local BPE tokenizer and a chat template (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TEXT = ["I will use the weather tool.", "Thought: call it. Action: search", "The answer is 42.", "hello world"] * 20
+
+
+def build_tiny_model(directory: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from train.tiny import tiny_llama_config, train_tokenizer
+
+    tokenizer = train_tokenizer(TEXT, vocab_size=300)
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(0)
+    config = tiny_llama_config(
+        len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_size=32,
+        intermediate_size=64,
+    )
+    model = LlamaForCausalLM(LlamaConfig(**config))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
