@@ -51,17 +51,33 @@ def _ledger_table(manifest: Manifest) -> Table:
 def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from pipelines.graph import load_plan
     from pipelines.run import run_plan
+    from transforms import progress
 
     plan = load_plan(args.spec)
     started = time.monotonic()
+    counts: dict[str, int] = {}
+    stage = ["preparing"]
     with console.status("[bold]preparing", spinner="dots") as status:
 
-        def on_stage(stage: str) -> None:
-            status.update(f"[bold]{plan.spec.name}[/]: {stage} ({time.monotonic() - started:.0f}s)")
-            if not args.quiet:
-                console.log(stage)
+        def refresh() -> None:
+            done = "  ".join(f"{step} {n:,}" for step, n in counts.items())
+            status.update(f"[bold]{plan.spec.name}[/]: {stage[0]} ({time.monotonic() - started:.0f}s)  {done}")
 
-        summary = run_plan(plan, args.output, beam_args, on_stage=on_stage)
+        def on_stage(name: str) -> None:
+            stage[0] = name
+            refresh()
+            if not args.quiet:
+                console.log(name)
+
+        def on_records(step_id: str, n: int) -> None:
+            counts[step_id] = counts.get(step_id, 0) + n
+            refresh()
+
+        progress.listen(on_records)
+        try:
+            summary = run_plan(plan, args.output, beam_args, on_stage=on_stage)
+        finally:
+            progress.listen(None)
     out = summary.manifest.output
     if not args.quiet:
         console.print(_ledger_table(summary.manifest))

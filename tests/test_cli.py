@@ -22,7 +22,7 @@ def test_validate_graph_run_inspect_on_the_demo(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stderr
     graph = agentmill("graph", "pipelines/demo.yaml")
-    assert graph.stdout.startswith("flowchart LR") and "agent_chat --> write" in graph.stdout
+    assert graph.stdout.startswith("flowchart LR") and "balance --> write" in graph.stdout
     out = tmp_path / "demo"
     result = agentmill("run", "pipelines/demo.yaml", "--output", str(out))
     assert result.returncode == 0, result.stderr

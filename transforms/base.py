@@ -23,6 +23,7 @@ from apache_beam.transforms.window import GlobalWindows
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from schemas import Rejected, clip
+from transforms import progress
 
 MAIN = "main"
 REJECTED = "__rejected__"
@@ -136,6 +137,7 @@ class _Accounting:
         return TaggedOutput(REJECTED, (self.step_id, entry.model_dump_json()))
 
     def flush(self) -> Iterator[Any]:
+        progress.report(self.step_id, self.counts.get((IN, ""), 0))
         for (category, reason), n in sorted(self.counts.items()):
             yield TaggedOutput(LEDGER, GlobalWindows.windowed_value(((self.step_id, category, reason), n)))
         self.counts.clear()
