@@ -1,0 +1,458 @@
+"""reward_filter: thresholds, missing rewards, the AgentTuning rules, and the real AgentGym rollouts."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from pydantic import ValidationError
+
+from pipelines.run import run_spec
+from schemas import Role, Sample, Trajectory, Turn, trajectory_id
+from schemas.arrow import ArrowCodec
+from transforms.base import Filtered, RecordError, Stat
+from transforms.read import ReadConfig, ReadFile
+from transforms.reward_filter import (
+    RewardFilter,
+    RewardFilterConfig,
+    RewardFilterFn,
+    episode,
+    judge,
+    longest_repeat,
+)
+
+AGENTGYM = "agentgym_sampled_trajectories_with_reward"
+
+
+def make(task: str | None, turns: list[tuple[str, str, bool]], reward: float | None = 1.0, **extra) -> Trajectory:
+    built = [Turn(role=Role(role), text=text, loss=loss) for role, text, loss in turns]
+    return Trajectory(
+        id=trajectory_id("test", "x", built),
+        source="test",
+        source_id="x",
+        task=task,
+        turns=built,
+        reward=reward,
+        **extra,
+    )
+
+
+def episode_turns(*outputs: str, observations: list[str] | None = None) -> list[tuple[str, str, bool]]:
+    """A prompt, then agent outputs each followed by an observation."""
+    observations = observations or [f"observation {i}" for i in range(len(outputs))]
+    turns = [("user", "You are an agent. Solve the task.", False)]
+    for output, observation in zip(outputs, observations, strict=True):
+        turns += [("assistant", output, True), ("user", observation, False)]
+    return turns
+
+
+def outcome(trajectory: Trajectory, config: RewardFilterConfig | None = None):
+    """(kept trajectory or Filtered, stats) from the step's processor."""
+    fn = RewardFilterFn(config or RewardFilterConfig())
+    results = list(fn(trajectory))
+    stats = Counter()
+    main = None
+    for item in results:
+        if isinstance(item, Stat):
+            stats[item.name] += item.value
+        else:
+            main = item
+    return main, stats
+
+
+# --- thresholds and reward fields ------------------------------------------------------------
+
+
+def test_thresholds_default_mind2web_babyai_and_override():
+    config = RewardFilterConfig(thresholds={"webshop": 0.5})
+    assert config.threshold_of("alfworld") == 1.0
+    assert config.threshold_of(None) == 1.0
+    assert config.threshold_of("mind2web") == pytest.approx(2 / 3)
+    assert config.threshold_of("babyai") == 0.1
+    assert config.threshold_of("webshop") == 0.5
+    done = episode_turns("Action: click[Buy Now]")
+    assert judge(make("webshop", done, reward=0.5), config).kept
+    assert not judge(make("webshop", done, reward=0.49), config).kept
+    assert judge(make("mind2web", episode_turns("Answer: B"), reward=0.6666666666666666)).kept  # float of 2/3
+    assert not judge(make("mind2web", episode_turns("Answer: B"), reward=0.66)).kept
+    assert not judge(make("alfworld", episode_turns("go to desk 1"), reward=0.99)).kept
+
+
+def test_below_threshold_is_filtered_to_the_rejected_port():
+    result, stats = outcome(make("alfworld", episode_turns("go to desk 1"), reward=0.5))
+    assert isinstance(result, Filtered)
+    assert result.reason == "below_threshold" and result.port == "rejected"
+    assert "0.5 < threshold 1" in result.detail
+    assert stats["task_in:alfworld"] == 1 and stats["task_kept:alfworld"] == 0
+    no_port, _ = outcome(make("alfworld", episode_turns("x"), reward=0.5), RewardFilterConfig(rejected_port=False))
+    assert no_port.port is None
+
+
+def test_missing_reward_policies():
+    trajectory = make("alfworld", episode_turns("go to desk 1"), reward=None)
+    dropped, _ = outcome(trajectory)
+    assert isinstance(dropped, Filtered) and dropped.reason == "missing_reward"
+    kept, stats = outcome(trajectory, RewardFilterConfig(missing_reward="keep"))
+    assert kept == trajectory and stats["task_kept:alfworld"] == 1
+    with pytest.raises(RecordError) as err:
+        judge(trajectory, RewardFilterConfig(missing_reward="dead_letter"))
+    assert err.value.reason == "missing_reward"
+    # keep still runs the other checks
+    looping = make("alfworld", episode_turns("look", "look", "look"), reward=None)
+    assert judge(looping, RewardFilterConfig(missing_reward="keep")).violations[0][0] == "repeated_output"
+
+
+def test_reward_from_metadata_and_success_fields():
+    trajectory = make("alfworld", episode_turns("go"), reward=None, success=True, metadata={"eval": {"score": 1}})
+    assert judge(trajectory, RewardFilterConfig(reward_field="metadata.eval.score")).kept
+    assert judge(trajectory, RewardFilterConfig(reward_field="success")).kept
+    failed = trajectory.model_copy(update={"success": False, "metadata": {"eval": {"score": 0.2}}})
+    assert judge(failed, RewardFilterConfig(reward_field="metadata.eval.score")).violations[0][0] == "below_threshold"
+    assert judge(failed, RewardFilterConfig(reward_field="success")).violations[0][0] == "below_threshold"
+    bad = trajectory.model_copy(update={"metadata": {"eval": {"score": "high"}}})
+    with pytest.raises(RecordError) as err:
+        judge(bad, RewardFilterConfig(reward_field="metadata.eval.score"))
+    assert err.value.reason == "invalid_reward"
+    with pytest.raises(RecordError):
+        judge(trajectory.model_copy(update={"reward": float("nan")}), RewardFilterConfig())
+
+
+def test_config_is_validated_early():
+    with pytest.raises(ValidationError):
+        RewardFilterConfig(reward_field="score")
+    with pytest.raises(ValidationError):
+        RewardFilterConfig(invalid_action_patterns={"alfworld": ["(unclosed"]})
+    with pytest.raises(ValidationError):
+        RewardFilterConfig(final_answer={"os": {"pattern": "[", "where": "last_output"}})
+    with pytest.raises(ValidationError):
+        RewardFilterConfig(thresold=0.5)  # typo: unknown key
+    with pytest.raises(ValidationError):
+        RewardFilterConfig(checks=["reward", "reward"])
+
+
+# --- repeated outputs ----------------------------------------------------------------------
+
+
+def test_three_identical_outputs_in_a_row_fail():
+    three = make("alfworld", episode_turns("go to desk 1", "go to desk 1", "  go to   desk 1\n"))
+    verdict = judge(three)
+    assert [r for r, _ in verdict.violations] == ["repeated_output"]
+    assert "3 times in a row" in verdict.violations[0][1]
+    assert judge(make("alfworld", episode_turns("a", "a", "b", "a"))).kept  # only twice in a row
+    assert judge(make("alfworld", episode_turns("a", "b", "a", "b", "a"))).kept  # not consecutive
+    assert not judge(make("alfworld", episode_turns("a", "a")), RewardFilterConfig(repeat_limit=2)).kept
+
+
+def test_in_context_example_turns_do_not_count():
+    # AgentInstruct style: the 1-shot example is assistant turns with loss=false
+    turns = [
+        ("user", "task prompt", False),
+        ("assistant", "OK.", False),
+        ("user", "example", False),
+        ("assistant", "OK.", False),
+        ("user", "example 2", False),
+        ("assistant", "OK.", True),
+        ("user", "obs", False),
+        ("assistant", "Act: finish", True),
+    ]
+    ep = episode(make("os", turns))
+    assert ep.outputs == ["OK.", "Act: finish"]
+    assert ep.observations == ["obs"]
+    assert longest_repeat(ep) == (1, "OK.")
+
+
+def test_repeat_scope_output_and_observation():
+    crafting = make(
+        "textcraft",
+        episode_turns(
+            "> craft 1 iron ingot using 9 iron nugget",
+            "> craft 1 iron ingot using 9 iron nugget",
+            "> craft 1 iron ingot using 9 iron nugget",
+            observations=[
+                "Crafted 1 minecraft:iron_ingot",
+                "Crafted 1 minecraft:iron_ingot (2)",
+                "Crafted 1 minecraft:iron_ingot",
+            ],
+        ),
+    )
+    assert judge(crafting).violations[0][0] == "repeated_output"  # the paper's literal rule
+    scoped = RewardFilterConfig(repeat_scope="output_and_observation")
+    assert judge(crafting, scoped).kept  # the world changed between the outputs
+    stuck = make(
+        "textcraft", episode_turns("> look", "> look", "> look", observations=["same", "same", "Crafted 1 minecraft:x"])
+    )
+    assert judge(stuck, scoped).violations[0][0] == "repeated_output"
+
+
+# --- invalid actions -------------------------------------------------------------------------
+
+
+def test_invalid_actions_per_environment():
+    nothing = make(
+        "alfworld",
+        episode_turns("open drawer 9", "go to desk 1", observations=["Nothing happens.", "You arrive at desk 1."]),
+    )
+    verdict = judge(nothing)
+    assert verdict.violations[0][0] == "invalid_action" and "Nothing happens" in verdict.violations[0][1]
+    assert judge(nothing, RewardFilterConfig(max_invalid_actions=1)).kept
+    assert judge(nothing, RewardFilterConfig(invalid_action_patterns={"alfworld": []})).kept
+    # ALFWorld's phrase is not an invalid action in another environment...
+    assert judge(make("webshop", episode_turns("click[Buy Now]", observations=["Nothing happens."]))).kept
+    # ...but the generic one is
+    invalid = make(
+        "webshop", episode_turns("click[foo]", "click[Buy Now]", observations=["Invalid action!", "Thank you"])
+    )
+    assert judge(invalid).violations[0][0] == "invalid_action"
+    babyai = make(
+        "babyai",
+        episode_turns("pick up key", observations=["The action is not recognized. Please check valid actions."]),
+        reward=0.9,
+    )
+    assert judge(babyai).violations[0][0] == "invalid_action"
+    seeing = make(
+        "babyai",
+        episode_turns("turn left", observations=["You cannot see any objects within sight. The task is completed."]),
+        reward=0.9,
+    )
+    assert judge(seeing).kept  # a view description, not a refused action
+    custom = RewardFilterConfig(invalid_action_patterns={"os": [r"^command not found"]})
+    assert not judge(
+        make("os", episode_turns("Act: bash", "Act: finish", observations=["command not found", "ok"])), custom
+    ).kept
+
+
+def test_invalid_action_phrase_in_the_prompt_does_not_count():
+    turns = [
+        ("user", "Example: > open drawer 9\nNothing happens.\nNow solve your task.", False),
+        ("assistant", "go to desk 1", True),
+        ("user", "You arrive at desk 1.", False),
+    ]
+    assert judge(make("alfworld", turns)).kept
+
+
+# --- final answers ---------------------------------------------------------------------------
+
+
+def test_final_answer_rules():
+    assert judge(make("webshop", episode_turns("search[shoes]", "click[Buy Now]"))).kept
+    unfinished = judge(make("webshop", episode_turns("search[shoes]", "click[b0123]")))
+    assert unfinished.violations[0][0] == "no_final_answer"
+    assert judge(make("os", episode_turns("Act: bash\n```bash\nls\n```", "Act: answer(3)"))).kept
+    assert not judge(make("os", episode_turns("Act: bash\n```bash\nls\n```"))).kept
+    assert judge(make("kg", episode_turns("Action: get_relations(x)", "Final Answer: #3"))).kept
+    assert judge(make("db", episode_turns('Action: Answer\nFinal Answer: ["1"]'))).kept
+    assert judge(
+        make("babyai", episode_turns("go to red ball 1", observations=["... The task is completed."]), reward=0.9)
+    ).kept
+    assert not judge(
+        make("babyai", episode_turns("go to red ball 1", observations=["You see a wall."]), reward=0.9)
+    ).kept
+    assert judge(
+        make("textcraft", episode_turns("> craft 1 bread using 3 wheat", observations=["Crafted 1 minecraft:bread"]))
+    ).kept
+    # tasks without a rule, and rules switched off
+    assert judge(make("alfworld", episode_turns("go to desk 1"))).kept
+    assert judge(
+        make("webshop", episode_turns("click[b0123]")), RewardFilterConfig(final_answer={"webshop": None})
+    ).kept
+    custom = RewardFilterConfig(final_answer={"alfworld": {"pattern": "^put ", "where": "last_output"}})
+    assert not judge(make("alfworld", episode_turns("go to desk 1")), custom).kept
+    assert judge(make("webshop", episode_turns("click[b0123]")), RewardFilterConfig(checks=["reward"])).kept
+
+
+def test_first_failing_check_is_the_reason_and_all_are_counted():
+    trajectory = make("webshop", episode_turns("click[Next >]", "click[Next >]", "click[Next >]"), reward=0.0)
+    result, stats = outcome(trajectory)
+    assert result.reason == "below_threshold"
+    assert "also: repeated_output, no_final_answer" in result.detail
+    assert (
+        stats["violation:below_threshold"]
+        == stats["violation:repeated_output"]
+        == stats["violation:no_final_answer"]
+        == 1
+    )
+
+
+# --- real data -------------------------------------------------------------------------------
+
+
+def _read(path: Path, fmt: str = "openai", source: str = "agentgym") -> list[Trajectory]:
+    reader = ReadFile(ReadConfig(format=fmt, paths=[str(path)], source=source), source)
+    return [t for t in reader(str(path)) if isinstance(t, Trajectory)]
+
+
+def _at(path: Path, index: int, fmt: str = "openai") -> Trajectory:
+    (found,) = [t for t in _read(path, fmt) if t.metadata["location"] == f"{path.name}:{index}"]
+    return found
+
+
+def _reasons(trajectory: Trajectory, config: RewardFilterConfig | None = None) -> list[str]:
+    return [r for r, _ in judge(trajectory, config or RewardFilterConfig()).violations]
+
+
+@pytest.mark.real_data
+def test_real_rollouts_that_break_the_rules(external):
+    root = external(AGENTGYM)
+    # babyai: "Thought: Continue. Action: move forward" four times while stuck at a wall
+    looping = _at(root / "babyai__deepseek-v3.2_20251210_111646.jsonl", 84)
+    assert looping.reward > 0.1 and _reasons(looping) == ["repeated_output"]
+    # babyai: the environment answers "The action is not recognized" (reward 0.9 notwithstanding)
+    unrecognised = _at(root / "babyai__gemini-3-pro-preview_20251211_135610.jsonl", 20)
+    assert unrecognised.reward == 0.9 and _reasons(unrecognised) == ["invalid_action"]
+    # textcraft: the model wrote fake observations; the game answers "Could not execute ..."
+    fake = _at(root / "textcraft__gemini-3-pro-preview_20251216_101619.jsonl", 0)
+    assert fake.reward == 1.0 and _reasons(fake) == ["invalid_action"]
+    assert "Could not execute" in judge(fake).violations[0][1]
+    # webshop: the same thought and click six times in a row, reward 0.857
+    paging = _at(root / "webshop__qwen-max_20251127_090652.jsonl", 1)
+    assert _reasons(paging) == ["below_threshold", "repeated_output"]
+    assert "6 times in a row" in judge(paging).violations[1][1]
+
+
+@pytest.mark.real_data
+def test_real_agentinstruct_trajectories_that_break_the_rules(external):
+    kg = {t.source_id: t for t in _read(external("agentinstruct_thudm", "kg.shared80.parquet"), "agentinstruct")}
+    assert _reasons(kg["kg_31"], RewardFilterConfig(missing_reward="keep")) == [
+        "repeated_output",
+        "invalid_action",  # "No executable function found! Need to recheck the action."
+        "no_final_answer",
+    ]
+    alfworld = {
+        t.source_id: t for t in _read(external("agentinstruct_thudm", "alfworld.shared80.parquet"), "agentinstruct")
+    }
+    assert _reasons(alfworld["alfworld_67"], RewardFilterConfig(missing_reward="keep")) == ["invalid_action"]
+    assert (
+        "4 invalid action(s)"
+        in judge(alfworld["alfworld_67"], RewardFilterConfig(missing_reward="keep")).violations[0][1]
+    )
+    # the recipe's configuration for the released set: everything passes; all checks drop 31
+    released = RewardFilterConfig(missing_reward="keep", checks=["reward"])
+    everything = [
+        t for path in sorted(external("agentinstruct_thudm").glob("*.parquet")) for t in _read(path, "agentinstruct")
+    ]
+    assert len(everything) == 1465
+    assert all(judge(t, released).kept for t in everything)
+    all_checks = RewardFilterConfig(missing_reward="keep")
+    first_reasons = [_reasons(t, all_checks)[:1] for t in everything]
+    strict = Counter(reasons[0] for reasons in first_reasons if reasons)
+    assert strict == {"invalid_action": 22, "no_final_answer": 6, "repeated_output": 3}
+
+
+# Independent restatement of the documented rules on the raw JSON (no agentmill code involved).
+THRESHOLD = {"babyai": 0.1}
+INVALID = {
+    "babyai": [
+        r"The action is not recognized",
+        r"Only one 'Action' is allowed",
+        r"(?m)^\s*No change in state",
+        r"(?m)^\s*You cannot (?!see\b)",
+        r"can't move forward",
+    ],
+    "textcraft": [r"(?m)^\s*Could not execute", r"(?m)^\s*Could not find a valid recipe"],
+}
+FINAL = {
+    "webshop": lambda last_out, last_obs: re.search(r"(?i)click\[\s*buy now\s*\]", last_out),
+    "babyai": lambda last_out, last_obs: "The task is completed" in last_obs,
+    "textcraft": lambda last_out, last_obs: re.match(r"\s*Crafted \d+ minecraft:", last_obs),
+}
+
+
+def expected_reasons(record: dict) -> list[str]:
+    task = record["task_name"]
+    messages = record["conversations"]
+    outputs = [" ".join(m["content"].split()) for m in messages if m["role"] == "assistant"]
+    first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    observations = [m["content"] for m in messages[first:] if m["role"] == "user"]
+    reasons = []
+    if record["reward"] < THRESHOLD.get(task, 1.0):
+        reasons.append("below_threshold")
+    if any(outputs[i] == outputs[i + 1] == outputs[i + 2] for i in range(len(outputs) - 2)):
+        reasons.append("repeated_output")
+    patterns = [r"(?m)^\s*Invalid action\b", *INVALID.get(task, [])]
+    if any(re.search("(?i)" + p, o) for o in observations for p in patterns):
+        reasons.append("invalid_action")
+    last_out = [m["content"] for m in messages if m["role"] == "assistant"][-1]
+    if not FINAL[task](last_out, observations[-1] if observations else ""):
+        reasons.append("no_final_answer")
+    return reasons
+
+
+def raw_rollouts(root: Path) -> dict[str, dict]:
+    records = {}
+    for path in sorted(glob.glob(str(root / "*.jsonl"))):
+        with open(path, encoding="utf-8") as handle:
+            for index, line in enumerate(handle):
+                records[f"{os.path.basename(path)}:{index}"] = json.loads(line)
+    for path in sorted(glob.glob(str(root / "*" / "*.json"))):
+        with open(path, encoding="utf-8") as handle:
+            records[f"{os.path.basename(path)}:0"] = json.load(handle)
+    return records
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_agentgym_rollouts_kept_set_and_reasons(external, tmp_path):
+    root = external(AGENTGYM)
+    raw = raw_rollouts(root)
+    assert len(raw) == 685
+    expected = {location: expected_reasons(record) for location, record in raw.items()}
+    expected_kept = {loc for loc, reasons in expected.items() if not reasons}
+    expected_filtered = Counter(reasons[0] for reasons in expected.values() if reasons)
+    expected_violations = Counter(r for reasons in expected.values() for r in reasons)
+    assert expected_filtered["below_threshold"] > 0 and expected_filtered["invalid_action"] > 0
+    assert expected_filtered["repeated_output"] > 0 and expected_violations["no_final_answer"] > 0
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        json.dumps(
+            {
+                "name": "reward_filter_real",
+                "steps": [
+                    {
+                        "id": "read",
+                        "type": "read",
+                        "config": {
+                            "format": "openai",
+                            "source": "agentgym",
+                            "paths": [str(root / "*.jsonl"), str(root / "*" / "*.json")],
+                        },
+                    },
+                    {"id": "filter", "type": "reward_filter", "inputs": ["read"]},
+                    {"id": "chat", "type": "to_chat", "inputs": ["filter"]},
+                    {"id": "write", "type": "write", "inputs": ["chat"]},
+                ],
+            }
+        )
+    )
+    out = tmp_path / "out"
+    summary = run_spec(str(spec), str(out))
+    ledger = summary.manifest.steps["filter"]
+    assert ledger.in_ == 685
+    assert ledger.passed == len(expected_kept)
+    assert ledger.filtered == dict(expected_filtered)
+    assert ledger.ports == {"rejected": sum(expected_filtered.values())}
+    assert summary.manifest.ratios["filter"]["violations"] == dict(expected_violations)
+    tasks = summary.manifest.ratios["filter"]["tasks"]
+    assert tasks["babyai"]["threshold"] == 0.1 and tasks["webshop"]["threshold"] == 1.0
+    assert sum(t["kept"] for t in tasks.values()) == len(expected_kept)
+
+    codec = ArrowCodec(Sample)
+    with pa.ipc.open_stream(str(out / "data-00000-of-00001.arrow")) as stream:
+        samples = [codec.from_row(row) for row in stream.read_all().to_pylist()]
+    assert {s.metadata["location"] for s in samples} == expected_kept
+    rejected = [json.loads(line) for line in (out / "rejected" / "filter.jsonl").read_text().splitlines()]
+    files = sorted(glob.glob(str(root / "*.jsonl"))) + sorted(glob.glob(str(root / "*" / "*.json")))
+    location_of = {t.id: t.metadata["location"] for path in files for t in _read(Path(path))}
+    by_location = {location_of[r["record_id"]]: r["reason"] for r in rejected}
+    assert by_location == {loc: reasons[0] for loc, reasons in expected.items() if reasons}
+
+
+def test_step_declares_a_rejected_port():
+    assert RewardFilter.extra_outputs == {"rejected": Trajectory}
+    assert RewardFilter.type_name == "reward_filter"
