@@ -49,7 +49,7 @@ def test_parquet_gz_and_json_array_give_the_same_trajectory(tmp_path):
     dumps = [[t.model_dump(exclude={"metadata"}) for t in r] for r in results]
     assert dumps[0] == dumps[1] == dumps[2]
     assert len(results[0]) == 1
-    assert results[0][0].metadata["location"] == "a.parquet:0"
+    assert results[0][0].metadata["location"] == "a.parquet:row 0"
 
 
 def test_sharegpt_glaive_function_calls_observations_and_tools(tmp_path):
@@ -256,3 +256,25 @@ def test_read_config_is_validated_early():
         ReadConfig(format="csv", paths=["x"])
     with pytest.raises(ValidationError):
         ReadConfig(format="openai", paths=["x"], colour="blue")
+
+
+def test_task_comes_from_the_id_only_for_agentinstruct(tmp_path):
+    record = {"id": "call_1", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    (traj,), _ = parse_file(write_jsonl(tmp_path / "o.jsonl", [record]), "openai")
+    assert traj.task is None
+
+
+def test_files_of_the_same_name_in_different_folders_get_distinct_source_ids(tmp_path):
+    from transforms.files import common_folder
+    from transforms.read import ReadFile
+
+    record = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    paths = []
+    for group in ("G1", "G2"):
+        (tmp_path / group).mkdir()
+        paths.append(str(write_jsonl(tmp_path / group / "10.jsonl", [record])))
+    reader = ReadFile(ReadConfig(format="sharegpt", paths=paths), "s", common_folder(paths))
+    first, second = (next(iter(reader(p))) for p in paths)
+    assert (first.source_id, second.source_id) == ("G1/10.jsonl:0", "G2/10.jsonl:0")
+    assert first.metadata["location"] == "G1/10.jsonl:line 1"
+    assert first.id != second.id or first.source_id != second.source_id

@@ -125,14 +125,33 @@ def _iter_jsonl_lines(name: str, lines: Iterator[bytes], max_bytes: int) -> Iter
         yield RawRecord(obj, location, number - 1)
 
 
-def iter_records(path: str, max_record_bytes: int) -> Iterator[RawRecord | Failed]:
+def common_folder(paths: list[str]) -> str:
+    """The deepest folder that holds every path (to name files relative to it)."""
+    folders = [posixpath.dirname(p) for p in paths]
+    if not folders:
+        return ""
+    if any("://" in f for f in folders):
+        prefix = posixpath.commonprefix(folders)
+        return prefix[: prefix.rfind("/")] if "/" in prefix else ""
+    return posixpath.commonpath(folders)
+
+
+def label_of(path: str, base: str) -> str:
+    """``path`` relative to ``base`` (the file's name in locations and source ids)."""
+    if base and path.startswith(base.rstrip("/") + "/"):
+        return path[len(base.rstrip("/")) + 1 :]
+    return posixpath.basename(path)
+
+
+def iter_records(path: str, max_record_bytes: int, label: str | None = None) -> Iterator[RawRecord | Failed]:
     """Every record of one file, or a :class:`Failed` for what cannot be decoded.
 
     ``.parquet`` yields one record per row; ``.jsonl`` one per non-blank line; ``.json`` the
     elements of a top-level array, a single top-level object, or (for JSON Lines saved as
     ``.json``) one per line. An empty or unreadable file yields one :class:`Failed`.
+    Locations name the file by ``label`` (default: its base name).
     """
-    name = posixpath.basename(path)
+    name = label or posixpath.basename(path)
     ext = base_extension(path)
     try:
         if ext == ".parquet":

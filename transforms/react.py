@@ -248,8 +248,8 @@ def parse_turn(turn: Turn) -> list[ParsedStep]:
         return [ParsedStep(thought=thought, call=turn.tool_call)]
     segments = _segments(text)[1]
     if not segments:
-        return [ParsedStep(thought=text.strip() or None)]
-    thought = _thought_text(text)
+        return [ParsedStep(thought=text.strip() or turn.thought or None)]
+    thought = _thought_text(text) or turn.thought
     steps: list[ParsedStep] = []
     for group in _group([(m, c) for m, c in segments if m not in THOUGHT_MARKERS]):
         steps += _steps_of_group(group, thought if not steps else None)

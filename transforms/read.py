@@ -8,7 +8,6 @@ letter; a pattern that matches nothing is an error before the run starts.
 from __future__ import annotations
 
 import json
-import posixpath
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -17,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from schemas import Role, Trajectory, clip
 from transforms.base import LEDGER, MAIN, REJECTED, Failed, RecordError, SourceDoFn, Step, StepConfig
-from transforms.files import RawRecord, iter_records, resolve_paths
+from transforms.files import RawRecord, common_folder, iter_records, label_of, resolve_paths
 from transforms.formats import PARSERS, FieldNames, ParseContext, jsonl
 
 Format = Literal["agentinstruct", "agent_flan", "sharegpt", "openai", "jsonl"]
@@ -70,9 +69,10 @@ class ReadConfig(StepConfig):
 class ReadFile:
     """Picklable ``path -> records`` function: decodes the file and parses each record."""
 
-    def __init__(self, config: ReadConfig, source: str) -> None:
+    def __init__(self, config: ReadConfig, source: str, base: str = "") -> None:
         self.config = config
         self.source = source
+        self.base = base
         self.fields = config.field_names()
         self.roles = {k.lower(): v for k, v in config.roles.items()}
 
@@ -81,6 +81,8 @@ class ReadFile:
             source=self.source,
             file_name=file_name,
             index=raw.index,
+            location=raw.location,
+            task_from_id=self.config.format == "agentinstruct",
             fields=self.fields,
             task=self.config.task,
             messages_path=self.config.messages_field,
@@ -92,8 +94,8 @@ class ReadFile:
         return PARSERS[self.config.format][0](raw.obj, ctx)
 
     def __call__(self, path: str) -> Iterator[Trajectory | Failed]:
-        file_name = posixpath.basename(path)
-        for raw in iter_records(path, self.config.max_record_bytes):
+        file_name = label_of(path, self.base)
+        for raw in iter_records(path, self.config.max_record_bytes, file_name):
             if isinstance(raw, Failed):
                 yield raw
                 continue
@@ -124,7 +126,7 @@ class Read(Step):
         return self._files
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, Any]:
-        reader = ReadFile(self.config, self.config.source or self.step_id)
+        reader = ReadFile(self.config, self.config.source or self.step_id, common_folder(self.input_files()))
         outputs = (
             pbegin
             | "Files" >> beam.Create(self.input_files())

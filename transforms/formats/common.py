@@ -47,6 +47,8 @@ class ParseContext:
     source: str
     file_name: str
     index: int
+    location: str = ""
+    task_from_id: bool = False
     fields: FieldNames = field(default_factory=FieldNames)
     task: str | None = None
     messages_path: str | None = None
@@ -186,7 +188,7 @@ def build_trajectory(obj: dict[str, Any], turns: list[Turn], ctx: ParseContext, 
     task_key, task = first_present(obj, ctx.fields.task)
     if task is None:
         task = ctx.task
-        if task is None and raw_id is not None and (match := _ID_SUFFIX.match(source_id)):
+        if task is None and ctx.task_from_id and raw_id is not None and (match := _ID_SUFFIX.match(source_id)):
             task = match.group("task")
     reward_key, reward = first_present(obj, ctx.fields.reward)
     success_key, success = first_present(obj, ctx.fields.success)
@@ -197,7 +199,7 @@ def build_trajectory(obj: dict[str, Any], turns: list[Turn], ctx: ParseContext, 
         for key, value in obj.items()
         if key not in used and (value is None or isinstance(value, (str, int, float, bool)))
     }
-    metadata["location"] = f"{ctx.file_name}:{ctx.index}"
+    metadata["location"] = ctx.location or f"{ctx.file_name}:{ctx.index}"
     return Trajectory(
         id=trajectory_id(ctx.source, source_id, turns),
         source=ctx.source,
