@@ -179,6 +179,21 @@ def test_broken_template_files_are_clear_errors(tmp_path):
     (tmp_path / "syntax.yaml").write_text('tool: ["{{ tool "]\n')
     with pytest.raises(PhrasingError, match="slot 'tool'"):
         aligner(tmp_path, templates="syntax.yaml")
+    (tmp_path / "unknown.yaml").write_text('tools: ["x"]\n')
+    with pytest.raises(PhrasingError, match="unknown slots tools"):
+        aligner(tmp_path, templates="unknown.yaml")
+    (tmp_path / "wrong_variable.yaml").write_text('tool: ["{{ answer }}"]\n')  # 'tool' gets no answer
+    with pytest.raises(PhrasingError, match=r"slot .tool.*undefined"):
+        aligner(tmp_path, templates="wrong_variable.yaml")
+
+
+def test_sentence_answers_are_said_as_they_are():
+    traj = trajectory(
+        ("user", "q", False), ("assistant", "Thought: found.\nAction: finish[It snows in Oslo today.]", True)
+    )
+    (sample,) = outputs(aligner(), traj)
+    assert "It snows in Oslo today." in sample.messages[-1].content
+    assert "answer is It" not in sample.messages[-1].content
 
 
 def test_describe_parameters():

@@ -33,29 +33,26 @@ from transforms.phrasing import PhraseBook, PhrasingError, load_book
 from transforms.react import ParsedStep, StepParseError, has_markers, parse_turn
 from transforms.sampling import keyed_fraction
 
-SLOTS = {
-    "system_tools",
-    "elicit_tool",
-    "tool",
-    "elicit_arguments",
-    "arguments",
-    "elicit_answer",
-    "answer",
-    "finish",
-    "elicit_continue",
-}
 EXAMPLE_TOOL = {"name": "get_weather", "description": "Weather of a city.", "arguments": "city (string, required)"}
-EXAMPLE_VARIABLES: dict[str, dict[str, Any]] = {
-    slot: {
+#: Every slot of the align phrase book and the variables it gets at run time (example values,
+#: used to render each variant once before the run).
+SLOT_VARIABLES: dict[str, dict[str, Any]] = {
+    "system_tools": {"tools": [EXAMPLE_TOOL]},
+    "elicit_tool": {"tool": "get_weather"},
+    "tool": {"tool": "get_weather"},
+    "elicit_arguments": {"tool": "get_weather"},
+    "arguments": {
         "tool": "get_weather",
         "arguments_json": '{"city":"Oslo"}',
         "arguments_pretty": '{\n  "city": "Oslo"\n}',
-        "answer": "42.",
-        "answer_bare": "42",
-        "tools": [EXAMPLE_TOOL],
-    }
-    for slot in SLOTS
+    },
+    "elicit_answer": {"tool": ""},
+    "answer": {"answer": "42.", "answer_bare": "42"},
+    "answer_sentence": {"answer": "It snows in Oslo."},
+    "finish": {},
+    "elicit_continue": {"tool": ""},
 }
+SENTENCE_WORDS = 6
 
 
 class AlignConfig(StepConfig):
@@ -85,6 +82,16 @@ def describe_parameters(parameters: Any) -> str:
             text += f": {spec['description']}"
         parts.append(text)
     return "; ".join(parts)
+
+
+def is_sentence(answer: str) -> bool:
+    """Whether a final answer is prose (said as is) rather than a value ("The answer is 4.")."""
+    text = answer.strip()
+    if text.startswith(("[", "{", "#", '"')):
+        return False  # a JSON value or a KG variable
+    return len(text.split()) >= SENTENCE_WORDS or (
+        text[:1].isupper() and text.endswith((".", "!", "?")) and " " in text
+    )
 
 
 def _tool_view(tool: ToolSpec) -> dict[str, str]:
@@ -174,7 +181,10 @@ class Aligner:
             yield self.original_form(trajectory, "keep_format")
             return
         try:
-            sample = self.aligned(trajectory)
+            try:
+                sample = self.aligned(trajectory)
+            except PhrasingError as exc:
+                raise RecordError("template_error", str(exc)) from None
         except RecordError:
             if self.config.on_unparseable == "dead_letter":
                 raise
@@ -225,7 +235,9 @@ class _ChatBuilder:
             )
             self._say("arguments", content, loss, key, tool=name, tool_call=step.call)
         elif step.finished:
-            if step.answer:
+            if step.answer and is_sentence(step.answer):
+                content = render("answer_sentence", f"{self.trajectory_id}:{key}:answer", answer=step.answer.strip())
+            elif step.answer:
                 bare = step.answer.strip().rstrip(".!?") or step.answer
                 content = render(
                     "answer", f"{self.trajectory_id}:{key}:answer", answer=step.answer.strip(), answer_bare=bare
@@ -244,9 +256,7 @@ class Align(RecordStep):
     output_type = Sample
 
     def book(self) -> dict[str, list[str]]:
-        book = load_book("align/default.yaml", self.config.templates, self.context.base_dir, SLOTS)
-        PhraseBook(book, samples=EXAMPLE_VARIABLES)  # render every variant once: fail before the run
-        return book
+        return load_book("align/default.yaml", self.config.templates, self.context.base_dir, SLOT_VARIABLES)
 
     def check(self) -> None:
         self.book()

@@ -34,7 +34,7 @@ from transforms.base import (
     StepConfig,
     StepContext,
 )
-from transforms.phrasing import PhraseBook, load_book
+from transforms.phrasing import PhraseBook, PhrasingError, load_book
 from transforms.react import ParsedStep, StepParseError, has_markers, parse_turn, render_react
 from transforms.sampling import keyed_hash, rank_key
 
@@ -148,7 +148,10 @@ class PairMaker:
             yield Filtered("not_selected", f"{len(candidates)} candidate step(s), none drawn")
             return
         for key, step in chosen:
-            sample = self._pair(trajectory, key, step)
+            try:
+                sample = self._pair(trajectory, key, step)
+            except PhrasingError as exc:
+                raise RecordError("template_error", str(exc)) from None
             yield Stat(f"format:{sample.metadata['format']}", 1)
             yield sample
 
@@ -166,9 +169,9 @@ class InstructionPairs(Step):
     output_type = Sample
 
     def book(self) -> dict[str, list[str]]:
-        book = load_book("instruction_pairs/default.yaml", self.config.templates, self.context.base_dir, SLOTS)
-        PhraseBook(book, samples={slot: EXAMPLE for slot in SLOTS})
-        return book
+        return load_book(
+            "instruction_pairs/default.yaml", self.config.templates, self.context.base_dir, {s: EXAMPLE for s in SLOTS}
+        )
 
     def check(self) -> None:
         self.book()

@@ -34,7 +34,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from pydantic import Field, model_validator
 
 from schemas import Lineage, Message, Role, Sample, ToolSpec, Trajectory, count_tokens, stable_id
-from transforms.align import _tool_view
+from transforms.align import SLOT_VARIABLES, _tool_view
 from transforms.base import (
     LEDGER,
     MAIN,
@@ -47,7 +47,7 @@ from transforms.base import (
     StepConfig,
     StepContext,
 )
-from transforms.phrasing import PhraseBook, load_book
+from transforms.phrasing import PhraseBook, PhrasingError, load_book
 from transforms.react import StepParseError, parse_turn
 from transforms.responders import CausalLMHandler
 from transforms.sampling import keyed_hash, rank_key
@@ -335,8 +335,12 @@ class NegativeMaker:
         if case is None:
             yield Filtered("not_selected", f"eligible {group} trajectory, not drawn")
             return
+        try:
+            sample = self.build(case, trajectory, self._tools(pool))
+        except PhrasingError as exc:
+            raise RecordError("template_error", str(exc)) from None
         yield Stat(f"case:{case}", 1)
-        yield self.build(case, trajectory, self._tools(pool))
+        yield sample
 
 
 # --- the step -----------------------------------------------------------------------------------
@@ -395,9 +399,13 @@ class Negatives(Step):
             raise ValueError(f"inputs {unassigned} are in neither agent_inputs nor general_inputs")
 
     def books(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-        answers = load_book("negatives/default.yaml", self.config.templates, self.context.base_dir, set(AGENT_CASES))
-        PhraseBook(answers, samples={c: {"tool_names": "a, b", "query": "q"} for c in AGENT_CASES})
-        system = load_book("align/default.yaml", None, self.context.base_dir, {"system_tools"})
+        answers = load_book(
+            "negatives/default.yaml",
+            self.config.templates,
+            self.context.base_dir,
+            {c: {"tool_names": "a, b", "query": "q"} for c in AGENT_CASES},
+        )
+        system = load_book("align/default.yaml", None, self.context.base_dir, SLOT_VARIABLES)
         return answers, system
 
     def check(self) -> None:

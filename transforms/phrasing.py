@@ -23,7 +23,10 @@ from transforms.sampling import keyed_hash
 
 
 class PhrasingError(ValueError):
-    """A phrase book that cannot be used: unreadable, malformed, or an unsafe/broken template."""
+    """A phrase book that cannot be used: unreadable, malformed, or an unsafe/broken template.
+
+    Raised by :meth:`PhraseBook.render` at run time too; steps turn it into a dead letter
+    (reason ``template_error``)."""
 
 
 def builtin_text(relative: str) -> str:
@@ -123,12 +126,23 @@ class PhraseBook:
                     raise PhrasingError(f"slot {slot!r} variant {i}: {exc}") from None
 
 
-def load_book(builtin: str, user_path: str | None, base_dir: str, required: set[str]) -> dict[str, list[str]]:
-    """The built-in book with a user's slots laid over it; every ``required`` slot must exist."""
+def load_book(
+    builtin: str, user_path: str | None, base_dir: str, variables: Mapping[str, Mapping[str, Any]]
+) -> dict[str, list[str]]:
+    """The built-in book with a user's slots laid over it, checked: every slot of ``variables``
+    exists, no other slot does, and every variant renders in the sandbox with exactly the
+    variables its slot gets at run time (``variables[slot]``, example values)."""
     book = parse_book(builtin_text(builtin), f"templates/{builtin}")
     if user_path:
-        book.update(parse_book(read_text(user_path, base_dir), user_path))
-    missing = required - set(book)
+        user = parse_book(read_text(user_path, base_dir), user_path)
+        unknown = set(user) - set(variables)
+        if unknown:
+            raise PhrasingError(
+                f"{user_path}: unknown slots {', '.join(sorted(unknown))}; known: {', '.join(sorted(variables))}"
+            )
+        book.update(user)
+    missing = set(variables) - set(book)
     if missing:
         raise PhrasingError(f"templates lack slots: {', '.join(sorted(missing))}")
+    PhraseBook(book, samples=variables)
     return book
