@@ -1,12 +1,14 @@
 """The ``agentmill`` command: run, validate, graph and inspect pipelines.
 
-User errors (bad specs, missing inputs, unwritable outputs) print one clear message and exit 2;
-add ``--debug`` for the traceback.
+User errors (bad specs, missing inputs, unwritable outputs, bad arguments) print one clear
+message and exit 2; a run that fails or whose accounting does not add up exits 1. Add
+``--debug`` (before or after the command) for the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.errors import AgentmillError, OutputError
+from pipelines.errors import AgentmillError, OutputError, RunError
 from pipelines.publish import MANIFEST, is_agentmill_output
 from pipelines.report import ledger_rows
 from schemas import Manifest
@@ -93,8 +95,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from pipelines.run import collect_inputs
 
     plan = load_plan(args.spec)
-    inputs = collect_inputs(plan) if not args.no_inputs else []
-    console.print(f"[green]ok[/] {args.spec}: {len(plan.steps)} steps, {len(inputs)} input files")
+    inputs = collect_inputs(plan, files=not args.no_inputs, fingerprints=False)
+    files = "input files not checked" if args.no_inputs else f"{len(inputs)} input files"
+    console.print(f"[green]ok[/] {args.spec}: {len(plan.steps)} steps, {files}")
     return 0
 
 
@@ -198,32 +201,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentmill", description="Agent trajectories -> fine-tuning data, as Beam pipelines."
     )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
+    add = functools.partial(sub.add_parser, parents=[common])
 
-    run = sub.add_parser("run", help="run a pipeline spec", description="Run SPEC; Beam options go after '--'.")
+    run = add("run", help="run a pipeline spec", description="Run SPEC; Beam options go after '--'.")
     run.add_argument("spec")
     run.add_argument("--output", "-o", required=True, help="output directory (published atomically)")
     run.add_argument("--quiet", "-q", action="store_true")
     run.set_defaults(handler=cmd_run)
 
-    validate = sub.add_parser("validate", help="check a spec without running it")
+    validate = add("validate", help="check a spec without running it")
     validate.add_argument("spec")
-    validate.add_argument("--no-inputs", action="store_true", help="do not check that input paths exist")
+    validate.add_argument("--no-inputs", action="store_true", help="do not check that input paths match files")
     validate.set_defaults(handler=cmd_validate)
 
-    graph = sub.add_parser("graph", help="print the DAG as Mermaid text")
+    graph = add("graph", help="print the DAG as Mermaid text")
     graph.add_argument("spec")
     graph.set_defaults(handler=cmd_graph)
 
-    inspect = sub.add_parser("inspect", help="summarise an output directory")
+    inspect = add("inspect", help="summarise an output directory")
     inspect.add_argument("directory")
     inspect.add_argument("--json", action="store_true", help="print the manifest")
     inspect.set_defaults(handler=cmd_inspect)
 
-    evaluate = sub.add_parser("eval", help="evaluate a model")
+    evaluate = add("eval", help="evaluate a model")
     evals = evaluate.add_subparsers(dest="evaluation", required=True)
-    hall = evals.add_parser("hallucination", help="H_ReAct, H_General, HScore and correct calls (Agent-H style)")
+    hall = evals.add_parser(
+        "hallucination", parents=[common], help="H_ReAct, H_General, HScore and correct calls (Agent-H style)"
+    )
     hall.add_argument("--model", help="local Hugging Face model directory to generate answers")
     hall.add_argument("--data", help="agentmill output directory with the evaluation cases")
     hall.add_argument("--responses", help="JSONL of answers made elsewhere: {id, response} or {case, response}")
@@ -258,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         console.print(f"[red]error:[/] {exc}", highlight=False)
-        return 2
+        return 1 if isinstance(exc, RunError) else 2
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]; nothing was published")
         return 130

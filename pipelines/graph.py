@@ -112,6 +112,19 @@ def _parse_input(ref: str) -> tuple[str, str]:
     return step_id, port or MAIN
 
 
+def _find_cycle(inputs_of: dict[str, list[str]]) -> list[str]:
+    """One cycle among steps that cannot be ordered, as ``[a, b, ..., a]`` in data-flow order."""
+    start = next(iter(inputs_of))
+    path: list[str] = []
+    node = start
+    while node not in path:  # walk upstream: every unorderable step has an unorderable input
+        path.append(node)
+        node = next(i for i in inputs_of[node] if i in inputs_of)
+    cycle = path[path.index(node) :]
+    cycle.reverse()
+    return [*cycle, cycle[0]]
+
+
 def _topological(path: str, steps: list[PlannedStep]) -> list[PlannedStep]:
     order: list[PlannedStep] = []
     done: set[str] = set()
@@ -119,8 +132,8 @@ def _topological(path: str, steps: list[PlannedStep]) -> list[PlannedStep]:
     while remaining:
         ready = [s for s in remaining if all(i in done for i, _ in s.inputs)]
         if not ready:
-            cycle = " -> ".join(s.id for s in remaining)
-            raise SpecError(path, f"the steps form a cycle: {cycle}", step_id=remaining[0].id)
+            cycle = _find_cycle({s.id: [i for i, _ in s.inputs] for s in remaining})
+            raise SpecError(path, f"the steps form a cycle: {' -> '.join(cycle)}", step_id=cycle[0])
         for step in ready:
             order.append(step)
             done.add(step.id)

@@ -47,8 +47,10 @@ def make_options(beam_args: list[str]) -> tuple[PipelineOptions, Any]:
     return options, runner
 
 
-def collect_inputs(plan: Plan) -> list[InputFile]:
-    """Run every step's own checks and fingerprint every input file; problems are spec errors."""
+def collect_inputs(plan: Plan, files: bool = True, fingerprints: bool = True) -> list[InputFile]:
+    """Run every step's own checks (templates, tokenizers, model directories), then resolve its
+    input files (``files``) and fingerprint them (``fingerprints``; otherwise size and hash are
+    left empty). Every problem is a :class:`SpecError` naming the step."""
     inputs = []
     for planned in plan.steps:
         step = planned.instantiate(plan.spec.seed, plan.base_dir)
@@ -57,15 +59,18 @@ def collect_inputs(plan: Plan) -> list[InputFile]:
         except ValueError as exc:
             raise SpecError(plan.path, str(exc), step_id=planned.id) from None
         files_of = getattr(step, "input_files", None)
-        if files_of is None:
+        if files_of is None or not files:
             continue
         try:
-            files = files_of()
+            paths = files_of()
         except InputError as exc:
             raise SpecError(plan.path, str(exc), step_id=planned.id) from None
-        for path in files:
-            fp = fingerprint(path)
-            inputs.append(InputFile(step=planned.id, path=fp.path, bytes=fp.bytes, sha256=fp.sha256))
+        for path in paths:
+            if fingerprints:
+                fp = fingerprint(path)
+                inputs.append(InputFile(step=planned.id, path=fp.path, bytes=fp.bytes, sha256=fp.sha256))
+            else:
+                inputs.append(InputFile(step=planned.id, path=path, bytes=0, sha256=""))
     return inputs
 
 

@@ -286,3 +286,18 @@ def test_golden_alignment_per_dialect(external, dialect):
     expected = json.loads(path.read_text())
     assert got == expected
     assert any(m["part"] == "arguments" for m in got["messages"])
+
+
+def test_system_keep_makes_one_system_message():
+    tools = [ToolSpec(name="f", description="does f")]
+    traj = trajectory(
+        ("system", "Be brief.", False),
+        ("user", "q", False),
+        ("assistant", "Thought: t\nAction: f[x]", True),
+        tools=tools,
+    )
+    (kept,) = outputs(aligner(system="keep"), traj)
+    assert [m.role.value for m in kept.messages].count("system") == 1
+    assert kept.messages[0].content.startswith("Be brief.\n\n") and "does f" in kept.messages[0].content
+    (replaced,) = outputs(aligner(), traj)
+    assert "Be brief." not in replaced.messages[0].content

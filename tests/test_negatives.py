@@ -9,7 +9,7 @@ import pytest
 
 from schemas import Role, ToolSpec
 from tests.conftest import DEMO_DATA, REPO
-from tests.helpers import parse_file, run, write_spec
+from tests.helpers import parse_file, rejected, run, write_spec
 from transforms.base import Filtered, Stat, StepContext
 from transforms.negatives import (
     NegativeMaker,
@@ -151,6 +151,8 @@ def test_demo_pipeline_emits_every_case_exactly(tmp_path):
         == ["negative:general_with_tools"] * 2 + ["negative:irrelevant_tools"] * 2 + ["negative:no_tools"] * 2
     )
     assert all(m["capability"] == "general" for r in rows for m in r["messages"] if m["role"] == "assistant")
+    dropped = rejected(tmp_path / "out", "negatives")
+    assert dropped and all(d["record_id"] and d["payload"].startswith("{") for d in dropped)  # the trajectory, as JSON
 
 
 def test_input_names_are_checked_before_running(tmp_path):

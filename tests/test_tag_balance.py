@@ -133,3 +133,14 @@ def test_achieved_shares_on_real_agentinstruct_are_within_one_point(external, we
             assert abs(target[capability] - achieved[capability]) < 0.01, (unit, capability)
     before, after = summary["tokens"]["before"], summary["tokens"]["after"]
     assert after["reasoning"] == before["reasoning"] and after["retrieval"] < before["retrieval"]
+
+
+def test_partial_maps_are_laid_over_the_defaults():
+    weights = BalanceConfig(weights={"retrieval": 0.5}).weights
+    assert weights[Capability.RETRIEVAL] == 0.5 and weights[Capability.UNDERSTANDING] == 0.75
+    by_kind = TagConfig(by_kind={"negative": "reasoning"}).by_kind
+    assert by_kind["negative"] is Capability.REASONING and by_kind["general"] is Capability.GENERAL
+    with pytest.raises(ValueError):
+        TagConfig(by_kind={"negatve": "general"})  # a typo is an error, not ignored
+    untagged = TagConfig(by_kind={"general": None})
+    assert capability_of(sample("general"), assistant("x", "thought"), untagged) is Capability.REASONING

@@ -150,12 +150,16 @@ class Aligner:
     def aligned(self, trajectory: Trajectory) -> Sample:
         """The trajectory rewritten as natural chat; raises RecordError when it cannot be."""
         builder = _ChatBuilder(self.phrases, trajectory.id)
+        turns = list(trajectory.turns)
         if trajectory.tools:
             system = self.phrases.render(
                 "system_tools", f"{trajectory.id}:system", tools=[_tool_view(t) for t in trajectory.tools]
             )
+            if self.config.system == "keep" and turns and turns[0].role is Role.SYSTEM:
+                system = f"{turns[0].text}\n\n{system}"  # one system message: the source's, then the tools
+                turns = turns[1:]
             builder.messages.append(Message(role=Role.SYSTEM, content=system, loss=False))
-        for index, turn in enumerate(trajectory.turns):
+        for index, turn in enumerate(turns):
             if turn.role is Role.SYSTEM and trajectory.tools and self.config.system == "replace":
                 continue
             if turn.role is not Role.ASSISTANT:

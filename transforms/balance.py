@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from schemas import Capability, Message, Role, Sample, count_tokens
 from transforms.base import Filtered, RecordStep, Stat, StepConfig, StepContext
@@ -35,12 +35,20 @@ UNTAGGED = "untagged"
 
 
 class BalanceConfig(StepConfig):
+    """``weights`` given in a spec are laid over the paper's defaults: ``{retrieval: 0.5}`` keeps
+    understanding at 0.75."""
+
     weights: dict[Capability, float] = Field(
         default_factory=lambda: {Capability(k): v for k, v in PAPER_WEIGHTS.items()}
     )
     mode: Literal["loss_mask", "subsample"] = "loss_mask"
     counter: CounterName = "whitespace"
     tokenizer: str | None = None
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _over_defaults(cls, value: Any) -> Any:
+        return {**PAPER_WEIGHTS, **value} if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _check(self) -> BalanceConfig:

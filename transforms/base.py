@@ -105,14 +105,22 @@ class RecordError(Exception):
         self.detail = detail
 
 
+def _unwrap(record: Any) -> Any:
+    """The record inside a keyed element (e.g. ``(group, trajectory)``), else the element."""
+    if isinstance(record, tuple) and record and isinstance(record[-1], BaseModel):
+        return record[-1]
+    return record
+
+
 def _payload(record: Any) -> str:
+    record = _unwrap(record)
     if isinstance(record, BaseModel):
         return clip(record.model_dump_json())
     return clip(str(record))
 
 
 def _record_id(record: Any) -> str | None:
-    value = getattr(record, "id", None)
+    value = getattr(_unwrap(record), "id", None)
     return value if isinstance(value, str) else None
 
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from schemas import Capability, Message, Role, Sample
+from schemas import Capability, Message, Role, Sample, SampleKind
 from transforms.base import RecordStep, Stat, StepConfig, StepContext
 from transforms.react import has_markers
 
@@ -34,22 +34,31 @@ PART_CAPABILITY: dict[str, Capability] = {
 }
 
 
+DEFAULT_BY_KIND: dict[str, Capability] = {
+    "general": Capability.GENERAL,
+    "instruction": Capability.INSTRUCTION_FOLLOWING,
+    "negative": Capability.GENERAL,
+}
+
+
 class TagConfig(StepConfig):
-    by_kind: dict[str, Capability] = Field(
-        default_factory=lambda: {
-            "general": Capability.GENERAL,
-            "instruction": Capability.INSTRUCTION_FOLLOWING,
-            "negative": Capability.GENERAL,
-        }
-    )
+    """``by_kind`` given in a spec is laid over the defaults; map a kind to ``null`` to tag its
+    messages by part instead."""
+
+    by_kind: dict[SampleKind, Capability | None] = Field(default_factory=lambda: dict(DEFAULT_BY_KIND))
     overwrite: bool = False
+
+    @field_validator("by_kind", mode="before")
+    @classmethod
+    def _over_defaults(cls, value: Any) -> Any:
+        return {**DEFAULT_BY_KIND, **value} if isinstance(value, dict) else value
 
 
 def capability_of(sample: Sample, message: Message, config: TagConfig) -> Capability | None:
     """The capability of one message (the rules of the module docstring)."""
     if message.role is not Role.ASSISTANT:
         return None
-    if sample.kind in config.by_kind:
+    if config.by_kind.get(sample.kind) is not None:
         return config.by_kind[sample.kind]
     if message.part in PART_CAPABILITY:
         return PART_CAPABILITY[message.part]
