@@ -27,10 +27,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from schemas import Lineage, Message, Role, Sample, SampleKind, ToolSpec, Trajectory, count_tokens, stable_id
+from schemas import Message, Role, Sample, SampleKind, ToolSpec, Trajectory
 from transforms.base import RecordError, RecordStep, Stat, StepConfig, StepContext
 from transforms.phrasing import PhraseBook, PhrasingError, load_book
 from transforms.react import ParsedStep, StepParseError, has_markers, parse_turn
+from transforms.samples import sample_of
 from transforms.sampling import keyed_fraction
 
 EXAMPLE_TOOL = {"name": "get_weather", "description": "Weather of a city.", "arguments": "city (string, required)"}
@@ -112,28 +113,7 @@ class Aligner:
     # -- the two shapes of output ------------------------------------------------------------
 
     def _sample(self, trajectory: Trajectory, messages: list[Message], derivation: str) -> Sample:
-        metadata = dict(trajectory.metadata)
-        if trajectory.reward is not None:
-            metadata["reward"] = trajectory.reward
-        if trajectory.success is not None:
-            metadata["success"] = trajectory.success
-        return Sample(
-            id=stable_id(trajectory.source, trajectory.source_id, derivation, trajectory.id),
-            kind=self.config.kind,
-            messages=messages,
-            tools=trajectory.tools,
-            lineage=Lineage(
-                source=trajectory.source,
-                source_id=trajectory.source_id,
-                trajectory_id=trajectory.id,
-                task=trajectory.task,
-                derivation=derivation,
-                steps=[self.context.step_id],
-                config_hash=self.context.config_hash,
-            ),
-            counts=count_tokens(messages),
-            metadata=metadata,
-        )
+        return sample_of(trajectory, messages, kind=self.config.kind, derivation=derivation, context=self.context)
 
     def original_form(self, trajectory: Trajectory, derivation: str) -> Sample:
         """The trajectory as chat with its text untouched; formatted assistant turns are ``react``."""

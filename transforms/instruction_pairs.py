@@ -21,7 +21,7 @@ from typing import Any, Literal
 import apache_beam as beam
 from pydantic import Field
 
-from schemas import Lineage, Message, Role, Sample, Trajectory, Turn, count_tokens, stable_id
+from schemas import Message, Role, Sample, Trajectory, Turn
 from transforms.base import (
     LEDGER,
     MAIN,
@@ -36,6 +36,7 @@ from transforms.base import (
 )
 from transforms.phrasing import PhraseBook, PhrasingError, load_book
 from transforms.react import ParsedStep, StepParseError, has_markers, parse_turn, render_react
+from transforms.samples import sample_of
 from transforms.sampling import keyed_hash, rank_key
 
 SLOTS = {"react_request", "json_request"}
@@ -117,23 +118,14 @@ class PairMaker:
             Message(role=Role.USER, content=request, loss=False),
             Message(role=Role.ASSISTANT, content=answer, loss=True, part="react"),
         ]
-        derivation = f"instruction_pair:{fmt}:{key}"
-        return Sample(
-            id=stable_id(trajectory.source, trajectory.source_id, derivation, trajectory.id),
+        return sample_of(
+            trajectory,
+            messages,
             kind="instruction",
-            messages=messages,
-            tools=trajectory.tools,
-            lineage=Lineage(
-                source=trajectory.source,
-                source_id=trajectory.source_id,
-                trajectory_id=trajectory.id,
-                task=trajectory.task,
-                derivation=f"instruction_pair:{fmt}",
-                steps=[self.context.step_id],
-                config_hash=self.context.config_hash,
-            ),
-            counts=count_tokens(messages),
+            derivation=f"instruction_pair:{fmt}",
+            context=self.context,
             metadata={"format": fmt, "step_key": key},
+            id_key=key,
         )
 
     def __call__(self, trajectory: Trajectory, selected: list[str]) -> Iterator[Any]:

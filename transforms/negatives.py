@@ -33,7 +33,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from pydantic import Field, model_validator
 
-from schemas import Lineage, Message, Role, Sample, ToolSpec, Trajectory, count_tokens, stable_id
+from schemas import Message, Role, Sample, ToolSpec, Trajectory, count_tokens
 from transforms.align import SLOT_VARIABLES, _tool_view
 from transforms.base import (
     LEDGER,
@@ -50,6 +50,7 @@ from transforms.base import (
 from transforms.phrasing import PhraseBook, PhrasingError, load_book
 from transforms.react import StepParseError, parse_turn
 from transforms.responders import CausalLMHandler
+from transforms.samples import sample_of
 from transforms.sampling import keyed_hash, rank_key
 
 Case = Literal["no_tools", "irrelevant_tools", "general_with_tools"]
@@ -300,22 +301,13 @@ class NegativeMaker:
                 Message(role=Role.USER, content=query, loss=False),
                 Message(role=Role.ASSISTANT, content=answer, loss=True, part="prose"),
             ]
-        derivation = f"negative:{case}"
-        return Sample(
-            id=stable_id(trajectory.source, trajectory.source_id, derivation, trajectory.id),
+        return sample_of(
+            trajectory,
+            messages,
             kind="negative",
-            messages=messages,
+            derivation=f"negative:{case}",
+            context=self.context,
             tools=tools,
-            lineage=Lineage(
-                source=trajectory.source,
-                source_id=trajectory.source_id,
-                trajectory_id=trajectory.id,
-                task=trajectory.task,
-                derivation=derivation,
-                steps=[self.context.step_id],
-                config_hash=self.context.config_hash,
-            ),
-            counts=count_tokens(messages),
             metadata={
                 "case": case,
                 "responder": "dataset" if case == "general_with_tools" else self.config.responder,

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from schemas import Lineage, Message, Role, Sample, SampleKind, Trajectory, count_tokens, stable_id
+from schemas import Message, Role, Sample, SampleKind, Trajectory
 from transforms.base import Filtered, RecordStep, StepConfig, StepContext
+from transforms.samples import sample_of
 
 
 class ToChatConfig(StepConfig):
@@ -34,28 +35,7 @@ def to_chat(trajectory: Trajectory, config: ToChatConfig, context: StepContext) 
     messages += [Message(role=t.role, content=t.text, loss=t.loss, tool_call=t.tool_call) for t in turns]
     if config.require_supervised and not any(m.loss for m in messages):
         return Filtered("no_supervised_turn", "no turn has loss=true")
-    metadata = dict(trajectory.metadata)
-    if trajectory.reward is not None:
-        metadata["reward"] = trajectory.reward
-    if trajectory.success is not None:
-        metadata["success"] = trajectory.success
-    return Sample(
-        id=stable_id(trajectory.source, trajectory.source_id, "to_chat", trajectory.id),
-        kind=config.kind,
-        messages=messages,
-        tools=trajectory.tools,
-        lineage=Lineage(
-            source=trajectory.source,
-            source_id=trajectory.source_id,
-            trajectory_id=trajectory.id,
-            task=trajectory.task,
-            derivation="to_chat",
-            steps=[context.step_id],
-            config_hash=context.config_hash,
-        ),
-        counts=count_tokens(messages),
-        metadata=metadata,
-    )
+    return sample_of(trajectory, messages, kind=config.kind, derivation="to_chat", context=context)
 
 
 class ToChatFn:
