@@ -21,6 +21,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/agentmill run pipelines/demo.yaml --output out/demo
+	train/demo.sh out/demo out/demo-model
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -31,6 +32,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.io
+	$(BIN)/python -m bench.train
 
 clean:
 	rm -rf out .pytest_cache

@@ -1,0 +1,246 @@
+"""Shards -> token ids with labels from the per-message loss flags.
+
+Guarantees of :func:`tokenize_sample`:
+
+- the text is the chat template's rendering of the sample (``train.templates``), tokenized once as a
+  whole (``add_special_tokens=False``; templates emit BOS themselves), so tokens match inference;
+- ``labels[t] == input_ids[t]`` exactly for tokens whose first character lies in the supervised span
+  of a ``loss=True`` message (its content and its end-of-turn marker / EOS), ``-100`` elsewhere;
+- ``groups[t]`` is the loss group of a supervised token: the message's capability tag, or for an
+  untagged message the sample's kind (``agent``, ``general``, ...); ``-1`` for context tokens;
+- messages after the last supervised one are dropped (they could only be context for nothing);
+- a sample longer than ``max_seq_len`` is cut at the right; a sample left with no supervised token
+  (all truncated away, or none to begin with) is returned as :class:`Dropped` with a reason, never
+  trained on silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.arrow import ArrowCodec
+from schemas.sample import Capability, Sample
+from train.templates import ChatTemplate, TemplateError, render_with_spans
+
+IGNORE_INDEX = -100
+KINDS = ("agent", "general", "negative", "instruction")
+# Loss groups: the capability tags, then sample kinds for untagged tokens ("general" is both).
+GROUPS: tuple[str, ...] = tuple(dict.fromkeys([*(c.value for c in Capability), *KINDS, "untagged"]))
+GROUP_INDEX = {name: i for i, name in enumerate(GROUPS)}
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TokenizedSample:
+    """One sample as tokens. ``n_supervised`` counts supervised tokens that are predicted (t >= 1)."""
+
+    id: str
+    kind: str
+    input_ids: list[int]
+    labels: list[int]
+    groups: list[int]
+    n_supervised: int
+    truncated: bool = False
+    straddling_tokens: int = 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A sample not trained on, with the reason (``truncated_all_supervised``, ``no_supervised_tokens``,
+    ``template_error``)."""
+
+    id: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class TokenizeReport:
+    """What tokenization kept, cut and dropped (written to ``OUT/data_report.json``)."""
+
+    samples_in: int = 0
+    samples_kept: int = 0
+    samples_truncated: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    dropped_examples: dict[str, list[str]] = field(default_factory=dict)
+    tokens: int = 0
+    supervised_tokens: int = 0
+    straddling_tokens: int = 0
+    supervised_by_group: Counter = field(default_factory=Counter)
+
+    def add(self, result: TokenizedSample | Dropped) -> None:
+        self.samples_in += 1
+        if isinstance(result, Dropped):
+            self.dropped[result.reason] += 1
+            examples = self.dropped_examples.setdefault(result.reason, [])
+            if len(examples) < 20:
+                examples.append(result.id if not result.detail else f"{result.id}: {result.detail}")
+            return
+        self.samples_kept += 1
+        self.samples_truncated += int(result.truncated)
+        self.tokens += len(result)
+        self.supervised_tokens += result.n_supervised
+        self.straddling_tokens += result.straddling_tokens
+        for g, lab in zip(result.groups[1:], result.labels[1:], strict=True):
+            if lab != IGNORE_INDEX:
+                self.supervised_by_group[GROUPS[g]] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "samples_in": self.samples_in,
+            "samples_kept": self.samples_kept,
+            "samples_truncated": self.samples_truncated,
+            "dropped": dict(self.dropped),
+            "dropped_examples": self.dropped_examples,
+            "tokens": self.tokens,
+            "supervised_tokens": self.supervised_tokens,
+            "straddling_tokens": self.straddling_tokens,
+            "supervised_by_group": dict(self.supervised_by_group),
+        }
+
+
+def load_samples(data_dirs: Sequence[str]) -> list[Sample]:
+    """Every sample in the shards of the pipeline output dirs, in directory then row order."""
+    import datasets
+
+    codec = ArrowCodec(Sample)
+    samples: list[Sample] = []
+    for data_dir in data_dirs:
+        dataset = datasets.load_from_disk(str(data_dir))
+        samples.extend(codec.from_row(row) for row in dataset)  # type: ignore[misc]
+    return samples
+
+
+def group_of(capability: Capability | str | None, kind: str) -> int:
+    """Loss group index of a supervised message: its capability, else its sample kind."""
+    if capability is not None:
+        return GROUP_INDEX[Capability(capability).value]
+    return GROUP_INDEX.get(kind, GROUP_INDEX["untagged"])
+
+
+def tools_schema(sample: Sample) -> list[dict[str, Any]]:
+    """The sample's tools as OpenAI-style function schemas (for templates that render ``tools``)."""
+    return [
+        {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+        for t in sample.tools
+    ]
+
+
+def chat_messages(
+    sample: Sample, system_prompt: str | None = None
+) -> tuple[list[dict[str, str]], list[bool], list[int]]:
+    """Messages as template dicts, their loss flags and loss groups (trailing context dropped).
+
+    ``system_prompt`` is put first when the sample has no system message.
+    """
+    messages = list(sample.messages)
+    last = max((i for i, m in enumerate(messages) if m.loss), default=-1)
+    messages = messages[: last + 1]
+    dicts = [{"role": m.role.value, "content": m.content} for m in messages]
+    flags = [m.loss for m in messages]
+    groups = [group_of(m.capability, sample.kind) if m.loss else -1 for m in messages]
+    if system_prompt is not None and not (dicts and dicts[0]["role"] == "system"):
+        dicts.insert(0, {"role": "system", "content": system_prompt})
+        flags.insert(0, False)
+        groups.insert(0, -1)
+    return dicts, flags, groups
+
+
+def labels_from_spans(
+    offsets: Sequence[tuple[int, int]],
+    spans: Sequence[tuple[int, int, int]],
+    input_ids: Sequence[int],
+    span_groups: Sequence[int],
+) -> tuple[list[int], list[int], int]:
+    """Labels, groups, and the number of tokens straddling a span start.
+
+    A token is supervised iff its first character lies inside a span. A token that begins before a
+    span and ends inside it (the tokenizer merged the prompt's last characters with the answer's
+    first ones) stays context; such tokens are counted so a report can flag the template/tokenizer.
+    """
+    labels = [IGNORE_INDEX] * len(input_ids)
+    groups = [-1] * len(input_ids)
+    straddling = 0
+    j = 0
+    for t, (start, end) in enumerate(offsets):
+        if end <= start:  # zero-width (e.g. added by a post-processor): never supervised
+            continue
+        while j < len(spans) and spans[j][1] <= start:
+            j += 1
+        if j < len(spans) and spans[j][0] <= start < spans[j][1]:
+            labels[t] = int(input_ids[t])
+            groups[t] = span_groups[j]
+        elif j < len(spans) and start < spans[j][0] < end:
+            straddling += 1
+    return labels, groups, straddling
+
+
+def tokenize_sample(
+    sample: Sample,
+    tokenizer: Any,
+    template: ChatTemplate,
+    max_seq_len: int,
+    system_prompt: str | None = None,
+    pass_tools: bool = False,
+) -> TokenizedSample | Dropped:
+    """Render, tokenize and label one sample (guarantees in the module docstring)."""
+    messages, flags, groups = chat_messages(sample, system_prompt)
+    if not any(flags):
+        return Dropped(sample.id, "no_supervised_tokens", "no message has loss=true")
+    try:
+        text, spans = render_with_spans(
+            template, tokenizer, messages, flags, tools_schema(sample) if pass_tools else None
+        )
+    except TemplateError as exc:
+        return Dropped(sample.id, "template_error", str(exc))
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = list(encoding["input_ids"])
+    span_groups = [groups[i] for *_, i in spans]
+    labels, token_groups, straddling = labels_from_spans(encoding["offset_mapping"], spans, input_ids, span_groups)
+    supervised_before = sum(1 for lab in labels[1:] if lab != IGNORE_INDEX)
+    truncated = len(input_ids) > max_seq_len
+    if truncated:
+        input_ids, labels, token_groups = input_ids[:max_seq_len], labels[:max_seq_len], token_groups[:max_seq_len]
+    n_supervised = sum(1 for lab in labels[1:] if lab != IGNORE_INDEX)
+    if n_supervised == 0:
+        if supervised_before == 0:
+            return Dropped(sample.id, "no_supervised_tokens", "the supervised messages produced no predicted token")
+        return Dropped(
+            sample.id,
+            "truncated_all_supervised",
+            f"{supervised_before} supervised tokens beyond max_seq_len={max_seq_len}",
+        )
+    return TokenizedSample(sample.id, sample.kind, input_ids, labels, token_groups, n_supervised, truncated, straddling)
+
+
+def tokenize_all(
+    samples: Iterable[Sample],
+    tokenizer: Any,
+    template: ChatTemplate,
+    max_seq_len: int,
+    system_prompt: str | None = None,
+    pass_tools: bool = False,
+) -> tuple[list[TokenizedSample], TokenizeReport]:
+    """Tokenize every sample; return the kept ones (input order) and the report.
+
+    The first 20 drops per reason are logged one by one; all are counted in the report.
+    """
+    report = TokenizeReport()
+    kept: list[TokenizedSample] = []
+    for sample in samples:
+        result = tokenize_sample(sample, tokenizer, template, max_seq_len, system_prompt, pass_tools)
+        report.add(result)
+        if isinstance(result, Dropped):
+            if report.dropped[result.reason] <= 20:
+                log.warning("sample %s not trained on: %s %s", result.id, result.reason, result.detail)
+        else:
+            kept.append(result)
+    return kept, report
