@@ -18,6 +18,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines import beam_workarounds
 from pipelines.build import LEDGER_FILE, REJECTED_DIR, SHARDS_FILE, build
 from pipelines.errors import RunError, SpecError
 from pipelines.graph import Plan, load_plan
@@ -38,6 +39,7 @@ def agentmill_version() -> str:
 
 def make_options(beam_args: list[str]) -> tuple[PipelineOptions, Any]:
     """Beam options from the command line; the runner defaults to the in-process FnApiRunner."""
+    beam_workarounds.apply()
     options = PipelineOptions(beam_args)
     runner = options.view_as(StandardOptions).runner
     if runner is None:

@@ -12,7 +12,15 @@ from transforms.react import has_markers
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 SPEC = REPO / "pipelines" / "agent_flan.yaml"
-EXPLAINED = {"missing_field", "marker_in_output", "no_tool_step", "not_selected"}
+EXPLAINED = {
+    "missing_field",
+    "marker_in_output",
+    "no_tool_step",
+    "not_selected",
+    "no_tool_call",
+    "no_query",
+    "no_plain_answer",
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +43,14 @@ def test_every_record_is_accounted_for_with_reasons(flan):
         steps[r].emitted for r in ("read_agentinstruct", "read_toolbench", "read_glaive", "read_fireact")
     )
     assert steps["instruction_pairs"].emitted == 2000
-    assert steps["write"].emitted == summary.manifest.output.num_rows == steps["align"].emitted + 2000
+    assert steps["negatives"].emitted == 761
+    assert summary.manifest.ratios["negatives"]["achieved"] == summary.manifest.ratios["negatives"]["target"]
+    assert set(summary.manifest.ratios["negatives"]["achieved"]) == {
+        "no_tools",
+        "irrelevant_tools",
+        "general_with_tools",
+    }
+    assert steps["write"].emitted == summary.manifest.output.num_rows == steps["align"].emitted + 2000 + 761
 
 
 def test_shares_meet_their_targets(flan):
@@ -51,13 +66,13 @@ def test_output_opens_and_aligned_messages_hold_no_markers(flan):
     out, summary = flan
     dataset = datasets.load_from_disk(str(out))
     assert dataset.num_rows == summary.manifest.output.num_rows
-    kinds = {"agent": 0, "instruction": 0}
+    kinds = {"agent": 0, "instruction": 0, "negative": 0}
     for row in dataset:
         kinds[row["kind"]] += 1
         if row["lineage"]["derivation"] == "align":
             assert not any(has_markers(m["content"]) for m in row["messages"] if m["role"] == "assistant")
         assert all(m["capability"] for m in row["messages"] if m["role"] == "assistant")
-    assert kinds["instruction"] == 2000
+    assert kinds["instruction"] == 2000 and kinds["negative"] == 761
     Sample.model_validate({**dataset[0], "metadata": {}})
 
 

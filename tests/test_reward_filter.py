@@ -288,7 +288,7 @@ def _read(path: Path, fmt: str = "openai", source: str = "agentgym") -> list[Tra
 
 
 def _at(path: Path, index: int, fmt: str = "openai") -> Trajectory:
-    (found,) = [t for t in _read(path, fmt) if t.metadata["location"] == f"{path.name}:{index}"]
+    (found,) = [t for t in _read(path, fmt) if t.metadata["location"] == f"{path.name}:line {index + 1}"]
     return found
 
 
@@ -387,11 +387,11 @@ def raw_rollouts(root: Path) -> dict[str, dict]:
     records = {}
     for path in sorted(glob.glob(str(root / "*.jsonl"))):
         with open(path, encoding="utf-8") as handle:
-            for index, line in enumerate(handle):
-                records[f"{os.path.basename(path)}:{index}"] = json.loads(line)
-    for path in sorted(glob.glob(str(root / "*" / "*.json"))):
+            for number, line in enumerate(handle, start=1):
+                records[f"{os.path.basename(path)}:line {number}"] = json.loads(line)
+    for path in sorted(glob.glob(str(root / "*" / "*.json"))):  # one object per file: named by its folder
         with open(path, encoding="utf-8") as handle:
-            records[f"{os.path.basename(path)}:0"] = json.load(handle)
+            records[os.path.relpath(path, root)] = json.load(handle)
     return records
 
 
@@ -448,7 +448,8 @@ def test_agentgym_rollouts_kept_set_and_reasons(external, tmp_path):
     assert {s.metadata["location"] for s in samples} == expected_kept
     rejected = [json.loads(line) for line in (out / "rejected" / "filter.jsonl").read_text().splitlines()]
     files = sorted(glob.glob(str(root / "*.jsonl"))) + sorted(glob.glob(str(root / "*" / "*.json")))
-    location_of = {t.id: t.metadata["location"] for path in files for t in _read(Path(path))}
+    reader = ReadFile(ReadConfig(format="openai", paths=files, source="agentgym"), "agentgym", str(root))
+    location_of = {t.id: t.metadata["location"] for path in files for t in reader(path) if isinstance(t, Trajectory)}
     by_location = {location_of[r["record_id"]]: r["reason"] for r in rejected}
     assert by_location == {loc: reasons[0] for loc, reasons in expected.items() if reasons}
 

@@ -1,0 +1,136 @@
+"""Helpers shared by the benchmarks: peak memory of a process tree, data replication, hashes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+RSS_HOW = (
+    "peak tree RSS: psutil samples every 50 ms of the sum of RSS over the process and all its "
+    "descendants (Beam's worker processes included); max RSS: wait4() ru_maxrss of the child, the "
+    "largest single process of its tree"
+)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Outcome of one subprocess: exit status, wall and CPU seconds, memory peaks in bytes, and
+    the 1-minute load average when it started (other work on the machine skews timings)."""
+
+    returncode: int
+    wall_s: float
+    cpu_s: float
+    peak_tree_rss: int
+    max_rss: int
+    load_before: float
+
+
+def _tree_rss(root: psutil.Process) -> int:
+    total = 0
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total
+
+
+def measure(
+    argv: Sequence[str],
+    log_path: str,
+    interval: float = 0.05,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> Measured:
+    """Run ``argv`` in a fresh process (stdout and stderr to ``log_path``) and measure its memory.
+
+    The tree peak comes from sampling (a spike shorter than ``interval`` can be missed); the
+    single-process maximum and the CPU time (user + system) come from the kernel (``wait4``), and
+    cover every descendant the process waited for (Beam reaps its worker processes).
+    """
+    load = os.getloadavg()[0]
+    started = time.monotonic()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    root = psutil.Process(proc.pid)
+    peak = 0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        peak = max(peak, _tree_rss(root))
+        time.sleep(interval)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, keep Popen consistent
+    wall = time.monotonic() - started
+    cpu = usage.ru_utime + usage.ru_stime
+    return Measured(proc.returncode, wall, cpu, peak, usage.ru_maxrss * 1024, load)  # ru_maxrss: KiB on Linux
+
+
+def replicate_parquet(sources: Sequence[str], out_dir: str, total: int, files: int) -> list[str]:
+    """Write ``total`` records copied from ``sources`` as ``files`` parquet files in ``out_dir``.
+
+    Copy ``r`` of a record with id ``os_12`` gets the id ``os_12__r<r>`` (unique while the source
+    ids are) and a ``task`` column holding the original id's prefix (``os``), which the readers
+    prefer to deriving the task from the id. Records are otherwise unchanged.
+    """
+    table = pa.concat_tables([pq.read_table(path).replace_schema_metadata(None) for path in sorted(sources)])
+    ids = table.column("id").to_pylist()
+    if len(set(ids)) != len(ids):
+        raise ValueError("the source records' ids are not unique")
+    tasks = [i.rsplit("_", 1)[0] for i in ids]
+    n = table.num_rows
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    bounds = [total * f // files for f in range(files + 1)]
+    for f in range(files):
+        rows = range(bounds[f], bounds[f + 1])
+        part = table.take(pa.array([g % n for g in rows], pa.int64()))
+        part = part.set_column(
+            part.schema.get_field_index("id"), "id", pa.array([f"{ids[g % n]}__r{g // n}" for g in rows], pa.string())
+        )
+        part = part.append_column("task", pa.array([tasks[g % n] for g in rows], pa.string()))
+        path = os.path.join(out_dir, f"part-{f:05d}.parquet")
+        pq.write_table(part, path)
+        paths.append(path)
+    return paths
+
+
+def snapshot_packages(repo: str, packages: Sequence[str], dest: str) -> str:
+    """Copy the Python packages of ``repo`` to ``dest`` (for ``PYTHONPATH``); return a digest of them.
+
+    Benchmark subprocesses then all run the same code even while the working tree is being edited.
+    """
+    shutil.rmtree(dest, ignore_errors=True)
+    digest = hashlib.sha256()
+    for package in packages:
+        shutil.copytree(
+            os.path.join(repo, package), os.path.join(dest, package), ignore=shutil.ignore_patterns("__pycache__")
+        )
+        for path in sorted(Path(dest, package).rglob("*.py")):
+            digest.update(str(path.relative_to(dest)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB"
