@@ -122,6 +122,11 @@ def _iter_jsonl_lines(name: str, lines: Iterator[bytes], max_bytes: int) -> Iter
         except json.JSONDecodeError as exc:
             yield Failed("invalid_json", str(exc), location, text)
             continue
+        except RecursionError:
+            yield Failed(
+                "too_deeply_nested", "JSON nested deeper than the parser's recursion limit", location, text[:2000]
+            )
+            continue
         yield RawRecord(obj, location, number - 1)
 
 
@@ -180,6 +185,9 @@ def iter_records(path: str, max_record_bytes: int, label: str | None = None) -> 
             yield from _iter_jsonl_lines(name, iter(data.splitlines()), max_record_bytes)
         else:
             yield Failed("invalid_json", str(exc), name, text[:2000])
+        return
+    except RecursionError:
+        yield Failed("too_deeply_nested", "JSON nested deeper than the parser's recursion limit", name, text[:2000])
         return
     if isinstance(obj, list):
         for index, item in enumerate(obj):

@@ -105,10 +105,20 @@ class ReadFile:
                 yield Failed(exc.reason, exc.detail, raw.location, _dump(raw.obj))
             except ValidationError as exc:
                 yield Failed("invalid_record", str(exc), raw.location, _dump(raw.obj))
+            except RecursionError:
+                yield Failed("too_deeply_nested", "record nested too deeply to process", raw.location, "")
+            except Exception as exc:  # a parser bug must not take the pipeline down or lose the record
+                yield Failed("unexpected_error", f"{type(exc).__name__}: {exc}", raw.location, _dump(raw.obj))
 
 
 def _dump(obj: Any) -> str:
-    return clip(json.dumps(obj, ensure_ascii=False, default=str))
+    try:
+        return clip(json.dumps(obj, ensure_ascii=False, default=str))
+    except (RecursionError, ValueError):
+        return clip(repr(obj)[:PAYLOAD_REPR_LIMIT])
+
+
+PAYLOAD_REPR_LIMIT = 20_000
 
 
 class Read(Step):

@@ -22,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from pydantic import Field
 
 from schemas import ArrowCodec, Sample, ShardInfo
-from transforms.base import LEDGER, MAIN, REJECTED, RecordDoFn, Stat, Step, StepConfig
+from transforms.base import LEDGER, MAIN, REJECTED, RecordDoFn, RecordError, Stat, Step, StepConfig
 
 SAMPLE_CODEC = ArrowCodec(Sample)
 KeyedRow = tuple[str, bytes]
@@ -102,7 +102,11 @@ class EncodeRow:
 
     def __call__(self, sample: Sample) -> Iterator[Any]:
         row = SAMPLE_CODEC.to_row(sample)
-        yield (sample.id, json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        try:
+            encoded = json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RecordError("invalid_unicode", f"text that is not valid Unicode: {exc.reason}") from None
+        yield (sample.id, encoded)
         yield Stat("tokens", sample.counts.tokens)
         yield Stat("supervised_tokens", sample.counts.supervised_tokens)
         yield Stat(f"kind:{sample.kind}", 1)

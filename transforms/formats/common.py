@@ -183,6 +183,13 @@ def build_trajectory(obj: dict[str, Any], turns: list[Turn], ctx: ParseContext, 
     size = sum(len(t.text) for t in turns)
     if size > ctx.max_record_chars:
         raise RecordError("record_too_large", f"{size} characters of text, limit {ctx.max_record_chars}")
+    for index, turn in enumerate(turns):
+        try:
+            turn.text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RecordError(
+                "invalid_unicode", f"turn {index}: {exc.reason} (a lone surrogate escape such as \\ud800)"
+            ) from None
     id_key, raw_id = first_present(obj, ctx.fields.id)
     source_id = str(raw_id) if raw_id is not None else f"{ctx.file_name}:{ctx.index}"
     task_key, task = first_present(obj, ctx.fields.task)
