@@ -49,7 +49,9 @@ def prepare(output: str) -> str:
     if os.path.exists(work):
         if not os.path.exists(os.path.join(work, MARKER)):
             raise OutputError(f"{work!r} exists but is not an agentmill working directory; remove it")
-        shutil.rmtree(work)
+        shutil.rmtree(work)  # left by a run that crashed
+    if os.path.isdir(f"{work}.old") and is_agentmill_output(f"{work}.old"):
+        shutil.rmtree(f"{work}.old")  # an earlier output a crashed publish had moved aside
     os.makedirs(work)
     with open(os.path.join(work, MARKER), "w", encoding="utf-8") as handle:
         handle.write("incomplete agentmill run; safe to delete\n")
