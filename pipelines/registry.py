@@ -7,9 +7,10 @@ registered under the ``agentmill.transforms`` entry-point group.
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib
-import inspect
+import os
 import pkgutil
 from importlib.metadata import entry_points
 
@@ -21,15 +22,34 @@ ENTRY_POINT_GROUP = "agentmill.transforms"
 
 @functools.cache
 def builtin_steps() -> dict[str, str]:
-    """Name -> ``module:Class`` of every built-in step in the ``transforms`` package."""
+    """Name -> ``module:Class`` of every built-in step in the ``transforms`` package.
+
+    Found by reading the modules' source (a class body that assigns ``type_name = "..."``), so
+    listing the steps imports none of them; a spec imports only the steps it uses.
+    """
     found: dict[str, str] = {}
-    for module_info in pkgutil.iter_modules(transforms.__path__):
-        module = importlib.import_module(f"transforms.{module_info.name}")
-        for _, cls in inspect.getmembers(module, inspect.isclass):
-            if issubclass(cls, Step) and cls.__module__ == module.__name__ and cls.type_name:
-                if cls.type_name in found:
-                    raise RuntimeError(f"two built-in steps are named {cls.type_name!r}")
-                found[cls.type_name] = f"{module.__name__}:{cls.__qualname__}"
+    for module_info in sorted(pkgutil.iter_modules(transforms.__path__), key=lambda m: m.name):
+        if module_info.ispkg:
+            continue
+        path = os.path.join(transforms.__path__[0], f"{module_info.name}.py")
+        with open(path, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read(), filename=path)
+        for node in tree.body:
+            if not isinstance(node, ast.ClassDef):
+                continue
+            for statement in node.body:
+                targets = (
+                    statement.targets if isinstance(statement, ast.Assign) else [getattr(statement, "target", None)]
+                )
+                value = getattr(statement, "value", None)
+                if any(isinstance(t, ast.Name) and t.id == "type_name" for t in targets) and isinstance(
+                    value, ast.Constant
+                ):
+                    if not isinstance(value.value, str) or not value.value:
+                        continue
+                    if value.value in found:
+                        raise RuntimeError(f"two built-in steps are named {value.value!r}")
+                    found[value.value] = f"transforms.{module_info.name}:{node.name}"
     return found
 
 

@@ -30,7 +30,6 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from pydantic import Field, model_validator
 
 from schemas import Message, Role, Sample, ToolSpec, Trajectory, count_tokens
@@ -49,7 +48,6 @@ from transforms.base import (
 )
 from transforms.phrasing import PhraseBook, PhrasingError, load_book
 from transforms.react import StepParseError, parse_turn
-from transforms.responders import CausalLMHandler
 from transforms.samples import sample_of
 from transforms.sampling import keyed_hash, rank_key
 
@@ -466,6 +464,10 @@ class Negatives(Step):
         result = self._typed(outputs)
         if config.responder == "model":
             import os
+
+            from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+            from transforms.responders import CausalLMHandler
 
             path = config.model if os.path.isabs(config.model or "") else os.path.join(ctx.base_dir, config.model or "")
             handler = KeyedModelHandler(CausalLMHandler(path, config.max_new_tokens))

@@ -1,0 +1,53 @@
+"""Step discovery: every built-in is listed without importing it; a spec imports only its steps."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.registry import UnknownStepType, builtin_steps, resolve_step_type
+from tests.conftest import REPO
+from transforms.base import Step
+
+EXPECTED = {
+    "read",
+    "to_chat",
+    "write",
+    "align",
+    "instruction_pairs",
+    "tag_capabilities",
+    "balance",
+    "negatives",
+    "reward_filter",
+    "score",
+    "mix",
+    "dedup",
+    "decontaminate",
+}
+
+
+def test_every_builtin_step_is_found_and_resolves_to_its_class():
+    steps = builtin_steps()
+    assert set(steps) == EXPECTED
+    for name in steps:
+        cls = resolve_step_type(name)
+        assert issubclass(cls, Step) and cls.type_name == name
+
+
+def test_dotted_paths_and_unknown_names():
+    assert resolve_step_type("transforms.to_chat:ToChat").type_name == "to_chat"
+    with pytest.raises(UnknownStepType, match="known: align"):
+        resolve_step_type("nope")
+    with pytest.raises(UnknownStepType, match="cannot import"):
+        resolve_step_type("no_such_package.mod:Step")
+
+
+def test_listing_steps_imports_none_of_them():
+    code = (
+        "import sys; from pipelines.registry import builtin_steps, resolve_step_type; builtin_steps(); "
+        "resolve_step_type('read'); print('transforms.score' in sys.modules, 'apache_beam.ml' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]
