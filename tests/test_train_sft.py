@@ -221,3 +221,55 @@ def test_splitting_a_step_over_ranks_does_not_change_the_run(setup, split):
     assert sorted(single) == [1, 2, 3, 4]
     for step in single:
         assert single[step] == pytest.approx(reference[step], rel=1e-5), step
+
+
+KILL_STEPS = 40
+
+
+def test_sigkill_mid_run_then_resume_reproduces_the_uninterrupted_run(setup):
+    """A real crash: the whole process group is SIGKILLed after the step-4 checkpoint, mid-run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--deepspeed", "train/configs/zero2.json", "--max-steps", str(KILL_STEPS), "--save-steps", "4"]
+    reference = losses(run_once(setup, "zero2-long", args))
+    out = setup["base"] / "sft-killed"
+    port = str(29500 + (os.getpid() + 7) % 1000)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    command = [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        port,
+        "train/sft.py",
+        *setup["common"],
+        "--output",
+        str(out),
+        *args,
+    ]
+    log = open(setup["base"] / "sft-killed.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        command,
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoints" / "step4").is_dir() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    log.close()
+    assert not (out / "model.safetensors").exists(), "the run finished before it could be killed"
+    launch([*setup["common"], "--output", str(out), *args, "--resume"], 2, setup["base"] / "sft-killed-resume.log")
+    resumed = losses(out)
+    assert sorted(resumed) == list(range(1, KILL_STEPS + 1))
+    for step in range(1, KILL_STEPS + 1):
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-7), step
+    assert (out / "model.safetensors").exists()
