@@ -138,3 +138,15 @@ def test_empty_input_still_writes_a_loadable_dataset(tmp_path):
     summary = run(write_spec(tmp_path, read_chat_write("agentinstruct", str(data))), tmp_path / "out")
     assert summary.manifest.output.num_rows == 0
     assert datasets.load_from_disk(str(tmp_path / "out")).num_rows == 0
+
+
+@pytest.mark.slow
+def test_the_demo_pipeline_is_byte_identical_on_every_runner(tmp_path):
+    from tests.conftest import REPO
+
+    spec = REPO / "pipelines" / "demo.yaml"
+    run(spec, tmp_path / "in_process")
+    reference = shard_hashes(tmp_path / "in_process")
+    for name, args in (("multi", MULTI_PROCESS), ("portable", PORTABLE)):
+        run(spec, tmp_path / name, args)
+        assert shard_hashes(tmp_path / name) == reference, name
