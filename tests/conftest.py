@@ -10,6 +10,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 EXTERNAL = (REPO / ".." / "shared" / "data" / "external").resolve()
 DEMO_DATA = REPO / "pipelines" / "demo" / "data"
+#: Trajectories per split in ../shared/data/external/agentinstruct_thudm (its PROVENANCE.md).
+AGENTINSTRUCT_SPLITS = {"os": 146, "db": 421, "alfworld": 269, "webshop": 275, "kg": 251, "mind2web": 103}
 
 
 def external_path(*parts: str) -> Path:

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from tests.conftest import AGENTINSTRUCT_SPLITS
 from tests.helpers import parse_file
 
 pytestmark = pytest.mark.real_data
@@ -24,14 +25,7 @@ def parse_all(pattern, fmt, **config):
 def test_agentinstruct_all_splits(external):
     good, bad = parse_all(external("agentinstruct_thudm") / "*.parquet", "agentinstruct")
     assert not bad
-    assert Counter(t.task for t in good) == {
-        "os": 146,
-        "db": 421,
-        "alfworld": 269,
-        "webshop": 275,
-        "kg": 251,
-        "mind2web": 103,
-    }
+    assert Counter(t.task for t in good) == AGENTINSTRUCT_SPLITS
     # the 1-shot example turns keep loss=false; human turns are never supervised
     assert all(not t.loss for traj in good for t in traj.turns if t.role.value == "user")
     # multi-turn splits open with an in-context example acknowledged by gpt with loss=false
