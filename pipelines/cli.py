@@ -135,6 +135,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.report import write_html_report
+
+    if not is_agentmill_output(args.directory):
+        raise OutputError(f"{args.directory!r} is not an agentmill output (no manifest.json)")
+    try:
+        path = write_html_report(args.directory)
+    except OSError as exc:
+        raise OutputError(f"cannot write the report in {args.directory!r}: {exc.strerror}") from None
+    console.print(f"[green]wrote[/] {path}")
+    return 0
+
+
 def cmd_eval_hallucination(args: argparse.Namespace) -> int:
     from train import hallucination as h
 
@@ -226,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("directory")
     inspect.add_argument("--json", action="store_true", help="print the manifest")
     inspect.set_defaults(handler=cmd_inspect)
+
+    report = add("report", help="write DIR/report.html, a self-contained page about an output directory")
+    report.add_argument("directory")
+    report.set_defaults(handler=cmd_report)
 
     evaluate = add("eval", help="evaluate a model")
     evals = evaluate.add_subparsers(dest="evaluation", required=True)
