@@ -134,3 +134,13 @@ def sha256_file(path: str) -> str:
 
 def mib(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB"
+
+
+def format_table(lines: Sequence[Sequence[str]]) -> list[str]:
+    """Text table: the first line is the header, then a rule; first column left-aligned, the others right."""
+    lines = [lines[0], ["-" * len(h) for h in lines[0]], *lines[1:]]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True)))
+        for line in lines
+    ]
