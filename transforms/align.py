@@ -180,6 +180,19 @@ class Aligner:
         yield sample
 
 
+class _LazyJson:
+    """JSON text made only if a template prints it (each variant uses one of the two forms)."""
+
+    __slots__ = ("indent", "value")
+
+    def __init__(self, value: Any, indent: int | None = None) -> None:
+        self.value = value
+        self.indent = indent
+
+    def __str__(self) -> str:
+        return json.dumps(self.value, ensure_ascii=False, indent=self.indent)
+
+
 class _ChatBuilder:
     """Appends aligned messages, inserting an elicitation turn between two assistant messages."""
 
@@ -207,8 +220,8 @@ class _ChatBuilder:
             self._say("prose" if step.is_prose else "thought", step.thought or "", loss, key)
         if step.call is not None:
             name = step.call.name
-            arguments_json = json.dumps(step.call.arguments, ensure_ascii=False)
-            arguments_pretty = json.dumps(step.call.arguments, ensure_ascii=False, indent=2)
+            arguments_json = _LazyJson(step.call.arguments)
+            arguments_pretty = _LazyJson(step.call.arguments, indent=2)
             self._say("tool", render("tool", f"{self.trajectory_id}:{key}:tool", tool=name), loss, key, tool=name)
             content = render(
                 "arguments",
