@@ -20,7 +20,10 @@ from transforms.react import StepParseError, parse_turn
 from transforms.read import ReadConfig, ReadFile
 
 FORMATS = ["agentinstruct", "agent_flan", "sharegpt", "openai"]
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: the same examples on every run, so CI is reproducible (raise max_examples locally to explore)
+SETTINGS = settings(
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=30))
 json_values = st.recursive(
@@ -117,7 +120,7 @@ def test_lone_surrogates_are_dead_letters(tmp_path):
     assert isinstance(result, Failed) and result.reason == "invalid_unicode"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(
     text=st.text(max_size=400)
     | st.lists(
