@@ -2,8 +2,9 @@
 
 Guarantees: shard membership is a hash of the sample id and rows inside a shard are sorted by
 id, so the same samples give byte-identical shards on every runner and worker count. The number
-of shards is ``num_shards`` or ``ceil(rows / rows_per_shard)``. The step reports the token,
-supervised-token and per-kind counts as ledger stats. Publishing (state.json, dataset_info.json,
+of shards is ``num_shards`` or ``ceil(rows / rows_per_shard)``; a fixed ``num_shards`` also saves
+memory, since rows then stream into the grouping instead of waiting for the count. The step
+reports the token, supervised-token and per-kind counts as ledger stats. Publishing (state.json, dataset_info.json,
 manifest) is done by the runner once the pipeline has finished.
 """
 
@@ -148,21 +149,26 @@ class Write(Step):
         rows = encoded[MAIN]
         rows.element_type = beam.typehints.Tuple[str, bytes]
 
-        def shard_count(rows_total: int) -> int:
-            return config.num_shards or max(1, math.ceil(rows_total / config.rows_per_shard))
+        if config.num_shards:
+            # A fixed count: rows stream into the grouping (no side input waiting for a count).
+            num_shards: Any = config.num_shards
+        else:
 
-        num_shards = rows | "Count" >> beam.combiners.Count.Globally() | "Shards" >> beam.Map(shard_count)
+            def shard_count(rows_total: int) -> int:
+                return max(1, math.ceil(rows_total / config.rows_per_shard))
+
+            counted = rows | "Count" >> beam.combiners.Count.Globally() | "Shards" >> beam.Map(shard_count)
+            num_shards = beam.pvalue.AsSingleton(counted)
         shard_infos = (
             rows
             | "Assign"
-            >> beam.Map(
-                lambda kv, n: (shard_of(kv[0], n), kv), n=beam.pvalue.AsSingleton(num_shards)
-            ).with_output_types(beam.typehints.KV[int, beam.typehints.Tuple[str, bytes]])
+            >> beam.Map(lambda kv, n: (shard_of(kv[0], n), kv), n=num_shards).with_output_types(
+                beam.typehints.KV[int, beam.typehints.Tuple[str, bytes]]
+            )
             | "Group" >> beam.GroupByKey()
             | "WriteShard"
             >> beam.ParDo(
-                WriteShards(self.context.output_dir, shard_schema(), config.batch_rows),
-                num_shards=beam.pvalue.AsSingleton(num_shards),
+                WriteShards(self.context.output_dir, shard_schema(), config.batch_rows), num_shards=num_shards
             )
         )
         return {MAIN: shard_infos, REJECTED: encoded[REJECTED], LEDGER: encoded[LEDGER]}
