@@ -19,14 +19,21 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
-from bench.common import RSS_HOW, format_table, measure, mib, replicate_parquet, snapshot_packages
+from bench.common import (
+    RSS_HOW,
+    VARIANT_HEADER,
+    format_table,
+    replicate_parquet,
+    run_variants,
+    snapshot_packages,
+    variant_row,
+    work_dir,
+)
 from bench.io import PACKAGES, REPO, VARIANTS, shard_hashes, slug
 from pipelines.graph import load_plan
 from pipelines.run import run_spec
@@ -222,10 +229,7 @@ def child(variant: str, work: str, result: str) -> None:
 
 def bench(args: argparse.Namespace) -> int:
     n = 10_000 if args.quick else args.trajectories
-    work = os.path.abspath(args.work_dir or tempfile.mkdtemp(prefix="agentmill-bench-flan-"))
-    if Path(work).is_relative_to(REPO):
-        raise SystemExit(f"--work-dir {work} is inside the repository; use a directory outside it")
-    os.makedirs(work, exist_ok=True)
+    work = work_dir(args.work_dir, "agentmill-bench-flan-", REPO)
     started = time.monotonic()
     data = os.path.join(work, "data")
     shutil.rmtree(data, ignore_errors=True)
@@ -236,30 +240,11 @@ def bench(args: argparse.Namespace) -> int:
     code = snapshot_packages(str(REPO), PACKAGES, src)
     print(f"  done in {time.monotonic() - started:.1f} s; code snapshot {code} in {src}")
 
-    results: dict[str, dict[str, Any]] = {}
-    for variant in VARIANTS:
-        name = slug(variant)
-        result, log = os.path.join(work, f"{name}.json"), os.path.join(work, f"{name}.log")
-        shutil.rmtree(os.path.join(work, f"out-{name}"), ignore_errors=True)
-        argv = [sys.executable, "-m", "bench.agent_flan", "--child", variant, "--work-dir", work, "--result", result]
-        print(f"running {variant} ...", flush=True)
-        measured = measure(argv, log, env={**os.environ, "PYTHONPATH": src}, cwd=src)
-        if measured.returncode != 0:
-            print(Path(log).read_text(errors="replace")[-4000:], file=sys.stderr)
-            raise SystemExit(f"{variant} failed with exit status {measured.returncode}; log: {log}")
-        with open(result, encoding="utf-8") as handle:
-            results[variant] = {**json.load(handle), "measured": measured}
+    results = run_variants("bench.agent_flan", list(VARIANTS), work, src)
 
     loop = results["plain loop"]
     inputs = sum(loop["reads"].values())
-    header = ["variant", "rows", "work s", "traj/s", "process s", "CPU s", "peak tree RSS", "max RSS", "load"]
-    table = [header]
-    for variant, r in results.items():
-        m, rows = r["measured"], "FAILED" if r["error"] else f"{r['rows']:,}"
-        table.append(
-            [variant, rows, f"{r['seconds']:.1f}", f"{inputs / r['seconds']:,.0f}", f"{m.wall_s:.1f}",
-             f"{m.cpu_s:.1f}", mib(m.peak_tree_rss), mib(m.max_rss), f"{m.load_before:.1f}"]
-        )  # fmt: skip
+    table = [VARIANT_HEADER] + [variant_row(variant, r, inputs) for variant, r in results.items()]
     others = inputs - loop["reads"][REPLICATED]
     print(f"\n{n:,} AgentInstruct trajectories + {others:,} read from the other four sources = {inputs:,} inputs, "
           f"{args.files} AgentInstruct files, {os.cpu_count()} cores, code snapshot {code}")  # fmt: skip

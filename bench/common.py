@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -144,3 +147,46 @@ def format_table(lines: Sequence[Sequence[str]]) -> list[str]:
         "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True)))
         for line in lines
     ]
+
+
+def work_dir(requested: str | None, prefix: str, repo: Path) -> str:
+    """The benchmark's working directory: ``requested`` or a new temp dir; never inside ``repo``."""
+    work = os.path.abspath(requested or tempfile.mkdtemp(prefix=prefix))
+    if Path(work).is_relative_to(repo):
+        raise SystemExit(f"--work-dir {work} is inside the repository; use a directory outside it")
+    os.makedirs(work, exist_ok=True)
+    return work
+
+
+def run_variants(module: str, variants: Sequence[str], work: str, src: str, profile: bool = False) -> dict[str, dict]:
+    """Run ``python -m module --child VARIANT`` for each variant in a fresh, measured subprocess
+    that imports the code snapshot ``src``; return each child's JSON result plus ``measured``."""
+    results: dict[str, dict] = {}
+    for variant in variants:
+        name = variant.replace(" ", "-")
+        result, log = os.path.join(work, f"{name}.json"), os.path.join(work, f"{name}.log")
+        shutil.rmtree(os.path.join(work, f"out-{name}"), ignore_errors=True)
+        argv = [sys.executable, "-m", module, "--child", variant, "--work-dir", work, "--result", result]
+        if profile:
+            argv[1:3] = ["-m", "cProfile", "-o", os.path.join(work, f"{name}.prof"), "-m", module]
+        print(f"running {variant} ...", flush=True)
+        measured = measure(argv, log, env={**os.environ, "PYTHONPATH": src}, cwd=src)
+        if measured.returncode != 0:
+            print(Path(log).read_text(errors="replace")[-4000:], file=sys.stderr)
+            raise SystemExit(f"{variant} failed with exit status {measured.returncode}; log: {log}")
+        with open(result, encoding="utf-8") as handle:
+            results[variant] = {**json.load(handle), "measured": measured}
+    return results
+
+
+VARIANT_HEADER = ["variant", "rows", "work s", "traj/s", "process s", "CPU s", "peak tree RSS", "max RSS", "load"]
+
+
+def variant_row(variant: str, result: dict, trajectories: int) -> list[str]:
+    """One line of the variants table (see :data:`VARIANT_HEADER`)."""
+    m = result["measured"]
+    rows = "FAILED" if result["error"] else f"{result['rows']:,}"
+    return [
+        variant, rows, f"{result['seconds']:.1f}", f"{trajectories / result['seconds']:,.0f}", f"{m.wall_s:.1f}",
+        f"{m.cpu_s:.1f}", mib(m.peak_tree_rss), mib(m.max_rss), f"{m.load_before:.1f}",
+    ]  # fmt: skip

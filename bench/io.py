@@ -18,12 +18,20 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from bench.common import RSS_HOW, measure, mib, replicate_parquet, sha256_file, snapshot_packages
+from bench.common import (
+    RSS_HOW,
+    VARIANT_HEADER,
+    format_table,
+    replicate_parquet,
+    run_variants,
+    sha256_file,
+    snapshot_packages,
+    variant_row,
+    work_dir,
+)
 from pipelines.graph import load_plan
 from pipelines.run import run_spec
 from transforms.base import Failed, Filtered, Stat
@@ -119,11 +127,7 @@ def child(variant: str, work: str, result: str) -> None:
 
 def bench(args: argparse.Namespace) -> int:
     n = 10_000 if args.quick else args.trajectories
-    work = args.work_dir or tempfile.mkdtemp(prefix="agentmill-bench-io-")
-    work = os.path.abspath(work)
-    if Path(work).is_relative_to(REPO):
-        raise SystemExit(f"--work-dir {work} is inside the repository; use a directory outside it")
-    os.makedirs(work, exist_ok=True)
+    work = work_dir(args.work_dir, "agentmill-bench-io-", REPO)
     sources = sorted(glob.glob(str(REPO / args.source)))
     if not sources:
         raise SystemExit(f"no input matches {args.source!r} (relative to {REPO})")
@@ -138,34 +142,11 @@ def bench(args: argparse.Namespace) -> int:
     code = snapshot_packages(str(REPO), PACKAGES, src)
     print(f"  done in {time.monotonic() - started:.1f} s; code snapshot {code} in {src}")
 
-    results: dict[str, dict[str, Any]] = {}
-    for variant in VARIANTS:
-        name = slug(variant)
-        result, log = os.path.join(work, f"{name}.json"), os.path.join(work, f"{name}.log")
-        shutil.rmtree(os.path.join(work, f"out-{name}"), ignore_errors=True)
-        argv = [sys.executable, "-m", "bench.io", "--child", variant, "--work-dir", work, "--result", result]
-        if args.profile:
-            argv[1:3] = ["-m", "cProfile", "-o", os.path.join(work, f"{name}.prof"), "-m", "bench.io"]
-        print(f"running {variant} ...", flush=True)
-        measured = measure(argv, log, env={**os.environ, "PYTHONPATH": src}, cwd=src)
-        if measured.returncode != 0:
-            print(Path(log).read_text(errors="replace")[-4000:], file=sys.stderr)
-            raise SystemExit(f"{variant} failed with exit status {measured.returncode}; log: {log}")
-        with open(result, encoding="utf-8") as handle:
-            results[variant] = {**json.load(handle), "measured": measured}
+    results = run_variants("bench.io", list(VARIANTS), work, src, args.profile)
 
-    header = ("variant", "rows", "work s", "traj/s", "process s", "CPU s", "peak tree RSS", "max RSS", "load")
-    lines = [header, tuple("-" * len(h) for h in header)]
-    for variant, r in results.items():
-        m, rows = r["measured"], "FAILED" if r["error"] else f"{r['rows']:,}"
-        lines.append(
-            (variant, rows, f"{r['seconds']:.1f}", f"{n / r['seconds']:,.0f}", f"{m.wall_s:.1f}", f"{m.cpu_s:.1f}",
-             mib(m.peak_tree_rss), mib(m.max_rss), f"{m.load_before:.1f}")
-        )  # fmt: skip
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    table = [VARIANT_HEADER] + [variant_row(variant, r, n) for variant, r in results.items()]
     print(f"\n{n:,} trajectories, {args.files} input files, {os.cpu_count()} cores, code snapshot {code}")
-    for line in lines:
-        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))))
+    print("\n".join(format_table(table)))
     print(
         "work s: run_spec / the loop, timed inside the process after imports (traj/s = trajectories / work s);\n"
         "process s: wall time incl. interpreter start and imports; CPU s: user+system of the process and its\n"
