@@ -17,6 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 import transforms.coders  # noqa: F401  (registers the record coders)
 from pipelines.graph import Plan
 from transforms.base import LEDGER, MAIN, REJECTED
+from transforms.spill import Merge, SortedGroups
 
 LEDGER_FILE = "ledger.json"
 SHARDS_FILE = "shards.json"
@@ -42,18 +43,26 @@ class _WriteRejected(beam.DoFn):
     def __init__(self, directory: str) -> None:
         self.directory = directory
 
-    def process(self, element: tuple[str, Iterable[str]]) -> None:
-        step_id, records = element
-        lines = sorted(records)
-        _write_text(FileSystems.join(self.directory, f"{step_id}.jsonl"), "".join(line + "\n" for line in lines))
+    def process(self, element: tuple[str, Iterable[tuple[bytes, bytes]]]) -> None:
+        step_id, lines = element
+        with FileSystems.create(FileSystems.join(self.directory, f"{step_id}.jsonl")) as handle:
+            for line, _ in lines:
+                handle.write(line + b"\n")
 
 
-def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str) -> None:
-    """Add the plan's steps and the run artifacts to ``pipeline``."""
+def _rejected_pair(element: tuple[str, str]) -> tuple[str, tuple[bytes, bytes]]:
+    step_id, line = element
+    return step_id, (line.encode("utf-8"), b"")
+
+
+def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str, spill_root: str | None = None) -> None:
+    """Add the plan's steps and the run artifacts to ``pipeline``. With a ``spill_root``, records
+    that cross a stage boundary (merged inputs, sorts, count-then-select) go through files there,
+    so memory stays flat with the data size (see :mod:`transforms.spill`)."""
     outputs: dict[tuple[str, str], beam.PCollection] = {}
     rejected, ledgers, shard_infos = [], [], None
     for planned in plan.steps:
-        step = planned.instantiate(plan.spec.seed, plan.base_dir, work_dir)
+        step = planned.instantiate(plan.spec.seed, plan.base_dir, work_dir, spill_root)
         if not planned.inputs:
             result = pipeline | step
         else:
@@ -63,12 +72,12 @@ def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str) -> None:
             elif len(upstream) == 1:
                 result = next(iter(upstream.values())) | step
             else:
-                merged = tuple(upstream.values()) | f"{planned.id}/Merge" >> beam.Flatten()
-                merged.element_type = planned.cls.input_type
+                spill = step.context.spill_dir("merge")
+                merged = tuple(upstream.values()) | f"{planned.id}/Merge" >> Merge(spill, planned.cls.input_type)
                 result = merged | step
         for port in step.output_ports():
             outputs[(planned.id, port)] = result[port]
-        rejected.append(result[REJECTED])
+        rejected.append(result[REJECTED] | f"Run/Rejected/Key/{planned.id}" >> beam.Map(_rejected_pair))
         ledgers.append(result[LEDGER])
         if planned is plan.sink:
             shard_infos = result[MAIN]
@@ -80,11 +89,10 @@ def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str) -> None:
         | "Run/Ledger/List" >> beam.combiners.ToList()
         | "Run/Ledger/Write" >> beam.ParDo(_WriteJson(FileSystems.join(work_dir, LEDGER_FILE)))
     )
-    merged_rejected = tuple(rejected) | "Run/Rejected/Merge" >> beam.Flatten()
-    merged_rejected.element_type = beam.typehints.KV[str, str]
+    rejected_spill = None if spill_root is None else FileSystems.join(spill_root, "run", "rejected")
     (
-        merged_rejected
-        | "Run/Rejected/Group" >> beam.GroupByKey()
+        tuple(rejected)
+        | "Run/Rejected/Sort" >> SortedGroups(rejected_spill)
         | "Run/Rejected/Write" >> beam.ParDo(_WriteRejected(FileSystems.join(work_dir, REJECTED_DIR)))
     )
     (

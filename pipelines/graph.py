@@ -33,13 +33,20 @@ class PlannedStep:
     def id(self) -> str:
         return self.spec.id
 
-    def context(self, seed: int, base_dir: str, output_dir: str | None) -> StepContext:
+    def context(self, seed: int, base_dir: str, output_dir: str | None, spill_root: str | None = None) -> StepContext:
         return StepContext(
-            step_id=self.id, seed=seed, base_dir=base_dir, output_dir=output_dir, config_hash=self.config_hash
+            step_id=self.id,
+            seed=seed,
+            base_dir=base_dir,
+            output_dir=output_dir,
+            config_hash=self.config_hash,
+            spill_root=spill_root,
         )
 
-    def instantiate(self, seed: int, base_dir: str, output_dir: str | None = None) -> Step:
-        return self.cls(self.config, self.context(seed, base_dir, output_dir))
+    def instantiate(
+        self, seed: int, base_dir: str, output_dir: str | None = None, spill_root: str | None = None
+    ) -> Step:
+        return self.cls(self.config, self.context(seed, base_dir, output_dir, spill_root))
 
 
 @dataclass

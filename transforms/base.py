@@ -48,13 +48,25 @@ class StepConfig(BaseModel):
 
 @dataclasses.dataclass(frozen=True)
 class StepContext:
-    """What a step knows of the run: its id, the seed, where relative paths start, the output."""
+    """What a step knows of the run: its id, the seed, where relative paths start, the output,
+    and where it may spill records to disk (``None``: keep Beam's own materialization; see
+    :mod:`transforms.spill`)."""
 
     step_id: str
     seed: int = 0
     base_dir: str = "."
     output_dir: str | None = None
     config_hash: str = ""
+    spill_root: str | None = None
+
+    def spill_dir(self, name: str = "") -> str | None:
+        """This step's spill folder for one use (``name``), or ``None`` when spilling is off."""
+        if self.spill_root is None:
+            return None
+        from apache_beam.io.filesystems import FileSystems
+
+        parts = [self.spill_root, self.step_id, *([name] if name else [])]
+        return FileSystems.join(*parts)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ than one member.
 
 from __future__ import annotations
 
+import itertools
 import re
 import string
 from collections.abc import Iterable, Iterator
@@ -33,6 +34,8 @@ from transforms.base import (
     StepConfig,
     _Accounting,
 )
+from transforms.coders import SampleCoder
+from transforms.spill import SortedGroups
 
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -71,31 +74,47 @@ def representative_order(samples: Iterable[Sample]) -> list[Sample]:
     return sorted(samples, key=lambda s: (s.id, s.model_dump_json()))
 
 
+DEDUP_PARTITIONS = 16  # sort partitions (parallelism of the keep pass); does not change results
+
+
 class _DedupDoFn(beam.DoFn):
-    """Keeps the representative of one duplicate set and filters the rest, with the ledger."""
+    """Keeps the representative of each duplicate set and filters the rest, with the ledger.
+
+    Input: one sort partition, ``(conversation key + NUL + sample id, sample JSON)`` pairs in
+    order, so each set of duplicates arrives together and in keep order."""
 
     def __init__(self, step_id: str) -> None:
         self.step_id = step_id
 
     def start_bundle(self) -> None:
         self.acct = _Accounting(self.step_id)
+        self.coder = SampleCoder()
 
-    def process(self, element: tuple[str, Iterable[Sample]]) -> Iterator[Any]:
-        key, members = element
-        ordered = representative_order(members)
-        kept, dropped = ordered[0], ordered[1:]
-        self.acct.counts[(IN, "")] += len(ordered)
-        self.acct.counts[(PASSED, "")] += 1
-        self.acct.counts[(EMITTED, "")] += 1
-        yield kept
-        if dropped:
-            self.acct.counts[(STAT, "duplicate_sets")] += 1
-            detail = f"duplicate of {kept.id} (conversation key {key})"
-            for sample in dropped:
-                yield self.acct.rejected(FILTERED, "duplicate", detail, sample)
+    def process(self, element: tuple[int, Iterable[tuple[bytes, bytes]]]) -> Iterator[Any]:
+        _, pairs = element
+        for key, members in itertools.groupby(pairs, key=lambda pair: pair[0].split(b"\0", 1)[0]):
+            kept = self.coder.decode(next(members)[1])
+            self.acct.counts[(IN, "")] += 1
+            self.acct.counts[(PASSED, "")] += 1
+            self.acct.counts[(EMITTED, "")] += 1
+            yield kept
+            duplicates = 0
+            for _, payload in members:  # noqa: B031 (the rest of the same group, after its first)
+                duplicates += 1
+                self.acct.counts[(IN, "")] += 1
+                detail = f"duplicate of {kept.id} (conversation key {key.decode()})"
+                yield self.acct.rejected(FILTERED, "duplicate", detail, self.coder.decode(payload))
+            if duplicates:
+                self.acct.counts[(STAT, "duplicate_sets")] += 1
 
     def finish_bundle(self) -> Iterator[Any]:
         yield from self.acct.flush()
+
+
+def _sort_pair(sample: Sample, config: DedupConfig) -> tuple[int, tuple[bytes, bytes]]:
+    key = dedup_key(sample, config)
+    partition = int(key[:8], 16) % DEDUP_PARTITIONS
+    return partition, (f"{key}\0{sample.id}".encode(), sample.model_dump_json().encode("utf-8"))
 
 
 class Dedup(Step):
@@ -108,12 +127,10 @@ class Dedup(Step):
 
     def expand(self, samples: beam.PCollection) -> dict[str, Any]:
         config: DedupConfig = self.config  # type: ignore[assignment]
-        keyed = samples | "Key" >> beam.Map(lambda s: (dedup_key(s, config), s)).with_output_types(
-            beam.typehints.KV[str, Sample]
-        )
         outputs = (
-            keyed
-            | "Group" >> beam.GroupByKey()
+            samples
+            | "Key" >> beam.Map(_sort_pair, config)
+            | "Sort" >> SortedGroups(self.context.spill_dir("sort"))
             | "Keep" >> beam.ParDo(_DedupDoFn(self.step_id)).with_outputs(REJECTED, LEDGER, main=MAIN)
         )
         return self._typed(outputs)

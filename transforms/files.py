@@ -6,6 +6,7 @@ All file access goes through Beam's ``FileSystems``, so local paths, ``gs://``, 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -158,10 +159,13 @@ def iter_records(path: str, max_record_bytes: int, label: str | None = None) -> 
     """
     name = label or posixpath.basename(path)
     ext = base_extension(path)
+    if ext == ".parquet":
+        yield from _iter_parquet(path, name)
+        return
+    if ext == ".jsonl":
+        yield from _iter_jsonl_file(path, name, max_record_bytes)
+        return
     try:
-        if ext == ".parquet":
-            yield from _iter_parquet(path, name)
-            return
         with _open(path) as handle:
             data = handle.read()
     except Exception as exc:
@@ -169,9 +173,6 @@ def iter_records(path: str, max_record_bytes: int, label: str | None = None) -> 
         return
     if not data.strip():
         yield Failed("empty_file", "the file has no records", name)
-        return
-    if ext == ".jsonl":
-        yield from _iter_jsonl_lines(name, iter(data.splitlines()), max_record_bytes)
         return
     try:
         text = data.decode("utf-8")
@@ -196,18 +197,43 @@ def iter_records(path: str, max_record_bytes: int, label: str | None = None) -> 
         yield RawRecord(obj, name, 0)
 
 
-def _iter_parquet(path: str, name: str) -> Iterator[RawRecord | Failed]:
-    import pyarrow.parquet as pq
+def _iter_jsonl_file(path: str, name: str, max_bytes: int) -> Iterator[RawRecord | Failed]:
+    """The lines of a JSON Lines file, streamed (split like ``bytes.splitlines``)."""
+    seen = [False]
+
+    def lines(handle: Any) -> Iterator[bytes]:
+        for chunk in iter(handle.readline, b""):
+            for line in chunk.splitlines():
+                seen[0] = seen[0] or bool(line.strip())
+                yield line
 
     try:
         with _open(path) as handle:
-            data = handle.read()
-        parquet = pq.ParquetFile(io.BytesIO(data))
-        batches = parquet.iter_batches(batch_size=1024)
-        index = 0
-        for batch in batches:
-            for row in batch.to_pylist():
-                yield RawRecord(row, f"{name}:row {index}", index)
-                index += 1
+            yield from _iter_jsonl_lines(name, lines(handle), max_bytes)
+    except Exception as exc:
+        yield Failed("unreadable_file", f"{type(exc).__name__}: {exc}", name)
+        return
+    if not seen[0]:
+        yield Failed("empty_file", "the file has no records", name)
+
+
+def _iter_parquet(path: str, name: str) -> Iterator[RawRecord | Failed]:
+    """The rows of a parquet file, read a batch at a time (a compressed file is read whole)."""
+    import pyarrow.parquet as pq
+
+    try:
+        with contextlib.ExitStack() as stack:
+            if CompressionTypes.detect_compression_type(path) == CompressionTypes.UNCOMPRESSED:
+                raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+                source: Any = stack.enter_context(raw)
+            else:
+                with _open(path) as handle:
+                    source = io.BytesIO(handle.read())
+            parquet = stack.enter_context(pq.ParquetFile(source))
+            index = 0
+            for batch in parquet.iter_batches(batch_size=256):
+                for row in batch.to_pylist():
+                    yield RawRecord(row, f"{name}:row {index}", index)
+                    index += 1
     except Exception as exc:
         yield Failed("unreadable_file", f"{type(exc).__name__}: {exc}", name)

@@ -38,6 +38,7 @@ from transforms.phrasing import PhraseBook, PhrasingError, load_book
 from transforms.react import ParsedStep, StepParseError, has_markers, parse_turn, render_react
 from transforms.samples import sample_of
 from transforms.sampling import keyed_hash, rank_key
+from transforms.spill import Merge
 
 SLOTS = {"react_request", "json_request"}
 EXAMPLE = {"thought": "I need the weather.", "tool": "get_weather", "arguments_json": '{"city": "Oslo"}'}
@@ -180,7 +181,9 @@ class InstructionPairs(Step):
                 | "Keys" >> beam.Map(lambda ranked: sorted(key for _, key in ranked))
             )
         maker = PairMaker(self.config, self.context, self.book())
-        outputs = trajectories | "Pairs" >> beam.ParDo(
+        # The trajectories wait for the draw on disk, not in the runner's memory.
+        waiting = trajectories | "AwaitDraw" >> Merge(self.context.spill_dir("records"), Trajectory)
+        outputs = waiting | "Pairs" >> beam.ParDo(
             RecordDoFn(maker, step_id), selected=beam.pvalue.AsSingleton(selected)
         ).with_outputs(REJECTED, LEDGER, main=MAIN)
         return self._typed(outputs)

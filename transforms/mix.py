@@ -39,7 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from schemas import Sample, canonical_json, stable_id
 from transforms.base import LEDGER, MAIN, REJECTED, Filtered, RecordDoFn, Stat, Step, StepConfig
-from transforms.sampling import RankKey, prefix_threshold, rank_key
+from transforms.sampling import RankKey, prefix_threshold, rank_bytes, rank_from_bytes, rank_key
+from transforms.spill import Merge, SortedGroups
 
 Unit = Literal["samples", "tokens", "supervised_tokens"]
 AGENT, GENERAL = "agent", "general"
@@ -239,8 +240,9 @@ class GroupDecision:
     threshold: RankKey | None
 
 
-def decide_group(plan: GroupPlan, ranked: Iterable[tuple[RankKey, int]]) -> GroupDecision:
-    """Copies per sample of one group, from its target and its samples' ``(rank key, units)``."""
+def decide_group(plan: GroupPlan, ranked: Iterable[tuple[RankKey, int]], presorted: bool = False) -> GroupDecision:
+    """Copies per sample of one group, from its target and its samples' ``(rank key, units)``
+    (in rank order if ``presorted``)."""
     if plan.share is None or plan.target <= 0:
         return GroupDecision(0, None)
     full = 0
@@ -248,7 +250,7 @@ def decide_group(plan: GroupPlan, ranked: Iterable[tuple[RankKey, int]]) -> Grou
     if plan.available > 0 and plan.target >= plan.available:
         full = int(plan.target // plan.available)
         remainder = plan.target - full * plan.available
-    threshold, _ = prefix_threshold(ranked, remainder)
+    threshold, _ = prefix_threshold(ranked, remainder, presorted)
     return GroupDecision(full, threshold)
 
 
@@ -313,6 +315,21 @@ class MixFn:
             yield repeat_copy(sample, k, self.step_id)
 
 
+class _ByInput:
+    """Processor of ``(input name, sample)``: the :class:`MixFn` of that input."""
+
+    def __init__(self, fns: dict[str, MixFn]) -> None:
+        self.fns = fns
+
+    def bind(self, plan: MixPlan, decisions: dict[str, GroupDecision]) -> None:
+        for fn in self.fns.values():
+            fn.bind(plan, decisions)
+
+    def __call__(self, element: tuple[str, Sample]) -> Iterator[Any]:
+        name, sample = element
+        return self.fns[name](sample)
+
+
 class _MixDoFn(RecordDoFn):
     """A RecordDoFn whose processor gets the plan and decisions from side inputs."""
 
@@ -335,9 +352,15 @@ class _Light:
         return gid, (rank_key(self.seed, self.step_id, sample.id), units_of(sample, self.config.unit))
 
 
-def _decide(element: tuple[str, Iterable[tuple[RankKey, int]]], plan: MixPlan) -> tuple[str, GroupDecision]:
-    gid, items = element
-    return gid, decide_group(plan.groups[gid], list(items))
+def _rank_pair(light: tuple[str, tuple[RankKey, int]]) -> tuple[str, tuple[bytes, bytes]]:
+    gid, (key, units) = light
+    return gid, (rank_bytes(key), str(units).encode("ascii"))
+
+
+def _decide(element: tuple[str, Iterable[tuple[bytes, bytes]]], plan: MixPlan) -> tuple[str, GroupDecision]:
+    gid, pairs = element
+    ranked = ((rank_from_bytes(key), int(units)) for key, units in pairs)
+    return gid, decide_group(plan.groups[gid], ranked, presorted=True)
 
 
 class Mix(Step):
@@ -375,36 +398,40 @@ class Mix(Step):
             raise ValueError(f"step {self.step_id!r}: {exc}") from None
         seed, step_id = self.context.seed, self.step_id
 
+        # Planning runs on each input where it is produced; the samples wait on disk.
         lights = [inputs[name] | f"Light/{name}" >> beam.Map(_Light(name, config, seed, step_id)) for name in names]
-        light = tuple(lights) | "Light/Merge" >> beam.Flatten()
-        plan = (
+        units = [
             light
-            | "Units" >> beam.Map(lambda kv: (kv[0], kv[1][1]))
-            | "SumUnits" >> beam.CombinePerKey(sum)
+            | f"Units/{name}" >> beam.Map(lambda kv: (kv[0], kv[1][1]))
+            | f"SumUnits/{name}" >> beam.CombinePerKey(sum)
+            for name, light in zip(names, lights, strict=True)
+        ]
+        plan = (
+            tuple(units)
+            | "Units" >> beam.Flatten()
             | "Available" >> beam.combiners.ToList()
             | "Plan" >> beam.Map(lambda pairs: plan_mix(config, dict(pairs), names))
         )
+        ranks = [light | f"Ranks/{name}" >> beam.Map(_rank_pair) for name, light in zip(names, lights, strict=True)]
         decisions = (
-            light
-            | "GroupRanks" >> beam.GroupByKey()
+            tuple(ranks)
+            | "SortRanks" >> SortedGroups(self.context.spill_dir("ranks"))
             | "Decide" >> beam.Map(_decide, plan=beam.pvalue.AsSingleton(plan))
         )
-        mains, rejected, ledgers = [], [], []
-        for name in names:
-            outputs = inputs[name] | f"Select/{name}" >> beam.ParDo(
-                _MixDoFn(MixFn(name, config, seed, step_id), step_id),
-                plan=beam.pvalue.AsSingleton(plan),
-                decisions=beam.pvalue.AsDict(decisions),
-            ).with_outputs(REJECTED, LEDGER, main=MAIN)
-            mains.append(outputs[MAIN])
-            rejected.append(outputs[REJECTED])
-            ledgers.append(outputs[LEDGER])
-        result = {
-            MAIN: tuple(mains) | "Merge/Main" >> beam.Flatten(),
-            REJECTED: tuple(rejected) | "Merge/Rejected" >> beam.Flatten(),
-            LEDGER: tuple(ledgers) | "Merge/Ledger" >> beam.Flatten(),
-        }
-        return self._typed(result)
+        tagged = [
+            inputs[name]
+            | f"Tag/{name}" >> beam.Map(lambda s, n=name: (n, s)).with_output_types(beam.typehints.Tuple[str, Sample])
+            for name in names
+        ]
+        keyed_type = beam.typehints.Tuple[str, Sample]
+        waiting = tuple(tagged) | "AwaitPlan" >> Merge(self.context.spill_dir("samples"), keyed_type)
+        processor = _ByInput({name: MixFn(name, config, seed, step_id) for name in names})
+        outputs = waiting | "Select" >> beam.ParDo(
+            _MixDoFn(processor, step_id),
+            plan=beam.pvalue.AsSingleton(plan),
+            decisions=beam.pvalue.AsDict(decisions),
+        ).with_outputs(REJECTED, LEDGER, main=MAIN)
+        return self._typed(outputs)
 
     @classmethod
     def summarize(cls, config: StepConfig, ledger: Any) -> dict[str, Any]:

@@ -23,9 +23,11 @@ emitted (one negative) or filtered with a reason; each negative carries its case
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -50,6 +52,7 @@ from transforms.phrasing import PhraseBook, PhrasingError, load_book
 from transforms.react import StepParseError, parse_turn
 from transforms.samples import sample_of
 from transforms.sampling import keyed_hash, rank_key
+from transforms.spill import Merge
 
 Case = Literal["no_tools", "irrelevant_tools", "general_with_tools"]
 AGENT_CASES: tuple[Case, ...] = ("no_tools", "irrelevant_tools")
@@ -347,6 +350,17 @@ def _assign(ranked: list[tuple[tuple[int, str], str]], cases: list[tuple[str, in
     return selection
 
 
+class _Smallest:
+    """Combines lists of ranked keys into the ``n`` smallest (associative, so Beam may combine
+    partial results in any order)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, lists: Iterable[list[Any]]) -> list[Any]:
+        return heapq.nsmallest(self.n, itertools.chain.from_iterable(lists))
+
+
 def _merge(dicts: list[dict[str, str]]) -> dict[str, str]:
     merged: dict[str, str] = {}
     for d in dicts:
@@ -419,8 +433,8 @@ class Negatives(Step):
             >> beam.Map(lambda t, g=group: (g, t)).with_output_types(beam.typehints.Tuple[str, Trajectory])
             for group, name in groups
         ]
-        records = tuple(tagged) | "Merge" >> beam.Flatten()
-        records.element_type = beam.typehints.Tuple[str, Trajectory]
+        # Counting runs on each input where it is read; the records wait for the draw on disk.
+        records = tuple(tagged) | "Merge" >> Merge(ctx.spill_dir("records"), beam.typehints.Tuple[str, Trajectory])
 
         quotas = config.quotas()
         agent_cases = [(c, quotas.get(c, 0)) for c in AGENT_CASES]
@@ -435,20 +449,32 @@ class Negatives(Step):
         selections = []
         for group, cases in (("agent", agent_cases), ("general", general_cases)):
             total = sum(q for _, q in cases)
-            if total == 0:
+            members = [(name, pcoll) for (g, name), pcoll in zip(groups, tagged, strict=True) if g == group]
+            if total == 0 or not members:
                 continue
+            drawn = [
+                pcoll
+                | f"Rank {group} {name}" >> beam.FlatMap(ranks, group)
+                | f"Draw {group} {name}" >> beam.combiners.Top.Smallest(total)
+                for name, pcoll in members
+            ]
             selections.append(
-                records
-                | f"Rank {group}" >> beam.FlatMap(ranks, group)
-                | f"Draw {group}" >> beam.combiners.Top.Smallest(total)
+                tuple(drawn)
+                | f"Drawn {group}" >> beam.Flatten()
+                | f"Draw {group}" >> beam.CombineGlobally(_Smallest(total))
                 | f"Assign {group}" >> beam.Map(_assign, cases)
             )
         if not selections:
-            selections.append(records.pipeline | "NoDraw" >> beam.Create([{}]))
+            selections.append(tagged[0].pipeline | "NoDraw" >> beam.Create([{}]))
         selection = tuple(selections) | "Selections" >> beam.Flatten() | "Selection" >> beam.CombineGlobally(_merge)
+        tools = [
+            pcoll | f"Tools {name}" >> beam.FlatMap(_pool_entries) | f"OnePerName {name}" >> beam.CombinePerKey(min)
+            for (g, name), pcoll in zip(groups, tagged, strict=True)
+            if g == "agent"
+        ] or [tagged[0].pipeline | "NoTools" >> beam.Create([]).with_output_types(beam.typehints.KV[str, str])]
         pool = (
-            records
-            | "Tools" >> beam.FlatMap(_pool_entries)
+            tuple(tools)
+            | "AllTools" >> beam.Flatten()
             | "OnePerName" >> beam.CombinePerKey(min)
             | "Pool" >> beam.combiners.ToList()
             | "Sorted"

@@ -46,7 +46,9 @@ def rank_key(seed: int, step_id: str, key: str) -> RankKey:
     return (keyed_hash(seed, step_id, key), key)
 
 
-def prefix_threshold(ranked: Iterable[tuple[RankKey, float]], target: float) -> tuple[RankKey | None, float]:
+def prefix_threshold(
+    ranked: Iterable[tuple[RankKey, float]], target: float, presorted: bool = False
+) -> tuple[RankKey | None, float]:
     """Select a prefix of items in rank order whose summed weight is nearest to ``target``.
 
     ``ranked`` holds ``(rank key, weight)`` pairs in any order; weights are non-negative (1 per
@@ -59,12 +61,22 @@ def prefix_threshold(ranked: Iterable[tuple[RankKey, float]], target: float) -> 
     total = 0.0
     if target <= 0:
         return None, 0.0
-    for key, weight in sorted(ranked):
+    for key, weight in ranked if presorted else sorted(ranked):
         if total + weight / 2.0 > target:
             break
         threshold = key
         total += weight
     return threshold, total
+
+
+def rank_bytes(key: RankKey) -> bytes:
+    """``key`` as bytes that sort like the key (a fixed-width hash, then the UTF-8 text)."""
+    return key[0].to_bytes(8, "big") + key[1].encode("utf-8")
+
+
+def rank_from_bytes(data: bytes) -> RankKey:
+    """Inverse of :func:`rank_bytes`."""
+    return int.from_bytes(data[:8], "big"), data[8:].decode("utf-8")
 
 
 def take_by_rank(items: Iterable[T], seed: int, step_id: str, k: int, key_of=str) -> list[T]:

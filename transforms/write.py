@@ -2,8 +2,9 @@
 
 Guarantees: shard membership is a hash of the sample id and rows inside a shard are sorted by
 id, so the same samples give byte-identical shards on every runner and worker count. The number
-of shards is ``num_shards`` or ``ceil(rows / rows_per_shard)``; a fixed ``num_shards`` also saves
-memory, since rows then stream into the grouping instead of waiting for the count. The step
+of shards is ``num_shards`` or ``ceil(rows / rows_per_shard)``. Rows are sorted into shards
+with an external merge sort when the run spills (:mod:`transforms.spill`), so memory does not
+grow with the data; a fixed ``num_shards`` saves the pass that waits for the count. The step
 reports the token, supervised-token and per-kind counts as ledger stats. Publishing (state.json, dataset_info.json,
 manifest) is done by the runner once the pipeline has finished.
 """
@@ -24,6 +25,7 @@ from pydantic import Field
 
 from schemas import ArrowCodec, Sample, ShardInfo
 from transforms.base import LEDGER, MAIN, REJECTED, RecordDoFn, RecordError, Stat, Step, StepConfig
+from transforms.spill import Merge, SortedGroups
 
 SAMPLE_CODEC = ArrowCodec(Sample)
 KeyedRow = tuple[str, bytes]
@@ -114,7 +116,7 @@ class EncodeRow:
 
 
 class WriteShards(beam.DoFn):
-    """Writes one shard from ``(index, [(id, row), ...])``, rows sorted by (id, row)."""
+    """Writes one shard from ``(index, [(id, row), ...])`` sorted by (id, row)."""
 
     def __init__(self, output_dir: str, schema: pa.Schema, batch_rows: int) -> None:
         self.output_dir = output_dir
@@ -124,11 +126,16 @@ class WriteShards(beam.DoFn):
     def setup(self) -> None:
         self.schema = pa.ipc.read_schema(pa.py_buffer(self.schema_bytes))
 
-    def process(self, element: tuple[int, Iterable[KeyedRow]], num_shards: int) -> Iterator[str]:
-        index, items = element
-        rows = (row for _, row in sorted(items))
+    def process(self, element: tuple[int, Iterable[tuple[bytes, bytes]]], num_shards: int) -> Iterator[str]:
+        index, pairs = element
+        rows = (row for _, row in pairs)
         path = FileSystems.join(self.output_dir, shard_filename(index, num_shards))
         yield write_shard(path, rows, self.schema, self.batch_rows).model_dump_json()
+
+
+def _assign(row: KeyedRow, num_shards: int) -> tuple[int, tuple[bytes, bytes]]:
+    sample_id, encoded = row
+    return shard_of(sample_id, num_shards), (sample_id.encode("utf-8"), encoded)
 
 
 class Write(Step):
@@ -150,7 +157,7 @@ class Write(Step):
         rows.element_type = beam.typehints.Tuple[str, bytes]
 
         if config.num_shards:
-            # A fixed count: rows stream into the grouping (no side input waiting for a count).
+            # A fixed count: rows stream into the sort (nothing waits for a count).
             num_shards: Any = config.num_shards
         else:
 
@@ -159,13 +166,12 @@ class Write(Step):
 
             counted = rows | "Count" >> beam.combiners.Count.Globally() | "Shards" >> beam.Map(shard_count)
             num_shards = beam.pvalue.AsSingleton(counted)
+            # The rows wait for the count on disk, not in the runner's memory.
+            rows = rows | "AwaitCount" >> Merge(self.context.spill_dir("rows"), beam.typehints.Tuple[str, bytes])
         shard_infos = (
             rows
-            | "Assign"
-            >> beam.Map(lambda kv, n: (shard_of(kv[0], n), kv), n=num_shards).with_output_types(
-                beam.typehints.KV[int, beam.typehints.Tuple[str, bytes]]
-            )
-            | "Group" >> beam.GroupByKey()
+            | "Assign" >> beam.Map(_assign, num_shards)
+            | "Sort" >> SortedGroups(self.context.spill_dir("sort"))
             | "WriteShard"
             >> beam.ParDo(
                 WriteShards(self.context.output_dir, shard_schema(), config.batch_rows), num_shards=num_shards

@@ -1,0 +1,116 @@
+"""Disk-backed merges and sorts (transforms/spill.py), and spilling in whole runs."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipelines.run import spills
+from tests.conftest import REPO
+from tests.helpers import rejected, shard_hashes
+from transforms.spill import Merge, SortedGroups, read_frames, write_frames
+
+
+def _pipeline() -> beam.Pipeline:
+    return beam.Pipeline(runner=FnApiRunner())
+
+
+def _files(directory: Path) -> list[Path]:
+    return [p for p in directory.rglob("*") if p.is_file()] if directory.exists() else []
+
+
+@pytest.mark.parametrize("spill", [True, False], ids=["spilled", "in_memory"])
+def test_merge_returns_every_record_of_every_input(tmp_path, spill):
+    directory = str(tmp_path / "spill") if spill else None
+    with _pipeline() as p:
+        a = p | "A" >> beam.Create([("a", i) for i in range(500)])
+        b = p | "B" >> beam.Create([("b", i) for i in range(300)])
+        merged = (a, b) | Merge(directory, beam.typehints.Tuple[str, int])
+        assert_that(merged, equal_to([("a", i) for i in range(500)] + [("b", i) for i in range(300)]))
+    assert _files(tmp_path / "spill") == []  # run files are deleted once read
+
+
+def _pairs(n: int, partitions: int) -> list[tuple[int, tuple[bytes, bytes]]]:
+    rng = random.Random(7)
+    return [(rng.randrange(partitions), (f"k{rng.randrange(n // 3):06d}".encode(), f"p{i}".encode())) for i in range(n)]
+
+
+def test_sorted_groups_spilled_in_many_runs_equal_the_in_memory_sort(tmp_path):
+    pairs = _pairs(3000, 4)
+    expected: dict[int, list] = {}
+    for partition, pair in pairs:
+        expected.setdefault(partition, []).append(pair)
+    expected = {k: sorted(v) for k, v in expected.items()}
+    results = {}
+    for name, directory, buffer in (("memory", None, 0), ("disk", str(tmp_path / "spill"), 2_000)):
+        with _pipeline() as p:
+            grouped = (
+                p
+                | f"Create {name}" >> beam.Create(pairs)
+                | f"Sort {name}" >> SortedGroups(directory, buffer_bytes=max(buffer, 1))
+                | f"List {name}" >> beam.MapTuple(lambda k, v: (k, [list(x) for x in v]))
+            )
+            assert_that(grouped, equal_to([(k, [list(x) for x in v]) for k, v in expected.items()]))
+        results[name] = True
+    assert results == {"memory": True, "disk": True}
+    assert _files(tmp_path / "spill") == []
+
+
+def test_sorted_groups_takes_several_inputs(tmp_path):
+    with _pipeline() as p:
+        a = p | "A" >> beam.Create([("x", (b"2", b"")), ("y", (b"1", b""))])
+        b = p | "B" >> beam.Create([("x", (b"1", b"")), ("x", (b"3", b""))])
+        out = (a, b) | SortedGroups(str(tmp_path / "spill")) | beam.MapTuple(lambda k, v: (k, [key for key, _ in v]))
+        assert_that(out, equal_to([("x", [b"1", b"2", b"3"]), ("y", [b"1"])]))
+
+
+def test_frames_round_trip_and_a_truncated_file_is_an_error(tmp_path):
+    path = tmp_path / "run.run"
+    pairs = [(b"", b""), (b"key", b"\x00payload\xff"), (b"k" * 70_000, b"v")]
+    with open(path, "wb") as handle:
+        write_frames(handle, pairs)
+    assert list(read_frames(str(path))) == pairs
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(OSError, match="truncated"):
+        list(read_frames(str(path)))
+
+
+@pytest.mark.parametrize(
+    ("args", "runner", "expected"),
+    [
+        ([], FnApiRunner(), True),
+        ([], "DirectRunner", True),
+        (["--job_endpoint=embed"], "PortableRunner", True),
+        (["--job_endpoint=localhost:8099"], "PortableRunner", False),
+        ([], "DataflowRunner", False),
+        ([], "FlinkRunner", False),
+        ([], "SparkRunner", False),
+    ],
+)
+def test_spilling_is_on_for_the_runners_that_hold_data_in_memory(args, runner, expected):
+    assert spills(PipelineOptions(args), runner) is expected
+
+
+def test_a_spilled_run_equals_an_unspilled_one_and_leaves_no_spill_files(tmp_path):
+    from pipelines.run import run_spec
+
+    spec = REPO / "pipelines" / "demo.yaml"
+    spilled = run_spec(str(spec), str(tmp_path / "spilled"), [], spill=True)
+    plain = run_spec(str(spec), str(tmp_path / "plain"), [], spill=False)
+    assert spilled.manifest.run["spilled"] and not plain.manifest.run["spilled"]
+    assert shard_hashes(tmp_path / "spilled") == shard_hashes(tmp_path / "plain")
+    assert spilled.manifest.steps == plain.manifest.steps
+    for step in spilled.manifest.steps:
+        assert rejected(tmp_path / "spilled", step) == rejected(tmp_path / "plain", step)
+    assert not (tmp_path / "spilled" / "_spill").exists()
+    step_seconds = spilled.manifest.run["step_seconds"]
+    assert set(step_seconds) <= {*spilled.manifest.steps, "run"}
+    assert step_seconds and all(s >= 0 for s in step_seconds.values())
+    json.dumps(spilled.manifest.run)

@@ -1,0 +1,245 @@
+"""Disk-backed merges, barriers and sorted groups: a run's memory stays flat as its data grows.
+
+Beam runners that execute on one machine (the in-process FnApiRunner, its multi-processing and
+``PortableRunner --job_endpoint=embed`` forms) keep in memory every PCollection that crosses a
+stage boundary: the inputs of a multi-input Flatten, the input of a GroupByKey, and the main
+input of a ParDo whose side input is computed from the same upstream stage ("count, then
+select"). On 1M trajectories that is the whole data set, several times over.
+
+These transforms move such crossings to files under a spill directory (any Beam filesystem):
+each bundle appends its records to a run file as it goes, and only the run files' names cross
+the stage boundary. With ``directory=None`` (Dataflow, Flink and Spark shuffle to disk
+themselves) they fall back to the plain Beam transforms, with the same results:
+
+- :class:`Merge`: a Flatten of one or more PCollections whose result is read back from disk.
+  It is also the barrier of count-then-select steps: the counting runs on the inputs, the
+  selection on what ``Merge`` gives back, so the runner never holds the records.
+- :class:`SortedGroups`: ``(partition, (key, payload))`` -> ``(partition, iterable of (key,
+  payload) sorted)``, an external merge sort: runs of at most ``buffer_bytes`` are sorted in
+  memory, written, and merged lazily when read. Equal keys are ordered by payload, so the result
+  does not depend on arrival order, runner or worker count.
+
+Run files are written with length-prefixed frames (never pickle) and belong to the run: each is
+deleted once read (these runners do not retry bundles; a retry would fail on the missing file,
+never silently), and the runner deletes the spill directory before it publishes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import struct
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
+
+#: Folder under a run's working directory that holds its spill files.
+SPILL_FOLDER = "_spill"
+#: Bytes of keys and payloads a sorter holds before it writes a sorted run.
+DEFAULT_BUFFER_BYTES = 64 * 2**20
+
+_FRAME = struct.Struct(">II")  # key length, payload length
+Pair = tuple[bytes, bytes]
+
+
+def write_frames(handle: Any, pairs: Iterable[Pair]) -> None:
+    """Append ``(key, payload)`` pairs to an open binary file."""
+    for key, payload in pairs:
+        handle.write(_FRAME.pack(len(key), len(payload)))
+        handle.write(key)
+        handle.write(payload)
+
+
+def read_frames(path: str) -> Iterator[Pair]:
+    """The ``(key, payload)`` pairs of one run file, in file order."""
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        while header := handle.read(_FRAME.size):
+            if len(header) != _FRAME.size:
+                raise OSError(f"spill file {path} is truncated")
+            key_size, payload_size = _FRAME.unpack(header)
+            key, payload = handle.read(key_size), handle.read(payload_size)
+            if len(key) != key_size or len(payload) != payload_size:
+                raise OSError(f"spill file {path} is truncated")
+            yield key, payload
+
+
+def _new_run(directory: str, label: str) -> tuple[str, Any]:
+    path = FileSystems.join(directory, f"{label}-{uuid.uuid4().hex}.run")
+    return path, FileSystems.create(path, mime_type="application/octet-stream", compression_type="uncompressed")
+
+
+def _label(value: Any) -> str:
+    """A file-name-safe label of a partition key."""
+    return hashlib.sha256(repr(value).encode("utf-8")).hexdigest()[:12]
+
+
+# --- Merge ----------------------------------------------------------------------------------------
+
+
+class _SpillRecords(beam.DoFn):
+    """Appends each bundle's records to one run file; emits the file's path when the bundle ends."""
+
+    def __init__(self, directory: str, coder: beam.coders.Coder) -> None:
+        self.directory = directory
+        self.coder = coder
+
+    def start_bundle(self) -> None:
+        self.path: str | None = None
+        self.handle: Any = None
+
+    def process(self, record: Any) -> None:
+        if self.handle is None:
+            self.path, self.handle = _new_run(self.directory, "records")
+        write_frames(self.handle, [(b"", self.coder.encode(record))])
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if self.handle is not None:
+            self.handle.close()
+            yield GlobalWindows.windowed_value(self.path)
+            self.handle = None
+
+
+class _RestoreRecords(beam.DoFn):
+    def __init__(self, coder: beam.coders.Coder) -> None:
+        self.coder = coder
+
+    def process(self, path: str) -> Iterator[Any]:
+        decode = self.coder.decode
+        for _, payload in read_frames(path):
+            yield decode(payload)
+        FileSystems.delete([path])  # read once: free the disk as the run goes
+
+
+class Merge(beam.PTransform):
+    """Flatten through files: the records of ``inputs`` come back in a new stage, read from disk.
+
+    ``inputs`` is a PCollection or a tuple of PCollections of one element type. Record order is
+    not kept (Beam never promises it). ``directory=None`` is a plain Flatten.
+    """
+
+    def __init__(self, directory: str | None, element_type: Any = None, label: str | None = None) -> None:
+        super().__init__(label)
+        self.directory = directory
+        self.element_type = element_type
+
+    def expand(self, inputs: Any) -> beam.PCollection:
+        pcolls = (inputs,) if isinstance(inputs, beam.PCollection) else tuple(inputs)
+        element_type = self.element_type or pcolls[0].element_type
+        if self.directory is None:
+            merged = pcolls[0] if len(pcolls) == 1 else pcolls | "Flatten" >> beam.Flatten()
+            merged.element_type = element_type
+            return merged
+        coder = beam.coders.registry.get_coder(element_type)
+        paths = [
+            pcoll | f"Spill{i}" >> beam.ParDo(_SpillRecords(self.directory, coder)).with_output_types(str)
+            for i, pcoll in enumerate(pcolls)
+        ]
+        restored = (
+            tuple(paths)
+            | "Paths" >> beam.Flatten()
+            | "Barrier" >> beam.Reshuffle()
+            | "Restore" >> beam.ParDo(_RestoreRecords(coder))
+        )
+        restored.element_type = element_type
+        return restored
+
+
+# --- SortedGroups ---------------------------------------------------------------------------------
+
+
+class MergedRuns:
+    """The pairs of several sorted run files, merged lazily into one sorted stream."""
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        self.paths = sorted(paths)
+
+    def __iter__(self) -> Iterator[Pair]:
+        yield from heapq.merge(*(read_frames(path) for path in self.paths))
+        FileSystems.delete(self.paths)  # read once: free the disk as the run goes
+
+
+class _SortRuns(beam.DoFn):
+    """Buffers ``(partition, (key, payload))`` per partition; every ``buffer_bytes`` (and when the
+    bundle ends) writes each partition's buffer, sorted, as a run file and emits
+    ``(partition, path)``."""
+
+    def __init__(self, directory: str, buffer_bytes: int) -> None:
+        self.directory = directory
+        self.buffer_bytes = buffer_bytes
+
+    def start_bundle(self) -> None:
+        self.buffers: dict[Any, list[Pair]] = {}
+        self.size = 0
+
+    def process(self, element: tuple[Any, Pair]) -> Iterator[tuple[Any, str]]:
+        partition, pair = element
+        self.buffers.setdefault(partition, []).append(pair)
+        self.size += len(pair[0]) + len(pair[1]) + 64
+        if self.size >= self.buffer_bytes:
+            yield from self._flush()
+
+    def _flush(self) -> Iterator[tuple[Any, str]]:
+        buffers, self.buffers, self.size = self.buffers, {}, 0
+        for partition, pairs in buffers.items():
+            pairs.sort()
+            path, handle = _new_run(self.directory, _label(partition))
+            with handle:
+                write_frames(handle, pairs)
+            yield partition, path
+
+    def finish_bundle(self) -> Iterator[Any]:
+        for element in self._flush():
+            yield GlobalWindows.windowed_value(element)
+
+
+def _sorted_in_memory(element: tuple[Any, Iterable[Pair]]) -> tuple[Any, list[Pair]]:
+    partition, pairs = element
+    return partition, sorted(pairs)
+
+
+class SortedGroups(beam.PTransform):
+    """``KV[partition, (key: bytes, payload: bytes)]`` (one PCollection or a tuple) ->
+    ``KV[partition, Iterable[(key, payload)]]`` with each partition's pairs sorted (by key, then
+    payload).
+
+    With a ``directory`` the sort is external (memory bounded by ``buffer_bytes`` per worker and
+    one frame per run when reading); without, a GroupByKey sorted in memory.
+    """
+
+    def __init__(
+        self, directory: str | None, buffer_bytes: int = DEFAULT_BUFFER_BYTES, label: str | None = None
+    ) -> None:
+        super().__init__(label)
+        self.directory = directory
+        self.buffer_bytes = buffer_bytes
+
+    def expand(self, inputs: Any) -> beam.PCollection:
+        pcolls = (inputs,) if isinstance(inputs, beam.PCollection) else tuple(inputs)
+        if self.directory is None:
+            merged = pcolls[0] if len(pcolls) == 1 else pcolls | "Flatten" >> beam.Flatten()
+            return merged | "Group" >> beam.GroupByKey() | "Sort" >> beam.Map(_sorted_in_memory)
+        runs = [
+            pcoll | f"SortRuns{i}" >> beam.ParDo(_SortRuns(self.directory, self.buffer_bytes))
+            for i, pcoll in enumerate(pcolls)
+        ]
+        return (
+            tuple(runs)
+            | "Runs" >> beam.Flatten()
+            | "GroupRuns" >> beam.GroupByKey()
+            | "MergeRuns" >> beam.MapTuple(lambda partition, paths: (partition, MergedRuns(paths)))
+        )
+
+
+__all__ = [
+    "DEFAULT_BUFFER_BYTES",
+    "SPILL_FOLDER",
+    "Merge",
+    "MergedRuns",
+    "SortedGroups",
+    "read_frames",
+    "write_frames",
+]
