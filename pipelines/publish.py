@@ -4,6 +4,11 @@ The working directory ``<parent>/.<name>.agentmill-tmp`` carries a marker file; 
 leaves only that, never a directory that looks complete, and the next run removes it. An existing
 output is replaced only if it is an earlier agentmill output (it holds an agentmill manifest) or
 an empty directory.
+
+Remote outputs (``gs://``, ``s3://``, ``hdfs://``: any Beam filesystem) follow the same rules,
+but object stores cannot rename a directory at once: publishing deletes the earlier output, then
+moves the files one by one with ``manifest.json`` last, so a reader that finds the manifest
+finds the whole output.
 """
 
 from __future__ import annotations
@@ -12,33 +17,52 @@ import json
 import os
 import shutil
 
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import storage
 from pipelines.errors import OutputError
 
 MARKER = ".agentmill-incomplete"
 MANIFEST = "manifest.json"
 
 
-def _check_local(output: str) -> None:
-    if "://" in output:
-        raise OutputError(f"{output!r}: only local output directories can be published atomically")
-
-
 def is_agentmill_output(path: str) -> bool:
     try:
-        with open(os.path.join(path, MANIFEST), encoding="utf-8") as handle:
-            return "agentmill_version" in json.load(handle)
+        return "agentmill_version" in json.loads(storage.read_text(storage.join(path, MANIFEST)))
     except (OSError, ValueError):
         return False
 
 
 def work_dir_for(output: str) -> str:
+    if storage.is_remote(output):
+        parent, name = FileSystems.split(output.rstrip("/"))
+        return FileSystems.join(parent, f".{name}.agentmill-tmp")
     parent, name = os.path.split(os.path.abspath(output))
     return os.path.join(parent, f".{name}.agentmill-tmp")
 
 
+def _prepare_remote(output: str) -> str:
+    if storage.files_under(output) and not is_agentmill_output(output):
+        raise OutputError(f"refusing to overwrite {output!r}: it is not empty and not an agentmill output")
+    work = work_dir_for(output)
+    if storage.files_under(work):
+        if not storage.exists(storage.join(work, MARKER)):
+            raise OutputError(f"{work!r} exists but is not an agentmill working directory; remove it")
+        storage.remove_tree(work)  # left by a run that crashed
+    storage.write_text(storage.join(work, MARKER), "incomplete agentmill run; safe to delete\n")
+    return work
+
+
+def _publish_remote(work: str, output: str) -> None:
+    FileSystems.delete([storage.join(work, MARKER)])
+    storage.remove_tree(output)
+    storage.move_tree(work, output, last=MANIFEST)
+
+
 def prepare(output: str) -> str:
     """Check ``output`` may be written and return a fresh working directory for the run."""
-    _check_local(output)
+    if storage.is_remote(output):
+        return _prepare_remote(output)
     output = os.path.abspath(output)
     if os.path.exists(output):
         if not os.path.isdir(output):
@@ -60,6 +84,9 @@ def prepare(output: str) -> str:
 
 def publish(work: str, output: str) -> None:
     """Move the finished working directory to ``output`` (replacing an earlier output)."""
+    if storage.is_remote(output):
+        _publish_remote(work, output)
+        return
     output = os.path.abspath(output)
     os.remove(os.path.join(work, MARKER))
     old = None

@@ -7,9 +7,9 @@ conversations. ``agentmill report DIR`` writes the page again for a published di
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
+from pipelines import storage
 from pipelines.report_html import (
     SAMPLES_PER_KIND,
     Raw,
@@ -72,6 +72,7 @@ def render_markdown(manifest: Manifest) -> str:
 
 
 def _ledger_section(directory: str, manifest: Manifest) -> str:
+    seconds = manifest.run.get("step_seconds", {})
     rows = [
         (
             Raw(f'<a href="#step-{esc(s)}">{esc(s)}</a>'),
@@ -82,10 +83,17 @@ def _ledger_section(directory: str, manifest: Manifest) -> str:
             d,
             e,
             ", ".join(f"{k} {v}" for k, v in sorted(manifest.steps[s].ports.items())) or "",
+            seconds.get(s, ""),
         )
         for s, t, i, p, f, d, e in ledger_rows(manifest)
     ]
-    parts = [table(["step", "type", "in", "passed", "filtered", "dead letters", "emitted", "ports"], rows, (2, 3, 6))]
+    header = ["step", "type", "in", "passed", "filtered", "dead letters", "emitted", "ports", "CPU s"]
+    parts = [table(header, rows, (2, 3, 6, 8))]
+    if seconds:
+        parts.append(
+            "<p>CPU s: seconds the step spent processing, summed over workers, from the SDK's execution-time "
+            "metrics (steps are fused into stages, so wall time cannot be split by step).</p>"
+        )
     reasons = []
     for step_id, ledger in manifest.steps.items():
         examples = rejected_examples(directory, step_id)
@@ -270,15 +278,12 @@ def render_html(directory: str, manifest: Manifest) -> str:
 def write_html_report(directory: str, manifest: Manifest | None = None) -> str:
     """Write ``directory/report.html`` (reading ``manifest.json`` when no manifest is given)."""
     if manifest is None:
-        with open(os.path.join(directory, "manifest.json"), encoding="utf-8") as handle:
-            manifest = Manifest.model_validate(json.load(handle))
-    path = os.path.join(directory, HTML_REPORT)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(render_html(directory, manifest))
+        manifest = Manifest.model_validate(json.loads(storage.read_text(storage.join(directory, "manifest.json"))))
+    path = storage.join(directory, HTML_REPORT)
+    storage.write_text(path, render_html(directory, manifest))
     return path
 
 
 def write_report(directory: str, manifest: Manifest) -> None:
-    with open(os.path.join(directory, "report.md"), "w", encoding="utf-8") as handle:
-        handle.write(render_markdown(manifest))
+    storage.write_text(storage.join(directory, "report.md"), render_markdown(manifest))
     write_html_report(directory, manifest)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import html
 import io
 import json
-import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import storage
 from schemas import Manifest
 
 MAX_ROWS = 200_000
@@ -224,11 +226,11 @@ def histograms(title: str, groups: dict[str, tuple[list[int], list[int]]]) -> st
 
 def rejected_examples(directory: str, step: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Up to three records per (disposition, reason) from ``rejected/<step>.jsonl``, in file order."""
-    path = os.path.join(directory, "rejected", f"{step}.jsonl")
+    path = storage.join(directory, "rejected", f"{step}.jsonl")
     found: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return found
-    with open(path, encoding="utf-8") as handle:
+    with FileSystems.open(path, compression_type="uncompressed") as raw, io.TextIOWrapper(raw, "utf-8") as handle:
         for line in handle:
             try:
                 record = json.loads(line)
@@ -250,10 +252,10 @@ class ShardData:
         self.counts: list[tuple[str, str, int, int]] = []  # (kind, source, tokens, supervised)
         best: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
         for shard in manifest.output.shards:
-            path = os.path.join(directory, shard.filename)
-            if self.rows >= max_rows or not os.path.exists(path):
+            path = storage.join(directory, shard.filename)
+            if self.rows >= max_rows or not storage.exists(path):
                 continue
-            with pa.memory_map(path) as source:
+            with FileSystems.open(path, compression_type="uncompressed") as source:
                 for batch in pa.ipc.open_stream(source):
                     batch = batch.slice(0, max_rows - self.rows)
                     if batch.num_rows == 0:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -16,17 +18,20 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import beam_workarounds
+from pipelines import beam_workarounds, storage
 from pipelines.build import LEDGER_FILE, REJECTED_DIR, SHARDS_FILE, build
 from pipelines.errors import RunError, SpecError
 from pipelines.graph import Plan, load_plan
 from pipelines.publish import MANIFEST, prepare, publish
 from pipelines.report import write_report
+from pipelines.timing import step_seconds
 from schemas import InputFile, Manifest, OutputInfo, ShardInfo, StepLedger
 from transforms.base import DEAD_LETTER, EMITTED, FILTERED, IN, MAIN, PASSED, PORT, STAT
 from transforms.files import InputError, fingerprint
+from transforms.spill import SPILL_FOLDER
 from transforms.write import Write, shard_filename, shard_schema, write_shard
 
 
@@ -47,6 +52,23 @@ def make_options(beam_args: list[str]) -> tuple[PipelineOptions, Any]:
 
         return options, FnApiRunner()
     return options, runner
+
+
+#: Runners that execute on one machine and hold what crosses a stage boundary in memory.
+_IN_MEMORY_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
+
+
+def spills(options: PipelineOptions, runner: Any) -> bool:
+    """Whether a run should spill stage crossings to disk (:mod:`transforms.spill`): yes on the
+    runners that would keep them in memory (in-process, multi-processing, the embedded portable
+    job server); no on Dataflow, Flink and Spark, which shuffle to disk themselves."""
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    name = name.rsplit(".", 1)[-1]
+    if name == "PortableRunner":
+        from apache_beam.options.pipeline_options import PortableOptions
+
+        return options.view_as(PortableOptions).job_endpoint == "embed"
+    return name in _IN_MEMORY_RUNNERS
 
 
 def collect_inputs(plan: Plan, files: bool = True, fingerprints: bool = True) -> list[InputFile]:
@@ -77,8 +99,7 @@ def collect_inputs(plan: Plan, files: bool = True, fingerprints: bool = True) ->
 
 
 def read_ledger(plan: Plan, work: str) -> dict[str, StepLedger]:
-    with open(os.path.join(work, LEDGER_FILE), encoding="utf-8") as handle:
-        entries = json.load(handle)
+    entries = json.loads(storage.read_text(storage.join(work, LEDGER_FILE)))
     ledgers = {s.id: StepLedger(type=s.spec.type) for s in plan.steps}
     for (step_id, category, reason), n in entries:
         ledger = ledgers[step_id]
@@ -124,8 +145,8 @@ def check_ledger(plan: Plan, ledgers: dict[str, StepLedger], rows_written: int) 
 
 def finish_shards(plan: Plan, work: str) -> list[ShardInfo]:
     """Shard infos in index order; shards that received no rows are written empty."""
-    with open(os.path.join(work, SHARDS_FILE), encoding="utf-8") as handle:
-        infos = {i.filename: i for i in (ShardInfo.model_validate_json(text) for text in json.load(handle))}
+    texts = json.loads(storage.read_text(storage.join(work, SHARDS_FILE)))
+    infos = {i.filename: i for i in (ShardInfo.model_validate_json(text) for text in texts)}
     count = len(infos)
     if infos:
         count = int(next(iter(infos)).split("-of-")[1].split(".")[0])
@@ -136,7 +157,7 @@ def finish_shards(plan: Plan, work: str) -> list[ShardInfo]:
     for index in range(count):
         name = shard_filename(index, count)
         if name not in infos:
-            infos[name] = write_shard(os.path.join(work, name), [], shard_schema(), 1)
+            infos[name] = write_shard(storage.join(work, name), [], shard_schema(), 1)
         shards.append(infos[name])
     return shards
 
@@ -156,12 +177,12 @@ def write_dataset_files(work: str, shards: list[ShardInfo], fingerprint_: str) -
         "_output_all_columns": False,
         "_split": None,
     }
-    with open(os.path.join(work, "state.json"), "w", encoding="utf-8") as handle:
-        json.dump(state, handle, indent=2, sort_keys=True)
-    with open(os.path.join(work, "dataset_info.json"), "w", encoding="utf-8") as handle:
-        # First-level keys only: sorting nested keys would reorder the struct fields of features.
-        as_dict = asdict(info)
-        json.dump({key: as_dict[key] for key in sorted(as_dict)}, handle, indent=2)
+    storage.write_text(storage.join(work, "state.json"), json.dumps(state, indent=2, sort_keys=True))
+    # First-level keys only: sorting nested keys would reorder the struct fields of features.
+    as_dict = asdict(info)
+    storage.write_text(
+        storage.join(work, "dataset_info.json"), json.dumps({key: as_dict[key] for key in sorted(as_dict)}, indent=2)
+    )
 
 
 @dataclass
@@ -176,8 +197,10 @@ def run_plan(
     output: str,
     beam_args: list[str] | None = None,
     on_stage: Callable[[str], None] = lambda stage: None,
+    spill: bool | None = None,
 ) -> RunSummary:
-    """Run ``plan`` and publish its output to ``output``."""
+    """Run ``plan`` and publish its output to ``output``. ``spill`` forces spilling stage
+    crossings to disk on or off; ``None`` decides by runner (:func:`spills`)."""
     beam_args = list(beam_args or [])
     on_stage("fingerprinting inputs")
     inputs = collect_inputs(plan)
@@ -186,22 +209,33 @@ def run_plan(
     started = time.monotonic()
     on_stage("running pipeline")
     pipeline = beam.Pipeline(runner=runner, options=options)
-    build(pipeline, plan, work)
+    spill = spills(options, runner) if spill is None else spill
+    # Spill files stay on this machine's disk when the output is remote (the runner is local).
+    spill_root = None
+    if spill:
+        spill_root = (
+            tempfile.mkdtemp(prefix="agentmill-spill-") if storage.is_remote(work) else os.path.join(work, SPILL_FOLDER)
+        )
+    build(pipeline, plan, work, spill_root)
     try:
-        state = pipeline.run().wait_until_finish()
+        result = pipeline.run()
+        state = result.wait_until_finish()
     except Exception as exc:
         raise RunError(f"the pipeline failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if spill_root is not None:
+            shutil.rmtree(spill_root, ignore_errors=True)
     if state not in (None, "DONE", beam.runners.runner.PipelineState.DONE):
         raise RunError(f"the pipeline ended in state {state}")
     seconds = time.monotonic() - started
 
     on_stage("checking the ledger")
-    os.makedirs(os.path.join(work, REJECTED_DIR), exist_ok=True)
+    if not storage.is_remote(work):
+        os.makedirs(os.path.join(work, REJECTED_DIR), exist_ok=True)
     shards = finish_shards(plan, work)
     ledgers = read_ledger(plan, work)
     check_ledger(plan, ledgers, sum(s.rows for s in shards))
-    os.remove(os.path.join(work, SHARDS_FILE))
-    os.remove(os.path.join(work, LEDGER_FILE))
+    FileSystems.delete([storage.join(work, SHARDS_FILE), storage.join(work, LEDGER_FILE)])
 
     sink = ledgers[plan.sink.id]
     ratios = {}
@@ -228,16 +262,18 @@ def run_plan(
         run={
             "runner": type(runner).__name__ if not isinstance(runner, str) else runner,
             "beam_args": beam_args,
+            "spilled": spill_root is not None,
             "seconds": round(seconds, 3),
+            "step_seconds": step_seconds(result, [s.id for s in plan.steps]),
         },
     )
     on_stage("publishing")
     write_dataset_files(work, shards, "".join(s.sha256 for s in shards)[:16] or plan.spec_hash)
     write_report(work, manifest)
-    with open(os.path.join(work, MANIFEST), "w", encoding="utf-8") as handle:
-        handle.write(manifest.dump_json())
+    storage.write_text(storage.join(work, MANIFEST), manifest.dump_json())
     publish(work, output)
-    return RunSummary(output=os.path.abspath(output), manifest=manifest, seconds=seconds)
+    published = output if storage.is_remote(output) else os.path.abspath(output)
+    return RunSummary(output=published, manifest=manifest, seconds=seconds)
 
 
 def run_spec(spec_path: str, output: str, beam_args: list[str] | None = None, **kwargs: Any) -> RunSummary:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -52,6 +53,9 @@ def test_report_holds_dag_ledger_reasons_and_ratios(demo):
         assert f"<b>{reason}</b>" in page
     example = rejected(demo, "negatives")[0]
     assert example["record_id"] in page
+    seconds = manifest.run["step_seconds"]
+    assert seconds and set(seconds) <= {*manifest.steps, "run"}
+    assert '<th class="num">CPU s</th>' in page
     for case in manifest.ratios["negatives"]["target"]:
         assert case in page
     assert "negatives: negatives per case" in page
@@ -131,8 +135,12 @@ def _chromium() -> str | None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (apt-get install chromium to run this test)")
 def test_report_loads_in_a_real_browser(demo, tmp_path):
+    if _chromium() is None:
+        message = "no chromium on PATH (apt-get install chromium to run this test)"
+        if os.environ.get("AGENTMILL_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
     page = demo / "report.html"
     flags = [
         _chromium(),
