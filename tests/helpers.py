@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +54,11 @@ def parse_file(path: Path | str, fmt: str, **config: Any) -> tuple[list[Any], li
 
 MULTI_PROCESS = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 PORTABLE = ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]
+#: The embedded job server's process environment: SDK workers are separate processes started
+#: from a command (``beam:env:process:v1`` itself needs a Flink or Spark job server).
+PORTABLE_PROCESS = [
+    "--runner=PortableRunner",
+    "--job_endpoint=embed",
+    "--environment_type=beam:env:harness_subprocess_python:v1",
+    f"--environment_config={sys.executable} -m apache_beam.runners.worker.sdk_worker_main",
+]

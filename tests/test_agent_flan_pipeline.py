@@ -7,7 +7,7 @@ import pytest
 
 from schemas import Sample
 from tests.conftest import REPO
-from tests.helpers import MULTI_PROCESS, PORTABLE, run, shard_hashes
+from tests.helpers import MULTI_PROCESS, PORTABLE, PORTABLE_PROCESS, run, shard_hashes
 from transforms.react import has_markers
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
@@ -77,7 +77,9 @@ def test_output_opens_and_aligned_messages_hold_no_markers(flan):
 
 
 @pytest.mark.parametrize(
-    "runner_args", [None, MULTI_PROCESS, PORTABLE], ids=["rerun", "multi_processing", "portable_embed"]
+    "runner_args",
+    [None, MULTI_PROCESS, PORTABLE, PORTABLE_PROCESS],
+    ids=["rerun", "multi_processing", "portable_embed", "portable_process"],
 )
 def test_byte_identical_across_runs_and_runners(flan, tmp_path, runner_args):
     out, _ = flan

@@ -12,7 +12,7 @@ from pipelines.graph import load_plan
 from schemas import Role, Sample
 from schemas.arrow import ArrowCodec
 from tests.conftest import REPO
-from tests.helpers import MULTI_PROCESS, PORTABLE, run, shard_hashes
+from tests.helpers import MULTI_PROCESS, PORTABLE, PORTABLE_PROCESS, run, shard_hashes
 from transforms.dedup import DedupConfig, dedup_key
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
@@ -106,7 +106,11 @@ def test_output_loads_with_datasets(recipe):
     assert Counter(dataset["kind"]) == Counter(s.kind for s in samples)
 
 
-@pytest.mark.parametrize("beam_args", [MULTI_PROCESS, PORTABLE], ids=["multi_processing", "portable_embed"])
+@pytest.mark.parametrize(
+    "beam_args",
+    [MULTI_PROCESS, PORTABLE, PORTABLE_PROCESS],
+    ids=["multi_processing", "portable_embed", "portable_process"],
+)
 def test_byte_identical_across_runners(recipe, tmp_path, beam_args):
     summary, out, _ = recipe
     other = run(SPEC, tmp_path / "out", beam_args)

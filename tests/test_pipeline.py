@@ -11,7 +11,16 @@ import pytest
 from pipelines.errors import OutputError, SpecError
 from pipelines.publish import work_dir_for
 from tests.conftest import AGENTINSTRUCT_SPLITS, DEMO_DATA
-from tests.helpers import MULTI_PROCESS, PORTABLE, read_chat_write, rejected, run, shard_hashes, write_spec
+from tests.helpers import (
+    MULTI_PROCESS,
+    PORTABLE,
+    PORTABLE_PROCESS,
+    read_chat_write,
+    rejected,
+    run,
+    shard_hashes,
+    write_spec,
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +60,11 @@ def test_agentinstruct_counts_and_loss_flags_survive(agentinstruct_run, external
 
 @pytest.mark.real_data
 @pytest.mark.slow
-@pytest.mark.parametrize("runner_args", [MULTI_PROCESS, PORTABLE], ids=["multi_processing", "portable_embed"])
+@pytest.mark.parametrize(
+    "runner_args",
+    [MULTI_PROCESS, PORTABLE, PORTABLE_PROCESS],
+    ids=["multi_processing", "portable_embed", "portable_process"],
+)
 def test_shards_are_byte_identical_across_runners(agentinstruct_run, runner_args):
     spec, tmp, _ = agentinstruct_run
     other = tmp / f"out-{runner_args[0].split('=')[1]}"
@@ -140,6 +153,6 @@ def test_the_demo_pipeline_is_byte_identical_on_every_runner(tmp_path):
     spec = REPO / "pipelines" / "demo.yaml"
     run(spec, tmp_path / "in_process")
     reference = shard_hashes(tmp_path / "in_process")
-    for name, args in (("multi", MULTI_PROCESS), ("portable", PORTABLE)):
+    for name, args in (("multi", MULTI_PROCESS), ("portable", PORTABLE), ("process", PORTABLE_PROCESS)):
         run(spec, tmp_path / name, args)
         assert shard_hashes(tmp_path / name) == reference, name
