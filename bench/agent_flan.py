@@ -28,6 +28,7 @@ from bench.common import (
     RSS_HOW,
     VARIANT_HEADER,
     format_table,
+    recipe_copy,
     replicate_parquet,
     run_variants,
     snapshot_packages,
@@ -37,10 +38,9 @@ from bench.common import (
 from bench.io import PACKAGES, REPO, VARIANTS, shard_hashes, slug
 from pipelines.graph import load_plan
 from pipelines.run import run_spec
-from pipelines.yaml_loader import safe_load
 from schemas import ToolSpec
 from transforms.base import MAIN, Failed, Filtered, Stat
-from transforms.files import common_folder, resolve_paths
+from transforms.files import common_folder
 from transforms.instruction_pairs import PairMaker, candidate_steps
 from transforms.negatives import AGENT_CASES, NegativeMaker, _assign, eligibility
 from transforms.read import ReadFile
@@ -65,20 +65,7 @@ PHASES = [*LABELS.values(), "encode", "write"]
 def make_spec(work: str, data: str) -> list[str]:
     """Write the recipe's copy to ``work`` (absolute paths; ``REPLICATED`` reads ``data``); return
     the files ``REPLICATED`` originally reads (the sources to replicate)."""
-    spec = safe_load(RECIPE.read_text(encoding="utf-8"))
-    sources: list[str] = []
-    for step in spec["steps"]:
-        if step["type"] != "read":
-            continue
-        paths = step["config"]["paths"]
-        absolute = [os.path.normpath(RECIPE.parent / p) for p in ([paths] if isinstance(paths, str) else paths)]
-        step["config"]["paths"] = absolute
-        if step["id"] == REPLICATED:
-            sources = resolve_paths(absolute, str(RECIPE.parent))
-            step["config"]["paths"] = [os.path.join(data, "*.parquet")]
-    with open(os.path.join(work, SPEC_NAME), "w", encoding="utf-8") as handle:
-        json.dump(spec, handle, indent=2)  # JSON is YAML
-    return sources
+    return recipe_copy(RECIPE, work, data, REPLICATED, SPEC_NAME)
 
 
 def run_beam(spec: str, output: str, beam_args: list[str]) -> dict[str, Any]:

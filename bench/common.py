@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pyarrow as pa
@@ -82,12 +83,24 @@ def measure(
     return Measured(proc.returncode, wall, cpu, peak, usage.ru_maxrss * 1024, load)  # ru_maxrss: KiB on Linux
 
 
-def replicate_parquet(sources: Sequence[str], out_dir: str, total: int, files: int) -> list[str]:
+def _mark_copy(conversations: list[dict], copy: int) -> list[dict]:
+    """AgentInstruct ``conversations`` whose first user turn ends with a ``[copy N]`` line."""
+    marked = [dict(turn) for turn in conversations]
+    for turn in marked:
+        if turn.get("from") == "human":
+            turn["value"] = f"{turn['value']}\n[copy {copy}]"
+            break
+    return marked
+
+
+def replicate_parquet(sources: Sequence[str], out_dir: str, total: int, files: int, vary: bool = False) -> list[str]:
     """Write ``total`` records copied from ``sources`` as ``files`` parquet files in ``out_dir``.
 
     Copy ``r`` of a record with id ``os_12`` gets the id ``os_12__r<r>`` (unique while the source
     ids are) and a ``task`` column holding the original id's prefix (``os``), which the readers
-    prefer to deriving the task from the id. Records are otherwise unchanged.
+    prefer to deriving the task from the id. With ``vary``, copies ``r >= 1`` also get a
+    ``[copy r]`` line in their first user turn (AgentInstruct's ``conversations``), so they are
+    not duplicates of each other. Records are otherwise unchanged.
     """
     table = pa.concat_tables([pq.read_table(path).replace_schema_metadata(None) for path in sorted(sources)])
     ids = table.column("id").to_pylist()
@@ -105,10 +118,47 @@ def replicate_parquet(sources: Sequence[str], out_dir: str, total: int, files: i
             part.schema.get_field_index("id"), "id", pa.array([f"{ids[g % n]}__r{g // n}" for g in rows], pa.string())
         )
         part = part.append_column("task", pa.array([tasks[g % n] for g in rows], pa.string()))
+        if vary:
+            column = part.schema.get_field_index("conversations")
+            marked = [
+                c if g < n else _mark_copy(c, g // n)
+                for g, c in zip(rows, part.column(column).to_pylist(), strict=True)
+            ]
+            part = part.set_column(column, "conversations", pa.array(marked, part.schema.field(column).type))
         path = os.path.join(out_dir, f"part-{f:05d}.parquet")
         pq.write_table(part, path)
         paths.append(path)
     return paths
+
+
+def _absolute_paths(base: Path, paths: str | list[str]) -> list[str]:
+    return [os.path.normpath(base / p) for p in ([paths] if isinstance(paths, str) else paths)]
+
+
+def recipe_copy(recipe: Path, work: str, data: str, replicated: str, name: str) -> list[str]:
+    """Write a copy of ``recipe`` as ``work/name`` with absolute paths, in which step
+    ``replicated`` reads ``data/*.parquet``; return the files that step originally reads."""
+    from pipelines.yaml_loader import safe_load
+    from transforms.files import resolve_paths
+
+    spec = safe_load(recipe.read_text(encoding="utf-8"))
+
+    def absolute(value: Any) -> Any:  # every ``paths`` in a config, at any depth
+        if isinstance(value, dict):
+            return {k: _absolute_paths(recipe.parent, v) if k == "paths" else absolute(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [absolute(v) for v in value]
+        return value
+
+    sources: list[str] = []
+    for step in spec["steps"]:
+        step["config"] = absolute(step.get("config", {}))
+        if step["id"] == replicated:
+            sources = resolve_paths(step["config"]["paths"], str(recipe.parent))
+            step["config"]["paths"] = [os.path.join(data, "*.parquet")]
+    with open(os.path.join(work, name), "w", encoding="utf-8") as handle:
+        json.dump(spec, handle, indent=2)  # JSON is YAML
+    return sources
 
 
 def snapshot_packages(repo: str, packages: Sequence[str], dest: str) -> str:
