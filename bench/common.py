@@ -220,13 +220,19 @@ def run_variants(module: str, variants: Sequence[str], work: str, src: str, prof
         if profile:
             argv[1:3] = ["-m", "cProfile", "-o", os.path.join(work, f"{name}.prof"), "-m", module]
         print(f"running {variant} ...", flush=True)
-        measured = measure(argv, log, env={**os.environ, "PYTHONPATH": src}, cwd=src)
-        if measured.returncode != 0:
-            print(Path(log).read_text(errors="replace")[-4000:], file=sys.stderr)
-            raise SystemExit(f"{variant} failed with exit status {measured.returncode}; log: {log}")
-        with open(result, encoding="utf-8") as handle:
-            results[variant] = {**json.load(handle), "measured": measured}
+        results[variant] = run_child(argv, log, src, result, variant)
     return results
+
+
+def run_child(argv: Sequence[str], log: str, src: str, result: str, what: str) -> dict:
+    """Run a benchmark child on the code snapshot ``src``, measured; return the JSON it wrote
+    to ``result`` plus ``measured``. A failed child ends the benchmark with its log's tail."""
+    measured = measure(argv, log, env={**os.environ, "PYTHONPATH": src}, cwd=src)
+    if measured.returncode != 0:
+        print(Path(log).read_text(errors="replace")[-4000:], file=sys.stderr)
+        raise SystemExit(f"{what} failed with exit status {measured.returncode}; log: {log}")
+    with open(result, encoding="utf-8") as handle:
+        return {**json.load(handle), "measured": measured}
 
 
 VARIANT_HEADER = ["variant", "rows", "work s", "traj/s", "process s", "CPU s", "peak tree RSS", "max RSS", "load"]

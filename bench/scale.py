@@ -26,10 +26,10 @@ from typing import Any
 from bench.common import (
     RSS_HOW,
     format_table,
-    measure,
     mib,
     recipe_copy,
     replicate_parquet,
+    run_child,
     snapshot_packages,
     work_dir,
 )
@@ -83,14 +83,9 @@ def run_one(pipeline: str, n: int, work: str, src: str, rows_per_file: int) -> d
     shutil.rmtree(output, ignore_errors=True)
     argv = [sys.executable, "-m", "bench.scale", "--child", spec, output, result]
     print(f"running {pipeline} on {n:,} trajectories ...", flush=True)
-    measured = measure(argv, log, env={**os.environ, "PYTHONPATH": src}, cwd=src)
-    if measured.returncode != 0:
-        print(Path(log).read_text(errors="replace")[-4000:], file=sys.stderr)
-        raise SystemExit(f"{pipeline} on {n:,} failed with exit status {measured.returncode}; log: {log}")
-    with open(result, encoding="utf-8") as handle:
-        outcome = json.load(handle)
+    outcome = run_child(argv, log, src, result, f"{pipeline} on {n:,}")
     shutil.rmtree(output, ignore_errors=True)
-    return {**outcome, "measured": measured, "n": n}
+    return {**outcome, "n": n}
 
 
 def report(pipeline: str, runs: list[dict[str, Any]]) -> bool:
