@@ -7,6 +7,7 @@ what the ``write`` step accepted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -69,6 +70,16 @@ def spills(options: PipelineOptions, runner: Any) -> bool:
 
         return options.view_as(PortableOptions).job_endpoint == "embed"
     return name in _IN_MEMORY_RUNNERS
+
+
+def spill_root_for(output: str, work: str) -> str:
+    """Where a run spills: ``_spill`` in its working directory, or, when the output is remote
+    (the runner is still local), a folder of this machine's temp dir named after the output, so
+    the next run to that output finds and deletes what a killed run left."""
+    if not storage.is_remote(work):
+        return os.path.join(work, SPILL_FOLDER)
+    digest = hashlib.sha256(output.encode("utf-8")).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"agentmill-spill-{digest}")
 
 
 def collect_inputs(plan: Plan, files: bool = True, fingerprints: bool = True) -> list[InputFile]:
@@ -210,12 +221,9 @@ def run_plan(
     on_stage("running pipeline")
     pipeline = beam.Pipeline(runner=runner, options=options)
     spill = spills(options, runner) if spill is None else spill
-    # Spill files stay on this machine's disk when the output is remote (the runner is local).
-    spill_root = None
-    if spill:
-        spill_root = (
-            tempfile.mkdtemp(prefix="agentmill-spill-") if storage.is_remote(work) else os.path.join(work, SPILL_FOLDER)
-        )
+    spill_root = spill_root_for(output, work) if spill else None
+    if spill_root is not None:
+        shutil.rmtree(spill_root, ignore_errors=True)  # left by a run that was killed
     build(pipeline, plan, work, spill_root)
     try:
         result = pipeline.run()

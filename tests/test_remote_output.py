@@ -10,7 +10,8 @@ import datasets
 import pytest
 
 from pipelines.errors import OutputError
-from pipelines.run import run_spec
+from pipelines.publish import work_dir_for
+from pipelines.run import run_spec, spill_root_for
 from tests.conftest import REPO
 from tests.fake_remote_fs import PREFIX, local_path
 from tests.helpers import shard_hashes
@@ -38,6 +39,8 @@ def test_a_run_publishes_to_a_remote_output_like_a_local_one(tmp_path):
     )
     assert datasets.load_from_disk(str(published)).num_rows == summary.manifest.output.num_rows
     assert not Path(local_path(f"{PREFIX}{tmp_path.name}/.demo.agentmill-tmp")).exists()
+    spill = spill_root_for(remote, work_dir_for(remote))
+    assert summary.manifest.run["spilled"] and not spill.startswith(PREFIX) and not os.path.exists(spill)
 
     # A rerun replaces the earlier output; nothing of a crashed run's working files survives.
     work = Path(local_path(f"{PREFIX}{tmp_path.name}/.demo.agentmill-tmp"))
