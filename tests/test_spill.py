@@ -15,7 +15,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipelines.run import spills
 from tests.conftest import REPO
 from tests.helpers import rejected, shard_hashes
-from transforms.spill import Merge, SortedGroups, read_frames, write_frames
+from transforms.spill import Merge, MergedRuns, SortedGroups, read_frames, write_frames
 
 
 def _pipeline() -> beam.Pipeline:
@@ -61,6 +61,19 @@ def test_sorted_groups_spilled_in_many_runs_equal_the_in_memory_sort(tmp_path):
         results[name] = True
     assert results == {"memory": True, "disk": True}
     assert _files(tmp_path / "spill") == []
+
+
+def test_many_runs_are_merged_in_several_passes_with_few_open_files(tmp_path):
+    runs = []
+    rng = random.Random(3)
+    pairs = [(f"{rng.randrange(10_000):05d}".encode(), f"{i}".encode()) for i in range(2_000)]
+    for r in range(23):  # 23 sorted runs, merged 4 at a time
+        path = tmp_path / f"run{r}.run"
+        with open(path, "wb") as handle:
+            write_frames(handle, sorted(pairs[r::23]))
+        runs.append(str(path))
+    assert list(MergedRuns(runs, fan_in=4)) == sorted(pairs)
+    assert _files(tmp_path) == []  # inputs and intermediate runs are deleted once read
 
 
 def test_sorted_groups_takes_several_inputs(tmp_path):

@@ -41,6 +41,8 @@ from apache_beam.transforms.window import GlobalWindows
 SPILL_FOLDER = "_spill"
 #: Bytes of keys and payloads a sorter holds before it writes a sorted run.
 DEFAULT_BUFFER_BYTES = 64 * 2**20
+#: Run files a merge reads at once (each holds an open file and its read buffer).
+MAX_FAN_IN = 128
 
 _FRAME = struct.Struct(">II")  # key length, payload length
 Pair = tuple[bytes, bytes]
@@ -152,14 +154,33 @@ class Merge(beam.PTransform):
 
 
 class MergedRuns:
-    """The pairs of several sorted run files, merged lazily into one sorted stream."""
+    """The pairs of several sorted run files, merged lazily into one sorted stream.
 
-    def __init__(self, paths: Iterable[str]) -> None:
+    At most ``fan_in`` files are open at once: with more runs, groups of ``fan_in`` are first
+    merged into longer runs beside them (a multi-pass merge)."""
+
+    def __init__(self, paths: Iterable[str], fan_in: int = MAX_FAN_IN) -> None:
         self.paths = sorted(paths)
+        self.fan_in = max(2, fan_in)
 
     def __iter__(self) -> Iterator[Pair]:
-        yield from heapq.merge(*(read_frames(path) for path in self.paths))
-        FileSystems.delete(self.paths)  # read once: free the disk as the run goes
+        paths = self.paths
+        while len(paths) > self.fan_in:
+            paths = [_merge_into_run(paths[i : i + self.fan_in]) for i in range(0, len(paths), self.fan_in)]
+        yield from heapq.merge(*(read_frames(path) for path in paths))
+        FileSystems.delete(paths)  # read once: free the disk as the run goes
+
+
+def _merge_into_run(paths: list[str]) -> str:
+    """Merge sorted runs into one new run in the same folder; delete the inputs."""
+    if len(paths) == 1:
+        return paths[0]
+    directory = FileSystems.split(paths[0])[0]
+    path, handle = _new_run(directory, "merged")
+    with handle:
+        write_frames(handle, heapq.merge(*(read_frames(p) for p in paths)))
+    FileSystems.delete(paths)
+    return path
 
 
 class _SortRuns(beam.DoFn):
