@@ -281,6 +281,10 @@ def test_downsample_with_weights_and_unweighted_values(tmp_path):
     assert all(not s.id.startswith("rep") and "repeat_of" not in s.metadata for s in samples)
     rejected = [json.loads(line) for line in (out / "rejected" / "mix.jsonl").read_text().splitlines()]
     assert Counter(r["reason"] for r in rejected) == {"downsampled": 34, "no_weight": 5}
+    # Draw losers are accounted for by id, without a copy of their content; others keep it.
+    downsampled = [r for r in rejected if r["reason"] == "downsampled"]
+    assert all(r["record_id"] and r["payload"] == "" for r in downsampled)
+    assert all(json.loads(r["payload"])["id"] == r["record_id"] for r in rejected if r["reason"] == "no_weight")
 
 
 def test_upsample_repeats_deterministically(tmp_path):

@@ -152,7 +152,11 @@ def test_demo_pipeline_emits_every_case_exactly(tmp_path):
     )
     assert all(m["capability"] == "general" for r in rows for m in r["messages"] if m["role"] == "assistant")
     dropped = rejected(tmp_path / "out", "negatives")
-    assert dropped and all(d["record_id"] and d["payload"].startswith("{") for d in dropped)  # the trajectory, as JSON
+    assert dropped and all(d["record_id"] for d in dropped)
+    # Ineligible trajectories keep their JSON for inspection; quota losers are accounted by id only.
+    assert all(d["payload"].startswith("{") for d in dropped if d["reason"] != "not_selected")
+    assert all(d["payload"] == "" for d in dropped if d["reason"] == "not_selected")
+    assert {d["reason"] for d in dropped} >= {"not_selected", "no_tool_call"}
 
 
 def test_input_names_are_checked_before_running(tmp_path):

@@ -74,12 +74,15 @@ class Filtered:
     """Yielded by a processor to drop its input deliberately, with a reason.
 
     With ``port`` set, the input record is also sent to that extra output (e.g. a pool of
-    rejected trajectories for negative samples).
+    rejected trajectories for negative samples). ``keep_payload=False`` leaves the record's
+    content out of its rejected entry (its id stays): for records a quota did not draw, which
+    would otherwise copy most of a large input into ``rejected/``.
     """
 
     reason: str
     detail: str = ""
     port: str | None = None
+    keep_payload: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +208,8 @@ class RecordDoFn(beam.DoFn):
             if outputs:
                 yield acct.rejected(DEAD_LETTER, "step_contract", "processor both filtered and emitted", record)
                 return
-            yield acct.rejected(FILTERED, filtered.reason, filtered.detail, record)
+            omit = {} if filtered.keep_payload else {"payload": ""}
+            yield acct.rejected(FILTERED, filtered.reason, filtered.detail, record, **omit)
             if filtered.port:
                 acct.counts[(PORT, filtered.port)] += 1
                 yield TaggedOutput(filtered.port, record)

@@ -138,7 +138,7 @@ class PairMaker:
             return
         chosen = [(key, step) for key, step in candidates if key in self._selected]
         if not chosen:
-            yield Filtered("not_selected", f"{len(candidates)} candidate step(s), none drawn")
+            yield Filtered("not_selected", f"{len(candidates)} candidate step(s), none drawn", keep_payload=False)
             return
         for key, step in chosen:
             try:

@@ -304,7 +304,7 @@ class MixFn:
         copies = decision.full + (1 if decision.threshold is not None and key <= decision.threshold else 0)
         if copies == 0:
             detail = f"group {label} keeps {group.target:.1f} of {group.available} {self.config.unit}"
-            yield Filtered("downsampled", detail)
+            yield Filtered("downsampled", detail, keep_payload=False)
             return
         yield Stat(f"out:{group.side}", units * copies)
         yield Stat(f"out_group:{label}", units * copies)

@@ -326,7 +326,7 @@ class NegativeMaker:
             return
         case = selection.get(f"{group}:{trajectory.id}")
         if case is None:
-            yield Filtered("not_selected", f"eligible {group} trajectory, not drawn")
+            yield Filtered("not_selected", f"eligible {group} trajectory, not drawn", keep_payload=False)
             return
         try:
             sample = self.build(case, trajectory, self._tools(pool))
