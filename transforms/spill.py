@@ -45,6 +45,9 @@ DEFAULT_BUFFER_BYTES = 64 * 2**20
 MAX_FAN_IN = 128
 
 _FRAME = struct.Struct(">II")  # key length, payload length
+#: Python's memory for a buffered pair beyond its bytes: a 2-tuple (56), two bytes objects (2 x 33)
+#: and the list slot (8), so ``buffer_bytes`` bounds real memory, also for small pairs.
+_PAIR_OVERHEAD = 130
 Pair = tuple[bytes, bytes]
 
 
@@ -199,7 +202,7 @@ class _SortRuns(beam.DoFn):
     def process(self, element: tuple[Any, Pair]) -> Iterator[tuple[Any, str]]:
         partition, pair = element
         self.buffers.setdefault(partition, []).append(pair)
-        self.size += len(pair[0]) + len(pair[1]) + 64
+        self.size += len(pair[0]) + len(pair[1]) + _PAIR_OVERHEAD
         if self.size >= self.buffer_bytes:
             yield from self._flush()
 
