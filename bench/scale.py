@@ -8,7 +8,7 @@ parquet files of ``--rows-per-file`` rows (a copy's id gets ``__r<k>`` and its f
 a ``[copy k]`` line, so copies are distinct records, as in a real corpus), a copy of the recipe
 reads them instead of the release (the other reads keep the real files), and the recipe runs on
 the in-process FnApiRunner in a fresh, measured subprocess. Prints throughput, peak memory and
-the time of each step (CPU seconds the SDK attributes to the step's transforms), and whether
+the time of each step (seconds the SDK attributes to the step's transforms), and whether
 peak memory stayed flat between the smallest and the largest size. See docs/benchmarks.md.
 """
 
@@ -40,7 +40,8 @@ RECIPES = {"agent_flan": REPO / "pipelines" / "agent_flan.yaml", "agenttuning": 
 REPLICATED = "read_agentinstruct"
 HOW = (
     "work s: run_spec inside the process after imports; traj/s = inputs of all reads / work s;\n"
-    "step s: CPU seconds the SDK's state sampler attributed to the step's transforms (its own work)."
+    "step s: seconds the SDK's state sampler attributed to the step's transforms (its own work, sampled\n"
+    "wall time of the worker thread: it includes time spent waiting for a CPU on a loaded machine)."
 )
 #: Peak RSS at the largest size may exceed the smallest size's by this factor and still count as flat.
 FLAT_FACTOR = 1.25

@@ -87,11 +87,11 @@ def _ledger_section(directory: str, manifest: Manifest) -> str:
         )
         for s, t, i, p, f, d, e in ledger_rows(manifest)
     ]
-    header = ["step", "type", "in", "passed", "filtered", "dead letters", "emitted", "ports", "CPU s"]
+    header = ["step", "type", "in", "passed", "filtered", "dead letters", "emitted", "ports", "step s"]
     parts = [table(header, rows, (2, 3, 6, 8))]
     if seconds:
         parts.append(
-            "<p>CPU s: seconds the step spent processing, summed over workers, from the SDK's execution-time "
+            "<p>step s: seconds the workers spent inside the step, summed over workers, from the SDK's execution-time "
             "metrics (steps are fused into stages, so wall time cannot be split by step).</p>"
         )
     reasons = []

@@ -1,9 +1,10 @@
 """Time per step of a finished run, from the runner's execution-time monitoring infos.
 
 Beam fuses steps into stages, so wall-clock time cannot be split by step; instead the SDK's
-state sampler attributes processing time to the transform running at each sample (its own time,
-not its consumers'). Summed per top-level label, that is the CPU time of each step. Runners that
-report no such infos give an empty result.
+state sampler attributes the time between its samples to the transform running at the time (its
+own time, not its consumers'). Summed per top-level label, that is the time each step kept a
+worker busy: wall time of the worker thread, so on a loaded machine it includes waiting for a
+CPU. Runners that report no such infos give an empty result.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def test_report_holds_dag_ledger_reasons_and_ratios(demo):
     assert example["record_id"] in page
     seconds = manifest.run["step_seconds"]
     assert seconds and set(seconds) <= {*manifest.steps, "run"}
-    assert '<th class="num">CPU s</th>' in page
+    assert '<th class="num">step s</th>' in page
     for case in manifest.ratios["negatives"]["target"]:
         assert case in page
     assert "negatives: negatives per case" in page
