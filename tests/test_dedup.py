@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from pipelines.run import run_spec
 from schemas import Lineage, Message, Role, Sample, ToolCall
 from schemas.arrow import ArrowCodec
-from transforms.dedup import DedupConfig, dedup_key, normalise, representative_order
+from transforms.dedup import DedupConfig, dedup_key, normalise, sort_pair
 
 
 def sample(sid: str, *turns: tuple[str, str], system: str | None = None) -> Sample:
@@ -59,8 +59,10 @@ def test_tool_calls_are_part_of_the_key():
 
 def test_representative_is_the_smallest_id_whatever_the_order():
     members = [sample(sid, ("user", "hi")) for sid in ("c3", "a1", "b2")]
-    assert [s.id for s in representative_order(members)] == ["a1", "b2", "c3"]
-    assert [s.id for s in representative_order(reversed(members))] == ["a1", "b2", "c3"]
+    for order in (members, list(reversed(members))):
+        pairs = sorted(sort_pair(s, DedupConfig()) for s in order)
+        assert len({partition for partition, _ in pairs}) == 1  # one set, one partition
+        assert [json.loads(payload)["id"] for _, (_, payload) in pairs] == ["a1", "b2", "c3"]
 
 
 def test_config_rejects_unknown_keys():

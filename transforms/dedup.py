@@ -69,11 +69,6 @@ def dedup_key(sample: Sample, config: DedupConfig) -> str:
     return content_hash(parts)
 
 
-def representative_order(samples: Iterable[Sample]) -> list[Sample]:
-    """Duplicates in keep order: the first is kept (smallest id, then smallest JSON)."""
-    return sorted(samples, key=lambda s: (s.id, s.model_dump_json()))
-
-
 DEDUP_PARTITIONS = 16  # sort partitions (parallelism of the keep pass); does not change results
 
 
@@ -111,7 +106,9 @@ class _DedupDoFn(beam.DoFn):
         yield from self.acct.flush()
 
 
-def _sort_pair(sample: Sample, config: DedupConfig) -> tuple[int, tuple[bytes, bytes]]:
+def sort_pair(sample: Sample, config: DedupConfig) -> tuple[int, tuple[bytes, bytes]]:
+    """``(partition, (conversation key + NUL + id, sample JSON))``: sorted, duplicates come
+    together and in keep order (smallest id, then smallest JSON, first)."""
     key = dedup_key(sample, config)
     partition = int(key[:8], 16) % DEDUP_PARTITIONS
     return partition, (f"{key}\0{sample.id}".encode(), sample.model_dump_json().encode("utf-8"))
@@ -129,7 +126,7 @@ class Dedup(Step):
         config: DedupConfig = self.config  # type: ignore[assignment]
         outputs = (
             samples
-            | "Key" >> beam.Map(_sort_pair, config)
+            | "Key" >> beam.Map(sort_pair, config)
             | "Sort" >> SortedGroups(self.context.spill_dir("sort"))
             | "Keep" >> beam.ParDo(_DedupDoFn(self.step_id)).with_outputs(REJECTED, LEDGER, main=MAIN)
         )
@@ -147,4 +144,4 @@ class Dedup(Step):
         }
 
 
-__all__ = ["Dedup", "DedupConfig", "dedup_key", "normalise", "representative_order"]
+__all__ = ["Dedup", "DedupConfig", "dedup_key", "normalise", "sort_pair"]
