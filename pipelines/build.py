@@ -15,6 +15,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 import transforms.coders  # noqa: F401  (registers the record coders)
+from pipelines import storage
 from pipelines.graph import Plan
 from transforms.base import LEDGER, MAIN, REJECTED
 from transforms.spill import Merge, SortedGroups
@@ -24,17 +25,12 @@ SHARDS_FILE = "shards.json"
 REJECTED_DIR = "rejected"
 
 
-def _write_text(path: str, text: str) -> None:
-    with FileSystems.create(path) as handle:
-        handle.write(text.encode("utf-8"))
-
-
 class _WriteJson(beam.DoFn):
     def __init__(self, path: str) -> None:
         self.path = path
 
     def process(self, items: list[Any]) -> None:
-        _write_text(self.path, json.dumps(sorted(items), ensure_ascii=False))
+        storage.write_text(self.path, json.dumps(sorted(items), ensure_ascii=False))
 
 
 class _WriteRejected(beam.DoFn):

@@ -28,7 +28,7 @@ MANIFEST = "manifest.json"
 
 def is_agentmill_output(path: str) -> bool:
     try:
-        return "agentmill_version" in json.loads(storage.read_text(storage.join(path, MANIFEST)))
+        return "agentmill_version" in json.loads(storage.read_text(FileSystems.join(path, MANIFEST)))
     except (OSError, ValueError):
         return False
 
@@ -46,15 +46,15 @@ def _prepare_remote(output: str) -> str:
         raise OutputError(f"refusing to overwrite {output!r}: it is not empty and not an agentmill output")
     work = work_dir_for(output)
     if storage.files_under(work):
-        if not storage.exists(storage.join(work, MARKER)):
+        if not FileSystems.exists(FileSystems.join(work, MARKER)):
             raise OutputError(f"{work!r} exists but is not an agentmill working directory; remove it")
         storage.remove_tree(work)  # left by a run that crashed
-    storage.write_text(storage.join(work, MARKER), "incomplete agentmill run; safe to delete\n")
+    storage.write_text(FileSystems.join(work, MARKER), "incomplete agentmill run; safe to delete\n")
     return work
 
 
 def _publish_remote(work: str, output: str) -> None:
-    FileSystems.delete([storage.join(work, MARKER)])
+    FileSystems.delete([FileSystems.join(work, MARKER)])
     storage.remove_tree(output)
     storage.move_tree(work, output, last=MANIFEST)
 

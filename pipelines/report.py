@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from apache_beam.io.filesystems import FileSystems
+
 from pipelines import storage
 from pipelines.report_html import (
     SAMPLES_PER_KIND,
@@ -278,12 +280,12 @@ def render_html(directory: str, manifest: Manifest) -> str:
 def write_html_report(directory: str, manifest: Manifest | None = None) -> str:
     """Write ``directory/report.html`` (reading ``manifest.json`` when no manifest is given)."""
     if manifest is None:
-        manifest = Manifest.model_validate(json.loads(storage.read_text(storage.join(directory, "manifest.json"))))
-    path = storage.join(directory, HTML_REPORT)
+        manifest = Manifest.model_validate(json.loads(storage.read_text(FileSystems.join(directory, "manifest.json"))))
+    path = FileSystems.join(directory, HTML_REPORT)
     storage.write_text(path, render_html(directory, manifest))
     return path
 
 
 def write_report(directory: str, manifest: Manifest) -> None:
-    storage.write_text(storage.join(directory, "report.md"), render_markdown(manifest))
+    storage.write_text(FileSystems.join(directory, "report.md"), render_markdown(manifest))
     write_html_report(directory, manifest)

@@ -17,7 +17,6 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import storage
 from schemas import Manifest
 
 MAX_ROWS = 200_000
@@ -226,9 +225,9 @@ def histograms(title: str, groups: dict[str, tuple[list[int], list[int]]]) -> st
 
 def rejected_examples(directory: str, step: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Up to three records per (disposition, reason) from ``rejected/<step>.jsonl``, in file order."""
-    path = storage.join(directory, "rejected", f"{step}.jsonl")
+    path = FileSystems.join(directory, "rejected", f"{step}.jsonl")
     found: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    if not storage.exists(path):
+    if not FileSystems.exists(path):
         return found
     with FileSystems.open(path, compression_type="uncompressed") as raw, io.TextIOWrapper(raw, "utf-8") as handle:
         for line in handle:
@@ -252,8 +251,8 @@ class ShardData:
         self.counts: list[tuple[str, str, int, int]] = []  # (kind, source, tokens, supervised)
         best: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
         for shard in manifest.output.shards:
-            path = storage.join(directory, shard.filename)
-            if self.rows >= max_rows or not storage.exists(path):
+            path = FileSystems.join(directory, shard.filename)
+            if self.rows >= max_rows or not FileSystems.exists(path):
                 continue
             with FileSystems.open(path, compression_type="uncompressed") as source:
                 for batch in pa.ipc.open_stream(source):

@@ -110,7 +110,7 @@ def collect_inputs(plan: Plan, files: bool = True, fingerprints: bool = True) ->
 
 
 def read_ledger(plan: Plan, work: str) -> dict[str, StepLedger]:
-    entries = json.loads(storage.read_text(storage.join(work, LEDGER_FILE)))
+    entries = json.loads(storage.read_text(FileSystems.join(work, LEDGER_FILE)))
     ledgers = {s.id: StepLedger(type=s.spec.type) for s in plan.steps}
     for (step_id, category, reason), n in entries:
         ledger = ledgers[step_id]
@@ -156,7 +156,7 @@ def check_ledger(plan: Plan, ledgers: dict[str, StepLedger], rows_written: int) 
 
 def finish_shards(plan: Plan, work: str) -> list[ShardInfo]:
     """Shard infos in index order; shards that received no rows are written empty."""
-    texts = json.loads(storage.read_text(storage.join(work, SHARDS_FILE)))
+    texts = json.loads(storage.read_text(FileSystems.join(work, SHARDS_FILE)))
     infos = {i.filename: i for i in (ShardInfo.model_validate_json(text) for text in texts)}
     count = len(infos)
     if infos:
@@ -168,7 +168,7 @@ def finish_shards(plan: Plan, work: str) -> list[ShardInfo]:
     for index in range(count):
         name = shard_filename(index, count)
         if name not in infos:
-            infos[name] = write_shard(storage.join(work, name), [], shard_schema(), 1)
+            infos[name] = write_shard(FileSystems.join(work, name), [], shard_schema(), 1)
         shards.append(infos[name])
     return shards
 
@@ -188,11 +188,12 @@ def write_dataset_files(work: str, shards: list[ShardInfo], fingerprint_: str) -
         "_output_all_columns": False,
         "_split": None,
     }
-    storage.write_text(storage.join(work, "state.json"), json.dumps(state, indent=2, sort_keys=True))
+    storage.write_text(FileSystems.join(work, "state.json"), json.dumps(state, indent=2, sort_keys=True))
     # First-level keys only: sorting nested keys would reorder the struct fields of features.
     as_dict = asdict(info)
     storage.write_text(
-        storage.join(work, "dataset_info.json"), json.dumps({key: as_dict[key] for key in sorted(as_dict)}, indent=2)
+        FileSystems.join(work, "dataset_info.json"),
+        json.dumps({key: as_dict[key] for key in sorted(as_dict)}, indent=2),
     )
 
 
@@ -243,7 +244,7 @@ def run_plan(
     shards = finish_shards(plan, work)
     ledgers = read_ledger(plan, work)
     check_ledger(plan, ledgers, sum(s.rows for s in shards))
-    FileSystems.delete([storage.join(work, SHARDS_FILE), storage.join(work, LEDGER_FILE)])
+    FileSystems.delete([FileSystems.join(work, SHARDS_FILE), FileSystems.join(work, LEDGER_FILE)])
 
     sink = ledgers[plan.sink.id]
     ratios = {}
@@ -278,7 +279,7 @@ def run_plan(
     on_stage("publishing")
     write_dataset_files(work, shards, "".join(s.sha256 for s in shards)[:16] or plan.spec_hash)
     write_report(work, manifest)
-    storage.write_text(storage.join(work, MANIFEST), manifest.dump_json())
+    storage.write_text(FileSystems.join(work, MANIFEST), manifest.dump_json())
     publish(work, output)
     published = output if storage.is_remote(output) else os.path.abspath(output)
     return RunSummary(output=published, manifest=manifest, seconds=seconds)

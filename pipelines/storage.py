@@ -1,8 +1,9 @@
 """File operations of a run's output on any Beam filesystem (local, gs://, s3://, hdfs://).
 
-Local paths keep POSIX semantics (directories, atomic renames). Remote paths go through Beam's
-``FileSystems``; object stores have no directories, so a "directory" is every file under a
-prefix and listing, deleting and moving work file by file.
+Single files go through Beam's ``FileSystems`` (join, open, exists and delete directly). What
+needs more than that is here: reading and writing text, and directories, which keep POSIX
+semantics locally, while object stores have none, so there a "directory" is every file under
+a prefix and listing, deleting and moving work file by file.
 """
 
 from __future__ import annotations
@@ -18,10 +19,6 @@ def is_remote(path: str) -> bool:
     return "://" in path
 
 
-def join(base: str, *parts: str) -> str:
-    return FileSystems.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
-
-
 def read_text(path: str) -> str:
     with FileSystems.open(path, compression_type="uncompressed") as handle:
         return handle.read().decode("utf-8")
@@ -30,10 +27,6 @@ def read_text(path: str) -> str:
 def write_text(path: str, text: str) -> None:
     with FileSystems.create(path, mime_type="text/plain", compression_type="uncompressed") as handle:
         handle.write(text.encode("utf-8"))
-
-
-def exists(path: str) -> bool:
-    return FileSystems.exists(path) if is_remote(path) else os.path.exists(path)
 
 
 def files_under(directory: str) -> list[str]:
