@@ -35,6 +35,7 @@ from transforms.base import (
     StepContext,
 )
 from transforms.sampling import rank_key
+from transforms.spill import Merge
 
 # --- DropLongSamples: a RecordStep ------------------------------------------------------------
 
@@ -122,7 +123,9 @@ class TakeExactly(Step):
                 | "Draw" >> beam.combiners.Top.Smallest(count)
                 | "Ids" >> beam.Map(lambda ranked: sorted(sample_id for _, sample_id in ranked))
             )
-        outputs = samples | "Select" >> beam.ParDo(
+        # The samples wait for the draw on disk, not in the runner's memory.
+        waiting = samples | "AwaitDraw" >> Merge(self.context.spill_dir("records"), Sample)
+        outputs = waiting | "Select" >> beam.ParDo(
             RecordDoFn(Select(), step_id), selected=beam.pvalue.AsSingleton(drawn)
         ).with_outputs(REJECTED, LEDGER, main=MAIN)
         return self._typed(outputs)
