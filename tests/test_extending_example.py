@@ -8,6 +8,7 @@ import pytest
 
 from pipelines.run import run_spec
 from tests.conftest import REPO
+from tests.helpers import rejected
 
 EXAMPLES = REPO / "docs" / "examples"
 
@@ -27,3 +28,5 @@ def test_the_custom_steps_run_and_account_for_every_record(tmp_path, examples_on
     assert (take.in_, take.passed, take.filtered) == (10, 6, {"not_selected": 4})
     assert summary.manifest.output.num_rows == 6
     assert summary.manifest.run["spilled"] and not (tmp_path / "out" / "_spill").exists()
+    losers = rejected(tmp_path / "out", "take")
+    assert len(losers) == 4 and all(r["record_id"] and r["payload"] == "" for r in losers)

@@ -99,7 +99,8 @@ class Select:
         if selected is not self._ids:  # build the set once per side-input value, not per record
             self._ids, self._set = selected, set(selected)
         if sample.id not in self._set:
-            yield Filtered("not_selected", f"not among the {len(selected)} drawn samples")
+            # A draw loser is unchanged input: account for it by id, without copying it.
+            yield Filtered("not_selected", f"not among the {len(selected)} drawn samples", keep_payload=False)
             return
         yield sample
 
