@@ -1,0 +1,77 @@
+"""Identity claims: supervised text in which an assistant says it is another model or was made
+by another organisation ("I am Vicuna, trained by researchers from LMSYS").
+
+The patterns are data (``templates/quality/identity.yaml``): named regexes in which ``{models}``
+and ``{makers}`` expand to the listed alternations. A config may add patterns or replace them.
+Matching is case-insensitive. Guarantee: :meth:`IdentityPatterns.find` returns the name of every
+pattern that matches, in the order the patterns are listed, and is a pure function of the text.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+import yaml
+
+BUILTIN = "quality/identity.yaml"
+
+
+def _expand(pattern: str, models: list[str], makers: list[str]) -> str:
+    return pattern.replace("{models}", "|".join(models)).replace("{makers}", "|".join(makers))
+
+
+@dataclass(frozen=True)
+class IdentityPatterns:
+    """Named, compiled identity-claim patterns."""
+
+    names: tuple[str, ...]
+    sources: tuple[str, ...]
+
+    @functools.cached_property
+    def _compiled(self) -> list[re.Pattern[str]]:
+        return [re.compile(source, re.IGNORECASE) for source in self.sources]
+
+    def find(self, text: str) -> list[str]:
+        """Names of the patterns that match ``text``."""
+        return [name for name, pattern in zip(self.names, self._compiled, strict=True) if pattern.search(text)]
+
+    def first_match(self, text: str) -> tuple[str, str] | None:
+        """``(pattern name, matched text)`` of the first matching pattern, else ``None``."""
+        for name, pattern in zip(self.names, self._compiled, strict=True):
+            found = pattern.search(text)
+            if found:
+                return name, found.group(0)
+        return None
+
+
+@functools.cache
+def _builtin_data() -> dict:
+    from transforms.phrasing import builtin_text
+
+    return yaml.safe_load(builtin_text(BUILTIN))
+
+
+def identity_patterns(extra: dict[str, str] | None = None, replace: bool = False) -> IdentityPatterns:
+    """The built-in patterns plus ``extra`` (or only ``extra`` with ``replace``), compiled.
+
+    ``extra`` patterns may use ``{models}`` and ``{makers}`` too. Raises ``ValueError`` naming a
+    pattern that does not compile.
+    """
+    data = _builtin_data()
+    models, makers = list(data["models"]), list(data["makers"])
+    patterns = {} if replace else dict(data["patterns"])
+    patterns.update(extra or {})
+    if not patterns:
+        raise ValueError("no identity patterns: give at least one")
+    names, sources = [], []
+    for name, pattern in patterns.items():
+        source = _expand(str(pattern).strip(), models, makers)
+        try:
+            re.compile(source, re.IGNORECASE)
+        except re.error as exc:
+            raise ValueError(f"identity pattern {name!r} does not compile: {exc}") from None
+        names.append(str(name))
+        sources.append(source)
+    return IdentityPatterns(tuple(names), tuple(sources))

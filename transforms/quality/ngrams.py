@@ -1,0 +1,105 @@
+"""Evaluation-side n-gram coverage: how much of an evaluation item a training text contains.
+
+AgentTuning's decontamination rule counts 10-gram matches. Measured over the *training* text, a
+benchmark question hidden in a long conversation covers a small share of it and passes as
+clean; measured over the *evaluation item* (the share of the item's distinct n-grams that occur
+in the training text) the same question is fully covered. :class:`EvalIndex` measures that.
+
+Tokens are lowercased runs of word characters (punctuation and spacing do not break a match).
+An item shorter than ``n`` tokens but at least ``min_tokens`` long is one n-gram of its own
+length (matched as a whole); a shorter one is not indexed (``skipped``). Guarantee: shares are
+exact (no sampling); hashes are Python's, so an index is only compared with texts in the process
+that built it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+_WORD = re.compile(r"\w+")
+
+
+def word_tokens(text: str) -> list[str]:
+    """Lowercased runs of word characters."""
+    return _WORD.findall(text.lower())
+
+
+def gram_hashes(words: list[str], n: int) -> Iterator[int]:
+    for i in range(len(words) - n + 1):
+        yield hash(tuple(words[i : i + n]))
+
+
+@dataclass(frozen=True)
+class ItemMatch:
+    """One evaluation item found in a text: its set, key, share of its n-grams covered."""
+
+    eval_set: str
+    item: str
+    share: float
+    text: str
+
+
+@dataclass
+class EvalIndex:
+    """Distinct n-grams of each evaluation item, looked up from training texts."""
+
+    n: int = 10
+    min_tokens: int = 6
+    items: list[tuple[str, str, str]] = field(default_factory=list)  # (set, key, text)
+    sizes: list[int] = field(default_factory=list)  # distinct grams per item
+    lengths: list[int] = field(default_factory=list)  # gram length per item (n, or shorter)
+    postings: dict[int, list[int]] = field(default_factory=dict)  # gram hash -> item indexes
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def add(self, eval_set: str, key: str, text: str) -> bool:
+        """Index one item; ``False`` (and counted in ``skipped``) when it is too short."""
+        words = word_tokens(text)
+        if len(words) < self.min_tokens:
+            self.skipped[eval_set] = self.skipped.get(eval_set, 0) + 1
+            return False
+        length = min(self.n, len(words))
+        grams = set(gram_hashes(words, length))
+        index = len(self.items)
+        self.items.append((eval_set, key, text))
+        self.sizes.append(len(grams))
+        self.lengths.append(length)
+        for gram in grams:
+            self.postings.setdefault(gram, []).append(index)
+        return True
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def item_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for eval_set, _, _ in self.items:
+            counts[eval_set] = counts.get(eval_set, 0) + 1
+        return counts
+
+    def matches(self, texts: Iterable[str], min_share: float) -> list[ItemMatch]:
+        """Items whose covered share in ``texts`` (taken together, n-grams never span two
+        texts) is at least ``min_share`` (> 0), best first, then by index."""
+        lengths = sorted(set(self.lengths))
+        seen: set[int] = set()
+        for text in texts:
+            words = word_tokens(text)
+            for length in lengths:
+                for gram in gram_hashes(words, length):
+                    if gram in self.postings:
+                        seen.add(gram)
+        if not seen:
+            return []
+        hits: dict[int, int] = {}
+        for gram in seen:
+            for index in self.postings[gram]:
+                hits[index] = hits.get(index, 0) + 1
+        found = []
+        for index, count in hits.items():
+            share = count / self.sizes[index]
+            if share >= min_share:
+                eval_set, key, text = self.items[index]
+                found.append((-share, index, ItemMatch(eval_set, key, round(share, 6), text)))
+        found.sort(key=lambda t: (t[0], t[1]))
+        return [match for _, _, match in found]
