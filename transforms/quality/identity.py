@@ -2,7 +2,8 @@
 by another organisation ("I am Vicuna, trained by researchers from LMSYS").
 
 The patterns are data (``templates/quality/identity.yaml``): named regexes in which ``{models}``
-and ``{makers}`` expand to the listed alternations. A config may add patterns or replace them.
+and ``{makers}`` expand to the listed alternations and ``{name}`` to the file's ``fragments``
+entry ``name``. A config may add patterns or replace them.
 Matching is case-insensitive. Guarantee: :meth:`IdentityPatterns.find` returns the name of every
 pattern that matches, in the order the patterns are listed, and is a pure function of the text.
 """
@@ -18,7 +19,9 @@ import yaml
 BUILTIN = "quality/identity.yaml"
 
 
-def _expand(pattern: str, models: list[str], makers: list[str]) -> str:
+def _expand(pattern: str, models: list[str], makers: list[str], fragments: dict[str, str] | None = None) -> str:
+    for name, fragment in (fragments or {}).items():
+        pattern = pattern.replace("{" + name + "}", str(fragment).strip())
     return pattern.replace("{models}", "|".join(models)).replace("{makers}", "|".join(makers))
 
 
@@ -56,18 +59,19 @@ def _builtin_data() -> dict:
 def identity_patterns(extra: dict[str, str] | None = None, replace: bool = False) -> IdentityPatterns:
     """The built-in patterns plus ``extra`` (or only ``extra`` with ``replace``), compiled.
 
-    ``extra`` patterns may use ``{models}`` and ``{makers}`` too. Raises ``ValueError`` naming a
+    ``extra`` patterns may use ``{models}``, ``{makers}`` and the fragments too. Raises ``ValueError`` naming a
     pattern that does not compile.
     """
     data = _builtin_data()
     models, makers = list(data["models"]), list(data["makers"])
+    fragments = dict(data.get("fragments") or {})
     patterns = {} if replace else dict(data["patterns"])
     patterns.update(extra or {})
     if not patterns:
         raise ValueError("no identity patterns: give at least one")
     names, sources = [], []
     for name, pattern in patterns.items():
-        source = _expand(str(pattern).strip(), models, makers)
+        source = _expand(str(pattern).strip(), models, makers, fragments)
         try:
             re.compile(source, re.IGNORECASE)
         except re.error as exc:
