@@ -1,42 +1,60 @@
-"""Step ``decontaminate``: Sample -> Sample, samples that overlap evaluation sets removed.
+"""Step ``decontaminate``: Sample -> Sample, samples that contain evaluation items removed.
 
-AgentTuning's rule: tokens are lowercased, whitespace-separated words; a token of a sample is
-*covered* when it lies inside an ``n``-gram (default 10) that also occurs in an evaluation text;
-a sample whose covered share is above ``threshold`` (0.8) is *dirty* and is filtered as
-``contaminated`` (the detail gives the coverage and which evaluation sets matched). Below
-``clean_below`` (0.2) it counts as clean; in between it is kept and counted as ``ambiguous``.
-n-grams never span two messages; only messages of the listed ``roles`` count (system prompts
-are left out by default). A message shorter than ``n`` tokens counts in the total but cannot be
-covered.
+AgentTuning's rule is 10-gram matching against the evaluation tasks. It is measured in both
+directions, from one index (:class:`transforms.quality.ngrams.EvalIndex`):
+
+- **evaluation side** (the default decision): the share of an evaluation item's distinct
+  ``n``-grams that occur in the sample. An evaluation question copied verbatim into a long
+  conversation scores 1.0 however long the conversation is. The sample's figure is its best
+  item's share; it is flagged when that share is ``>= eval_threshold`` (0.8).
+- **training side** (the paper's wording): the share of the sample's tokens that lie inside an
+  ``n``-gram of some evaluation item. Flagged when ``> threshold`` (0.8); below ``clean_below``
+  (0.2) the sample counts as clean, in between as ambiguous (statistics only).
+
+``rule`` decides what is filtered as ``contaminated``: ``either`` (default), ``eval_side`` or
+``training_side``; both directions are always measured and reported. The detail of a filtered
+sample names the evaluation set and item that matched best, with both figures.
+
+Tokens are lowercased runs of word characters; n-grams never span two messages; only messages of
+the listed ``roles`` count (system prompts are left out by default). An evaluation item is one
+text of a record (one MT-Bench turn, one BFCL user question); items shorter than ``n`` tokens but
+at least ``min_tokens`` long are matched as a whole; shorter ones are not indexed.
 
 Evaluation sets are files (json, jsonl, parquet; globs; relative to the spec's folder) whose
-records are strings, or objects whose ``fields`` hold a string, a list of strings, or a list of
-``{content|text|value}`` objects (e.g. MT-Bench ``turns``). They are fingerprinted in the
-manifest like any input. An evaluation set that yields no n-gram is an error, not a no-op.
+records are strings, or objects whose ``fields`` hold a string, a (nested) list of strings, or a
+(nested) list of ``{content|text|value}`` objects (MT-Bench ``turns``, BFCL ``question``). They
+are fingerprinted in the manifest like any input. An evaluation set that yields no item is an
+error, not a no-op. Guarantee: the decision for a sample depends only on the sample, the config
+and the evaluation files (exact counts, no sampling), so it is the same on every runner.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas import Role, Sample
 from transforms.base import Failed, Filtered, RecordStep, Stat, StepConfig
 from transforms.files import iter_records, resolve_paths
+from transforms.quality.ngrams import EvalIndex, Measurement, word_tokens
 
 DEFAULT_FIELDS = ["text", "prompt", "question", "turns", "instruction", "input", "content"]
+DEFAULT_ID_FIELDS = ["id", "question_id", "uid"]
+#: Smallest share asked of the index: every item that shares one n-gram with the sample.
+_ANY_SHARE = 1e-12
 
 
 class EvalSet(BaseModel):
-    """One evaluation set: files and where their text lives."""
+    """One evaluation set: files, where their text lives, and which field names an item."""
 
     model_config = ConfigDict(extra="forbid")
 
     paths: list[str] = Field(min_length=1)
     name: str | None = None
     fields: list[str] = Field(default_factory=lambda: list(DEFAULT_FIELDS), min_length=1)
+    id_field: str | None = None
 
     @field_validator("paths", mode="before")
     @classmethod
@@ -50,8 +68,11 @@ class EvalSet(BaseModel):
 class DecontaminateConfig(StepConfig):
     eval_sets: list[EvalSet] = Field(min_length=1)
     n: int = Field(10, ge=1)
+    rule: Literal["either", "eval_side", "training_side"] = "either"
+    eval_threshold: float = Field(0.8, gt=0.0, le=1.0)
     threshold: float = Field(0.8, ge=0.0, le=1.0)
     clean_below: float = Field(0.2, ge=0.0, le=1.0)
+    min_tokens: int = Field(8, ge=1)
     roles: list[Role] = Field(default_factory=lambda: [Role.USER, Role.ASSISTANT, Role.TOOL], min_length=1)
     annotate: str | None = None
     max_record_bytes: int = Field(16 * 1024 * 1024, ge=1)
@@ -66,8 +87,8 @@ class DecontaminateConfig(StepConfig):
 
 
 def tokens(text: str) -> list[str]:
-    """The tokenisation of the rule: lowercased, split on whitespace."""
-    return text.lower().split()
+    """The tokenisation of the rule: lowercased runs of word characters."""
+    return word_tokens(text)
 
 
 def _texts(value: Any) -> Iterator[str]:
@@ -75,8 +96,8 @@ def _texts(value: Any) -> Iterator[str]:
         yield value
     elif isinstance(value, list):
         for item in value:
-            if isinstance(item, str):
-                yield item
+            if isinstance(item, str | list):
+                yield from _texts(item)
             elif isinstance(item, dict):
                 for key in ("content", "text", "value"):
                     if isinstance(item.get(key), str):
@@ -99,66 +120,37 @@ def eval_texts(obj: Any, fields: list[str]) -> list[str]:
     return found
 
 
-def ngram_keys(words: list[str], n: int) -> Iterator[int]:
-    """Hashes of the ``n``-grams of ``words``, in order (one per start position)."""
-    for i in range(len(words) - n + 1):
-        yield hash(tuple(words[i : i + n]))
+def item_id(obj: Any, eval_set: EvalSet, location: str) -> str:
+    """The name of a record in details: its ``id_field`` (default ``id``, ``question_id``,
+    ``uid``), else its location (``file:line n``)."""
+    if isinstance(obj, dict):
+        for name in [eval_set.id_field] if eval_set.id_field else DEFAULT_ID_FIELDS:
+            value = obj.get(name)
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                return str(value)
+    return location
 
 
-class NgramIndex:
-    """The evaluation n-grams: hash -> bit mask of the evaluation sets that contain it.
-
-    Hashes are Python's, so an index is only compared with samples in the process that built
-    it (which the step guarantees: it is built in ``setup`` on each worker).
-    """
-
-    def __init__(self, n: int, names: list[str]) -> None:
-        self.n = n
-        self.names = names
-        self.masks: dict[int, int] = {}
-        self.sizes = [0] * len(names)
-
-    def add(self, set_index: int, text: str) -> None:
-        bit = 1 << set_index
-        before = len(self.masks)
-        for key in ngram_keys(tokens(text), self.n):
-            self.masks[key] = self.masks.get(key, 0) | bit
-        self.sizes[set_index] += len(self.masks) - before
-
-    def coverage(self, texts: list[str]) -> tuple[int, int, list[str]]:
-        """(covered tokens, total tokens, names of the evaluation sets that matched)."""
-        n = self.n
-        covered_total = total = 0
-        mask = 0
-        for text in texts:
-            words = tokens(text)
-            total += len(words)
-            if len(words) < n:
-                continue
-            covered = bytearray(len(words))
-            for i, key in enumerate(ngram_keys(words, n)):
-                hit = self.masks.get(key)
-                if hit:
-                    covered[i : i + n] = b"\x01" * n
-                    mask |= hit
-            covered_total += sum(covered)
-        return covered_total, total, [name for i, name in enumerate(self.names) if mask >> i & 1]
-
-
-def build_index(config: DecontaminateConfig, files: list[list[str]]) -> NgramIndex:
-    """Read every evaluation set (``files[i]`` are the files of ``config.eval_sets[i]``)."""
-    index = NgramIndex(config.n, [s.label() for s in config.eval_sets])
-    for i, (eval_set, paths) in enumerate(zip(config.eval_sets, files, strict=True)):
+def build_index(config: DecontaminateConfig, files: list[list[str]]) -> EvalIndex:
+    """Read every evaluation set (``files[i]`` are the files of ``config.eval_sets[i]``). The
+    items of a record with several texts are keyed ``<id>[<k>]`` (k from 0)."""
+    index = EvalIndex(config.n, config.min_tokens)
+    for eval_set, paths in zip(config.eval_sets, files, strict=True):
+        name = eval_set.label()
+        before = len(index)
         for path in paths:
             for raw in iter_records(path, config.max_record_bytes):
                 if isinstance(raw, Failed):
-                    where = f"eval set {eval_set.label()!r}: cannot read {raw.location}"
+                    where = f"eval set {name!r}: cannot read {raw.location}"
                     raise ValueError(f"{where}: {raw.reason}: {raw.detail}")
-                for text in eval_texts(raw.obj, eval_set.fields):
-                    index.add(i, text)
-        if index.sizes[i] == 0:
+                texts = eval_texts(raw.obj, eval_set.fields)
+                key = item_id(raw.obj, eval_set, raw.location)
+                for k, text in enumerate(texts):
+                    index.add(name, key if len(texts) == 1 else f"{key}[{k}]", text)
+        if len(index) == before:
             raise ValueError(
-                f"eval set {eval_set.label()!r} gives no {config.n}-gram: check 'fields' ({', '.join(eval_set.fields)})"
+                f"eval set {name!r} gives no item of {config.min_tokens}+ tokens: "
+                f"check 'fields' ({', '.join(eval_set.fields)}) and 'min_tokens'"
             )
     return index
 
@@ -168,13 +160,41 @@ def sample_texts(sample: Sample, roles: list[Role]) -> list[str]:
     return [m.content for m in sample.messages if m.role in wanted]
 
 
+def _decile(share: float) -> int:
+    return min(9, int(share * 10))
+
+
+def _snippet(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe(measurement: Measurement, config: DecontaminateConfig) -> str:
+    """The detail of a contaminated sample: the best item and both directions."""
+    n = config.n
+    parts = []
+    if measurement.matches:
+        best = measurement.matches[0]
+        parts.append(
+            f"eval side {best.share:.4f} (>= {config.eval_threshold}: {best.share >= config.eval_threshold}): "
+            f"{best.eval_set} item {best.item} ({best.grams} distinct n-grams) {_snippet(best.text)!r}"
+        )
+    share = measurement.training_share
+    sets = ", ".join(measurement.covered_sets) or "none"
+    parts.append(
+        f"training side {share:.4f} (> {config.threshold}: {share > config.threshold}): "
+        f"{measurement.covered}/{measurement.tokens} tokens in {n}-grams of {sets}"
+    )
+    return "; ".join(parts)
+
+
 class DecontaminateFn:
-    """Processor: coverage of each sample by the evaluation n-grams (index built in ``setup``)."""
+    """Processor: both coverage directions of each sample (index built in ``setup``)."""
 
     def __init__(self, config: DecontaminateConfig, files: list[list[str]]) -> None:
         self.config = config
         self.files = files
-        self.index: NgramIndex | None = None
+        self.index: EvalIndex | None = None
 
     def setup(self) -> None:
         if self.index is None:
@@ -187,27 +207,44 @@ class DecontaminateFn:
         self.setup()
         assert self.index is not None
         config = self.config
-        covered, total, matched = self.index.coverage(sample_texts(sample, config.roles))
-        share = covered / total if total else 0.0
-        yield Stat("tokens", total)
-        yield Stat("covered_tokens", covered)
-        yield Stat(f"coverage_decile:{min(9, int(share * 10))}", 1)
-        if share > config.threshold:
+        measurement = self.index.measure(sample_texts(sample, config.roles), _ANY_SHARE)
+        share = measurement.training_share
+        best = measurement.matches[0] if measurement.matches else None
+        eval_share = best.share if best else 0.0
+        yield Stat("tokens", measurement.tokens)
+        yield Stat("covered_tokens", measurement.covered)
+        yield Stat(f"coverage_decile:{_decile(share)}", 1)
+        yield Stat(f"eval_coverage_decile:{_decile(eval_share)}", 1)
+        eval_hit = eval_share >= config.eval_threshold
+        training_hit = share > config.threshold
+        if eval_hit:
+            yield Stat("eval_side", 1)
+            flagged = sorted({m.eval_set for m in measurement.matches if m.share >= config.eval_threshold})
+            for name in flagged:
+                yield Stat(f"eval_side:{name}", 1)
+        if training_hit:
             yield Stat("dirty", 1)
-            yield Filtered(
-                "contaminated",
-                f"coverage {share:.4f} > {config.threshold} ({covered}/{total} tokens in {config.n}-grams of "
-                f"{', '.join(matched)})",
-            )
+            for name in measurement.covered_sets:
+                yield Stat(f"training_side:{name}", 1)
+        else:
+            yield Stat("clean" if share < config.clean_below else "ambiguous", 1)
+        contaminated = {"either": eval_hit or training_hit, "eval_side": eval_hit, "training_side": training_hit}
+        if contaminated[config.rule]:
+            culprit = best.eval_set if best else measurement.covered_sets[0]
+            yield Stat(f"contaminated_by:{culprit}", 1)
+            yield Filtered("contaminated", describe(measurement, config))
             return
-        yield Stat("clean" if share < config.clean_below else "ambiguous", 1)
         if config.annotate:
-            sample = sample.model_copy(update={"metadata": {**sample.metadata, config.annotate: round(share, 6)}})
+            note = {"eval_side": round(eval_share, 6), "training_side": round(share, 6)}
+            if best is not None:
+                note["eval_item"] = f"{best.eval_set}/{best.item}"
+            sample = sample.model_copy(update={"metadata": {**sample.metadata, config.annotate: note}})
         yield sample
 
 
 class Decontaminate(RecordStep):
-    """Filters samples whose tokens are mostly covered by evaluation-set n-grams."""
+    """Filters samples that contain an evaluation item (evaluation side) or are mostly made of
+    evaluation n-grams (training side), as ``rule`` says; reports both directions."""
 
     type_name = "decontaminate"
     config_model = DecontaminateConfig
@@ -236,14 +273,29 @@ class Decontaminate(RecordStep):
         assert isinstance(config, DecontaminateConfig)
         stats = ledger.stats
         tokens_total = stats.get("tokens", 0)
+        names = [s.label() for s in config.eval_sets]
         return {
             "n": config.n,
-            "threshold": config.threshold,
-            "eval_sets": [s.label() for s in config.eval_sets],
+            "rule": config.rule,
+            "eval_sets": names,
             "in": ledger.in_,
             "contaminated": ledger.filtered.get("contaminated", 0),
-            "clean": stats.get("clean", 0),
-            "ambiguous": stats.get("ambiguous", 0),
-            "covered_token_share": round(stats.get("covered_tokens", 0) / tokens_total, 6) if tokens_total else None,
-            "coverage_deciles": [stats.get(f"coverage_decile:{d}", 0) for d in range(10)],
+            "contaminated_by_set": {name: stats.get(f"contaminated_by:{name}", 0) for name in names},
+            "eval_side": {
+                "threshold": config.eval_threshold,
+                "flagged": stats.get("eval_side", 0),
+                "flagged_by_set": {name: stats.get(f"eval_side:{name}", 0) for name in names},
+                "best_item_coverage_deciles": [stats.get(f"eval_coverage_decile:{d}", 0) for d in range(10)],
+            },
+            "training_side": {
+                "threshold": config.threshold,
+                "flagged": stats.get("dirty", 0),
+                "flagged_by_set": {name: stats.get(f"training_side:{name}", 0) for name in names},
+                "clean": stats.get("clean", 0),
+                "ambiguous": stats.get("ambiguous", 0),
+                "covered_token_share": round(stats.get("covered_tokens", 0) / tokens_total, 6)
+                if tokens_total
+                else None,
+                "coverage_deciles": [stats.get(f"coverage_decile:{d}", 0) for d in range(10)],
+            },
         }

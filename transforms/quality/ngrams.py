@@ -10,6 +10,10 @@ An item shorter than ``n`` tokens but at least ``min_tokens`` long is one n-gram
 length (matched as a whole); a shorter one is not indexed (``skipped``). Guarantee: shares are
 exact (no sampling); hashes are Python's, so an index is only compared with texts in the process
 that built it.
+
+:meth:`EvalIndex.measure` also gives the *training-side* figure of the same texts in the same
+pass (the share of the training tokens that lie inside an ``n``-gram of some item), so a step
+can report both directions from one index.
 """
 
 from __future__ import annotations
@@ -33,12 +37,32 @@ def gram_hashes(words: list[str], n: int) -> Iterator[int]:
 
 @dataclass(frozen=True)
 class ItemMatch:
-    """One evaluation item found in a text: its set, key, share of its n-grams covered."""
+    """One evaluation item found in a text: its set, key, share of its n-grams covered, and
+    (``grams``) how many distinct n-grams the item has."""
 
     eval_set: str
     item: str
     share: float
     text: str
+    grams: int = 0
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Both directions of one training text against an index (see :meth:`EvalIndex.measure`).
+
+    ``matches``: items with a covered share >= the asked minimum, best first, then by index;
+    ``covered`` / ``tokens``: training tokens inside an ``n``-gram of some item / all tokens;
+    ``covered_sets``: the evaluation sets whose ``n``-grams covered them, sorted."""
+
+    matches: list[ItemMatch]
+    covered: int
+    tokens: int
+    covered_sets: list[str]
+
+    @property
+    def training_share(self) -> float:
+        return self.covered / self.tokens if self.tokens else 0.0
 
 
 @dataclass
@@ -81,16 +105,36 @@ class EvalIndex:
     def matches(self, texts: Iterable[str], min_share: float) -> list[ItemMatch]:
         """Items whose covered share in ``texts`` (taken together, n-grams never span two
         texts) is at least ``min_share`` (> 0), best first, then by index."""
+        return self.measure(texts, min_share).matches
+
+    def measure(self, texts: Iterable[str], min_share: float) -> Measurement:
+        """Both directions in one pass over ``texts`` (n-grams never span two texts):
+        evaluation-side matches as :meth:`matches` gives them, and the training-side coverage
+        (tokens of ``texts`` inside an ``n``-gram of some item; items shorter than ``n`` cannot
+        cover training tokens, as in the paper's rule)."""
+        n = self.n
         lengths = sorted(set(self.lengths))
         seen: set[int] = set()
+        covered_total = total = 0
+        covering: set[int] = set()
         for text in texts:
             words = word_tokens(text)
+            total += len(words)
+            covered: bytearray | None = None
             for length in lengths:
-                for gram in gram_hashes(words, length):
+                for i, gram in enumerate(gram_hashes(words, length)):
                     if gram in self.postings:
                         seen.add(gram)
+                        if length == n:
+                            if covered is None:
+                                covered = bytearray(len(words))
+                            covered[i : i + n] = b"\x01" * n
+                            covering.add(gram)
+            if covered is not None:
+                covered_total += sum(covered)
+        sets = sorted({self.items[index][0] for gram in covering for index in self.postings[gram]})
         if not seen:
-            return []
+            return Measurement([], covered_total, total, sets)
         hits: dict[int, int] = {}
         for gram in seen:
             for index in self.postings[gram]:
@@ -100,6 +144,6 @@ class EvalIndex:
             share = count / self.sizes[index]
             if share >= min_share:
                 eval_set, key, text = self.items[index]
-                found.append((-share, index, ItemMatch(eval_set, key, round(share, 6), text)))
+                found.append((-share, index, ItemMatch(eval_set, key, round(share, 6), text, self.sizes[index])))
         found.sort(key=lambda t: (t[0], t[1]))
-        return [match for _, _, match in found]
+        return Measurement([match for _, _, match in found], covered_total, total, sets)
