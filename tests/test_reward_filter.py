@@ -123,6 +123,25 @@ def test_reward_from_metadata_and_success_fields():
         judge(trajectory.model_copy(update={"reward": float("nan")}), RewardFilterConfig())
 
 
+def test_success_false_fails_whatever_the_reward():
+    done = episode_turns("go to red ball 1", observations=["... The task is completed."])
+    shaped = make("babyai", done, reward=0.9, success=False)
+    result, stats = outcome(shaped)
+    assert isinstance(result, Filtered) and result.reason == "unsuccessful" and result.port == "rejected"
+    assert "success is false (reward 0.9" in result.detail
+    assert stats["task_filtered:babyai:unsuccessful"] == 1 and stats["violation:unsuccessful"] == 1
+    assert judge(shaped.model_copy(update={"success": True})).kept
+    assert judge(shaped.model_copy(update={"success": None})).kept  # no flag: the reward decides
+    full = make("webshop", episode_turns("click[Buy Now]"), reward=1.0, success=False)
+    assert [r for r, _ in judge(full).violations] == ["unsuccessful"]
+    both = make("webshop", episode_turns("click[Buy Now]"), reward=0.2, success=False)
+    assert [r for r, _ in judge(both).violations] == ["below_threshold", "unsuccessful"]
+    # a source whose flag is not recorded opts out per task; the check can be switched off
+    assert judge(shaped, RewardFilterConfig(ignore_success_flag=["babyai"])).kept
+    assert not judge(full, RewardFilterConfig(ignore_success_flag=["babyai"])).kept
+    assert judge(full, RewardFilterConfig(checks=["reward", "final_answer"])).kept
+
+
 def test_config_is_validated_early():
     with pytest.raises(ValidationError):
         RewardFilterConfig(reward_field="score")
@@ -194,33 +213,86 @@ def test_repeat_scope_output_and_observation():
 
 
 def test_invalid_actions_per_environment():
-    nothing = make(
-        "alfworld",
-        episode_turns("open drawer 9", "go to desk 1", observations=["Nothing happens.", "You arrive at desk 1."]),
+    # an unparseable action is invalid in every environment...
+    unparsed = make(
+        "kg",
+        episode_turns(
+            "get_relations Barbaro",
+            "Final Answer: #0",
+            observations=["No executable function found! Need to recheck the action.", "ok"],
+        ),
     )
-    verdict = judge(nothing)
-    assert verdict.violations[0][0] == "invalid_action" and "Nothing happens" in verdict.violations[0][1]
-    assert judge(nothing, RewardFilterConfig(max_invalid_actions=1)).kept
-    assert judge(nothing, RewardFilterConfig(invalid_action_patterns={"alfworld": []})).kept
-    # ALFWorld's phrase is not an invalid action in another environment...
-    assert judge(make("webshop", episode_turns("click[Buy Now]", observations=["Nothing happens."]))).kept
-    # ...but the generic one is
+    verdict = judge(unparsed)
+    assert verdict.violations[0][0] == "invalid_action" and "No executable function found" in verdict.violations[0][1]
+    assert judge(unparsed, RewardFilterConfig(max_invalid_actions=1)).kept
+    for task in ("os", "db", "webshop", None):
+        turns = episode_turns("x", observations=["No executable function found! Need to recheck the action."])
+        assert "invalid_action" in [r for r, _ in judge(make(task, turns)).violations]
     invalid = make(
         "webshop", episode_turns("click[foo]", "click[Buy Now]", observations=["Invalid action!", "Thank you"])
     )
     assert judge(invalid).violations[0][0] == "invalid_action"
+    # ...as is an unknown command: TextCraft answers "Could not execute" when no command matches
+    unknown = make(
+        "textcraft",
+        episode_turns(
+            "> get clay",
+            "> craft 1 bread using 3 wheat",
+            observations=["Could not execute get clay", "Crafted 1 minecraft:bread"],
+        ),
+    )
+    assert judge(unknown).violations[0][0] == "invalid_action"
     babyai = make(
         "babyai",
         episode_turns("pick up key", observations=["The action is not recognized. Please check valid actions."]),
         reward=0.9,
     )
     assert judge(babyai).violations[0][0] == "invalid_action"
-    seeing = make(
-        "babyai",
-        episode_turns("turn left", observations=["You cannot see any objects within sight. The task is completed."]),
-        reward=0.9,
+    # an environment refusing a well-formed action is an observation, not an invalid action
+    nothing = make(
+        "alfworld",
+        episode_turns("open drawer 9", "go to desk 1", observations=["Nothing happens.", "You arrive at desk 1."]),
     )
-    assert judge(seeing).kept  # a view description, not a refused action
+    assert judge(nothing).kept
+    refused = make(
+        "textcraft",
+        episode_turns(
+            "> craft 1 furnace using 8 cobblestone",
+            "> get 8 cobblestone",
+            "> craft 1 furnace using 8 cobblestone",
+            observations=[
+                "Could not find enough items to craft minecraft:furnace",
+                "Got 8 cobblestone",
+                "Crafted 1 minecraft:furnace",
+            ],
+        ),
+    )
+    assert judge(refused).kept
+    no_recipe = refused.model_copy(
+        update={
+            "turns": [
+                t.model_copy(update={"text": "Could not find a valid recipe for minecraft:furnace"}) if i == 2 else t
+                for i, t in enumerate(refused.turns)
+            ]
+        }
+    )
+    assert judge(no_recipe).kept
+    for observation in (
+        "You cannot drop the object, as there is already an object in front of you.",
+        "There is a barrier in front of you, you can't move forward.",
+        "No change in state.",
+    ):
+        turns = episode_turns("drop", "go to red ball 1", observations=[observation, "... The task is completed."])
+        assert judge(make("babyai", turns, reward=0.9)).kept, observation
+    # a user's own patterns replace a task's defaults
+    assert (
+        judge(
+            make("alfworld", episode_turns("x", observations=["Nothing happens."])),
+            RewardFilterConfig(invalid_action_patterns={"alfworld": [r"^Nothing happens"]}),
+        ).violations[0][0]
+        == "invalid_action"
+    )
+    assert judge(unknown, RewardFilterConfig(invalid_action_patterns={"textcraft": []})).kept
     custom = RewardFilterConfig(invalid_action_patterns={"os": [r"^command not found"]})
     assert not judge(
         make("os", episode_turns("Act: bash", "Act: finish", observations=["command not found", "ok"])), custom
@@ -229,11 +301,11 @@ def test_invalid_actions_per_environment():
 
 def test_invalid_action_phrase_in_the_prompt_does_not_count():
     turns = [
-        ("user", "Example: > open drawer 9\nNothing happens.\nNow solve your task.", False),
-        ("assistant", "go to desk 1", True),
-        ("user", "You arrive at desk 1.", False),
+        ("user", "Example: > get_relations x\nNo executable function found!\nNow solve your task.", False),
+        ("assistant", "Final Answer: #0", True),
+        ("user", "Done.", False),
     ]
-    assert judge(make("alfworld", turns)).kept
+    assert judge(make("kg", turns)).kept
 
 
 # --- final answers ---------------------------------------------------------------------------
@@ -300,19 +372,24 @@ def _reasons(trajectory: Trajectory, config: RewardFilterConfig | None = None) -
 def test_real_rollouts_that_break_the_rules(external):
     root = external(AGENTGYM)
     # babyai: "Thought: Continue. Action: move forward" four times while stuck at a wall
+    babyai = RewardFilterConfig(ignore_success_flag=["babyai"])  # the rollouts never record success
     looping = _at(root / "babyai__deepseek-v3.2_20251210_111646.jsonl", 84)
-    assert looping.reward > 0.1 and _reasons(looping) == ["repeated_output"]
+    assert looping.reward > 0.1 and _reasons(looping) == ["unsuccessful", "repeated_output"]
+    assert _reasons(looping, babyai) == ["repeated_output"]
     # babyai: the environment answers "The action is not recognized" (reward 0.9 notwithstanding)
     unrecognised = _at(root / "babyai__gemini-3-pro-preview_20251211_135610.jsonl", 20)
-    assert unrecognised.reward == 0.9 and _reasons(unrecognised) == ["invalid_action"]
-    # textcraft: the model wrote fake observations; the game answers "Could not execute ..."
+    assert unrecognised.reward == 0.9 and _reasons(unrecognised) == ["unsuccessful", "invalid_action"]
+    assert _reasons(unrecognised, babyai) == ["invalid_action"]
+    # textcraft: the model wrote a whole episode with fake observations as one action; the game
+    # parses none of it as a command and answers "Could not execute ..." (success 1 notwithstanding)
     fake = _at(root / "textcraft__gemini-3-pro-preview_20251216_101619.jsonl", 0)
-    assert fake.reward == 1.0 and _reasons(fake) == ["invalid_action"]
+    assert fake.reward == 1.0 and fake.success and _reasons(fake) == ["invalid_action"]
     assert "Could not execute" in judge(fake).violations[0][1]
+    assert "Crafted 1 minecraft:slime_block" in episode(fake).raw_outputs[1]  # written by the model
     # webshop: the same thought and click six times in a row, reward 0.857
     paging = _at(root / "webshop__qwen-max_20251127_090652.jsonl", 1)
-    assert _reasons(paging) == ["below_threshold", "repeated_output"]
-    assert "6 times in a row" in judge(paging).violations[1][1]
+    assert _reasons(paging) == ["below_threshold", "unsuccessful", "repeated_output"]
+    assert "6 times in a row" in judge(paging).violations[2][1]
 
 
 @pytest.mark.real_data
@@ -326,12 +403,11 @@ def test_real_agentinstruct_trajectories_that_break_the_rules(external):
     alfworld = {
         t.source_id: t for t in _read(external("agentinstruct_thudm", "alfworld.shared80.parquet"), "agentinstruct")
     }
-    assert _reasons(alfworld["alfworld_67"], RewardFilterConfig(missing_reward="keep")) == ["invalid_action"]
-    assert (
-        "4 invalid action(s)"
-        in judge(alfworld["alfworld_67"], RewardFilterConfig(missing_reward="keep")).violations[0][1]
-    )
-    # the recipe's configuration for the released set: everything passes; all checks drop 31
+    # four "Nothing happens." answers to well-formed ALFWorld actions: observations, kept
+    nothing = alfworld["alfworld_67"]
+    assert sum("Nothing happens" in t.text for t in nothing.turns) >= 4
+    assert judge(nothing, RewardFilterConfig(missing_reward="keep")).kept
+    # with the reward check alone, everything passes; all checks (the recipe's) drop 19
     released = RewardFilterConfig(missing_reward="keep", checks=["reward"])
     everything = [
         t for path in sorted(external("agentinstruct_thudm").glob("*.parquet")) for t in _read(path, "agentinstruct")
@@ -341,20 +417,50 @@ def test_real_agentinstruct_trajectories_that_break_the_rules(external):
     all_checks = RewardFilterConfig(missing_reward="keep")
     first_reasons = [_reasons(t, all_checks)[:1] for t in everything]
     strict = Counter(reasons[0] for reasons in first_reasons if reasons)
-    assert strict == {"invalid_action": 22, "no_final_answer": 6, "repeated_output": 3}
+    assert strict == {"invalid_action": 10, "no_final_answer": 6, "repeated_output": 3}
+    dropped = {t.source_id for t, reasons in zip(everything, first_reasons, strict=True) if reasons}
+    unparsed = {t.source_id for t in everything if any("No executable function found" in u.text for u in t.turns)}
+    assert unparsed <= dropped  # every episode with an unparseable action is dropped
+
+
+@pytest.mark.real_data
+def test_mind2web_partial_credit_threshold_on_real_rows(external):
+    """Mind2Web is the one task kept below full reward (>= 2/3). No shipped source has fractional
+    Mind2Web rewards, so real AgentInstruct Mind2Web rows get rewards k / n (partial credit over
+    n steps, also summed step by step as an environment accumulates it)."""
+    rows = _read(external("agentinstruct_thudm", "mind2web.shared80.parquet"), "agentinstruct")
+    assert len(rows) == 103 and all(t.task == "mind2web" and t.reward is None for t in rows)
+    fn = RewardFilterFn(RewardFilterConfig())
+    expected_kept = kept = seen = 0
+    index = 0
+    for n in (3, 4, 5, 6, 9):
+        for k in range(n + 1):
+            for reward in (k / n, sum([1 / n] * k)):
+                row = rows[index % len(rows)].model_copy(update={"reward": reward})
+                index += 1
+                results = list(fn(row))
+                passed = any(isinstance(r, Trajectory) for r in results)
+                should = k * 3 >= 2 * n  # exact rational comparison: k / n >= 2 / 3
+                assert passed == should, (k, n, reward, [r for r in results if isinstance(r, Filtered)])
+                if not should:
+                    (filtered,) = [r for r in results if isinstance(r, Filtered)]
+                    assert filtered.reason == "below_threshold" and "threshold 0.666667" in filtered.detail
+                seen += 1
+                kept += passed
+                expected_kept += should
+    assert seen == 2 * sum(n + 1 for n in (3, 4, 5, 6, 9)) and kept == expected_kept > 0
+    # the same rows at 2/3 as another task fall below that task's full-reward threshold
+    webshop_like = rows[0].model_copy(update={"reward": 2 / 3, "task": "alfworld"})
+    assert _reasons(webshop_like, RewardFilterConfig(checks=["reward"])) == ["below_threshold"]
+    # and a user may move the threshold
+    assert judge(rows[0].model_copy(update={"reward": 0.5}), RewardFilterConfig(thresholds={"mind2web": 0.5})).kept
 
 
 # Independent restatement of the documented rules on the raw JSON (no agentmill code involved).
 THRESHOLD = {"babyai": 0.1}
 INVALID = {
-    "babyai": [
-        r"The action is not recognized",
-        r"Only one 'Action' is allowed",
-        r"(?m)^\s*No change in state",
-        r"(?m)^\s*You cannot (?!see\b)",
-        r"can't move forward",
-    ],
-    "textcraft": [r"(?m)^\s*Could not execute", r"(?m)^\s*Could not find a valid recipe"],
+    "babyai": [r"The action is not recognized", r"Only one 'Action' is allowed"],
+    "textcraft": [r"(?m)^\s*Could not execute", r"(?m)^\s*Could not extract recipe", r"(?m)^\s*Wrong item format"],
 }
 FINAL = {
     "webshop": lambda last_out, last_obs: re.search(r"(?i)click\[\s*buy now\s*\]", last_out),
@@ -372,9 +478,11 @@ def expected_reasons(record: dict) -> list[str]:
     reasons = []
     if record["reward"] < THRESHOLD.get(task, 1.0):
         reasons.append("below_threshold")
+    if not record["success"]:
+        reasons.append("unsuccessful")
     if any(outputs[i] == outputs[i + 1] == outputs[i + 2] for i in range(len(outputs) - 2)):
         reasons.append("repeated_output")
-    patterns = [r"(?m)^\s*Invalid action\b", *INVALID.get(task, [])]
+    patterns = [r"(?m)^\s*Invalid action\b", "No executable function found", *INVALID.get(task, [])]
     if any(re.search("(?i)" + p, o) for o in observations for p in patterns):
         reasons.append("invalid_action")
     last_out = [m["content"] for m in messages if m["role"] == "assistant"][-1]

@@ -8,16 +8,26 @@ of the first failing check, in this order:
    ``invalid_reward`` (dead letter) when the value is not a finite number;
 2. ``below_threshold``: reward < the threshold of the trajectory's task (default 1.0; mind2web
    2/3; babyai 0.1, the lowest reward of a successful AgentGym BabyAI episode);
-3. ``repeated_output``: the agent gives the same output ``repeat_limit`` (3) times in a row;
-4. ``invalid_action``: more than ``max_invalid_actions`` (0) environment turns match the task's
-   invalid-action patterns (e.g. ALFWorld ``Nothing happens.``);
-5. ``no_final_answer``: the task defines a final answer and the episode does not end with one.
+3. ``unsuccessful`` (check ``success``): the trajectory's ``success`` flag is false, whatever
+   its reward (a shaped reward can clear a threshold on a failed episode). A missing flag
+   passes; tasks listed in ``ignore_success_flag`` skip the check (for a source whose flag is
+   known not to be recorded, e.g. AgentGym's BabyAI rollouts, always 0);
+4. ``repeated_output``: the agent gives the same output ``repeat_limit`` (3) times in a row;
+5. ``invalid_action``: more than ``max_invalid_actions`` (0) environment turns say that the
+   agent's action was malformed or unknown: it could not be parsed ("No executable function
+   found", "Invalid action"), names no command of the environment (TextCraft "Could not
+   execute ...", BabyAI "The action is not recognized") or breaks the output format ("Only one
+   'Action' is allowed"). An environment refusing a well-formed action is an observation, not
+   an invalid action: ALFWorld "Nothing happens.", TextCraft "Could not find ...", BabyAI
+   "You cannot ...", "No change in state" never count;
+6. ``no_final_answer``: the task defines a final answer and the episode does not end with one.
 
 "Agent outputs" are the supervised (``loss=true``) assistant turns; "environment turns" are the
 user and tool turns after the first agent output, so task prompts and in-context examples never
 count. Every violated check, not only the reported one, adds to the stat ``violation:<reason>``;
-``task_in:<task>`` / ``task_kept:<task>`` feed the manifest summary. Filtered trajectories are
-also sent to the ``rejected`` port (a pool for negative samples) unless ``rejected_port`` is off.
+``task_in:<task>`` / ``task_kept:<task>`` / ``task_filtered:<task>:<reason>`` feed the manifest
+summary. Filtered trajectories are also sent to the ``rejected`` port (a pool for negative
+samples) unless ``rejected_port`` is off.
 """
 
 from __future__ import annotations
@@ -33,8 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from schemas import Role, Trajectory, Turn, canonical_json
 from transforms.base import Filtered, RecordError, RecordStep, Stat, StepConfig
 
-Check = Literal["reward", "repeated_output", "invalid_action", "final_answer"]
-ALL_CHECKS: tuple[Check, ...] = ("reward", "repeated_output", "invalid_action", "final_answer")
+Check = Literal["reward", "success", "repeated_output", "invalid_action", "final_answer"]
+ALL_CHECKS: tuple[Check, ...] = ("reward", "success", "repeated_output", "invalid_action", "final_answer")
 ANY_TASK = "*"
 REJECTED_PORT = "rejected"
 
@@ -42,20 +52,15 @@ REJECTED_PORT = "rejected"
 #: ``1 - 0.9 * steps / max_steps`` on success and 0 on failure, so success is reward >= 0.1).
 DEFAULT_THRESHOLDS: dict[str, float] = {"mind2web": 2 / 3, "babyai": 0.1}
 
-#: Regexes (case-insensitive, multi-line) that mark an environment turn as "your action was not
-#: understood or could not be executed". ``*`` applies to every task.
+#: Regexes (case-insensitive, multi-line) that mark an environment turn as "your action was
+#: malformed or unknown" (never "your well-formed action did not work"). ``*`` applies to every
+#: task. TextCraft answers "Could not execute <action>" exactly when the action matches none of
+#: its commands (craft / get <n> / inventory; AgentGym's agentenv_textcraft/environment.py), and
+#: "Could not extract recipe" / "Wrong item format" when a craft command cannot be parsed.
 DEFAULT_INVALID_ACTION_PATTERNS: dict[str, list[str]] = {
-    ANY_TASK: [r"^\s*Invalid action\b"],
-    "alfworld": [r"^\s*Nothing happens\b"],
-    "babyai": [
-        r"The action is not recognized",
-        r"Only one 'Action' is allowed",
-        r"^\s*No change in state\b",
-        r"^\s*You cannot (?!see\b)",
-        r"can't move forward",
-    ],
-    "textcraft": [r"^\s*Could not execute\b", r"^\s*Could not find a valid recipe\b"],
-    "kg": [r"No executable function found"],
+    ANY_TASK: [r"^\s*Invalid action\b", r"No executable function found"],
+    "babyai": [r"The action is not recognized", r"Only one 'Action' is allowed"],
+    "textcraft": [r"^\s*Could not execute\b", r"^\s*Could not extract recipe\b", r"^\s*Wrong item format\b"],
     "sciworld": [r"No known action matches that input"],
 }
 
@@ -102,6 +107,7 @@ class RewardFilterConfig(StepConfig):
     default_threshold: float = 1.0
     thresholds: dict[str, float] = Field(default_factory=dict)
     missing_reward: Literal["drop", "keep", "dead_letter"] = "drop"
+    ignore_success_flag: list[str] = Field(default_factory=list)
     checks: list[Check] = Field(default_factory=lambda: list(ALL_CHECKS))
     repeat_limit: int = Field(3, ge=2)
     repeat_scope: Literal["output", "output_and_observation"] = "output"
@@ -294,6 +300,9 @@ def judge(trajectory: Trajectory, config: RewardFilterConfig | None = None, rule
             threshold = config.threshold_of(task)
             if reward < threshold - THRESHOLD_TOLERANCE:
                 verdict.add("below_threshold", f"reward {reward:g} < threshold {threshold:g} (task {task!r})")
+    if "success" in checks and trajectory.success is False and (task or "") not in config.ignore_success_flag:
+        reward_text = "no reward" if trajectory.reward is None else f"reward {trajectory.reward:g}"
+        verdict.add("unsuccessful", f"success is false ({reward_text}, task {task!r})")
     ep = episode(trajectory)
     if "repeated_output" in checks:
         run, text = longest_repeat(ep, config.repeat_scope)
@@ -335,6 +344,7 @@ class RewardFilterFn:
             yield trajectory
             return
         reason, detail = verdict.violations[0]
+        yield Stat(f"task_filtered:{task}:{reason}", 1)
         others = [r for r, _ in verdict.violations[1:]]
         if others:
             detail += f" (also: {', '.join(others)})"
@@ -361,11 +371,14 @@ class RewardFilter(RecordStep):
         for task in tasks:
             seen = ledger.stats.get(f"task_in:{task}", 0)
             kept = ledger.stats.get(f"task_kept:{task}", 0)
+            prefix = f"task_filtered:{task}:"
+            filtered = {k[len(prefix) :]: v for k, v in sorted(ledger.stats.items()) if k.startswith(prefix)}
             per_task[task or "(none)"] = {
                 "threshold": config.threshold_of(task or None) if "reward" in config.checks else None,
                 "in": seen,
                 "kept": kept,
                 "kept_share": round(kept / seen, 6) if seen else None,
+                "filtered": filtered,
             }
         violations = {k.split(":", 1)[1]: v for k, v in sorted(ledger.stats.items()) if k.startswith("violation:")}
         return {"tasks": per_task, "violations": violations}
