@@ -101,6 +101,60 @@ def test_plan_upsample_and_total():
     assert targets(plan) == {"agent": pytest.approx(50), "general": pytest.approx(150)}
 
 
+def test_plan_keep_agent_sizes_the_general_side_to_the_agent_side():
+    config = MixConfig(agent=["agent"], eta=0.2, strategy="keep_agent")
+    # scarce general data: every agent sample once, the general side repeated (400 of 100)
+    plan = plan_mix(config, groups(agent=100, general=100), ["agent", "general"])
+    assert targets(plan) == {"agent": pytest.approx(100), "general": pytest.approx(400)}
+    assert not plan.capped
+    # abundant general data: still every agent sample once, the general side cut (40 of 1000)
+    plan = plan_mix(config, groups(agent=10, general=1000), ["agent", "general"])
+    assert targets(plan) == {"agent": pytest.approx(10), "general": pytest.approx(40)}
+    # where downsample would have cut the agent side and upsample repeated it
+    assert targets(plan_mix(MixConfig(agent=["agent"], eta=0.2), groups(agent=100, general=100), ["agent", "general"]))[
+        "agent"
+    ] == pytest.approx(25)
+    up = MixConfig(agent=["agent"], eta=0.2, strategy="upsample")
+    assert targets(plan_mix(up, groups(agent=10, general=1000), ["agent", "general"]))["agent"] == pytest.approx(250)
+    # no general data: the agent side is still kept (the summary shows the eta reached)
+    assert targets(plan_mix(config, groups(agent=10), ["agent", "general"])) == {"agent": pytest.approx(10)}
+
+
+def test_max_copies_caps_repeats_and_shrinks_the_output_instead():
+    capped = MixConfig(agent=["agent"], eta=0.2, strategy="keep_agent", max_copies=3)
+    plan = plan_mix(capped, groups(agent=100, general=50), ["agent", "general"])
+    # 400 general units would need 8 copies of each of 50; 3 copies allow 150, so agent gets 37.5
+    assert plan.capped
+    assert targets(plan) == {"agent": pytest.approx(37.5), "general": pytest.approx(150)}
+    roomy = plan_mix(capped.model_copy(update={"max_copies": 8}), groups(agent=100, general=50), ["agent", "general"])
+    assert not roomy.capped and targets(roomy) == {"agent": pytest.approx(100), "general": pytest.approx(400)}
+    up = MixConfig(agent=["agent"], eta=0.5, strategy="upsample", max_copies=2)
+    assert targets(plan_mix(up, groups(agent=10, general=100), ["agent", "general"])) == {
+        "agent": pytest.approx(20),
+        "general": pytest.approx(20),
+    }
+    # a weighted input: the scarcest group sets the copies
+    weighted = MixConfig(
+        agent=["agent"],
+        eta=0.2,
+        strategy="keep_agent",
+        max_copies=4,
+        weights={"general": {"by": "metadata.model", "shares": {"gpt-4": 1}, "other": 4}},
+    )
+    available = {group_id("agent", "*"): 100, group_id("general", "gpt-4"): 10, group_id("general", None): 100}
+    plan = plan_mix(weighted, available, ["agent", "general"])
+    # gpt-4 limits the input to 10 / 0.2 = 50; 4 copies allow 200 general = 40 gpt-4 + 160 other
+    assert plan.capped and targets(plan) == {
+        "agent": pytest.approx(50),
+        "general[gpt-4]": pytest.approx(40),
+        "general[None]": pytest.approx(160),
+    }
+    # the group decision never exceeds the cap, even a float hair over it
+    ranked = [(rank_key(0, "m", f"s{i}"), 1) for i in range(10)]
+    hair = GroupPlan(input="g", value="*", side="general", available=10, share=1.0, target=40.000000001, max_copies=4)
+    assert decide_group(hair, ranked) == GroupDecision(4, None)
+
+
 def test_plan_splits_a_side_over_inputs_by_capacity():
     config = MixConfig(agent=["a1", "a2"], eta=0.5)
     plan = plan_mix(config, groups(a1=30, a2=10, general=20), ["a1", "a2", "general"])
@@ -202,6 +256,10 @@ def test_config_validation():
         MixConfig(agent=["a"], weights={"g": {"by": "metadata.model", "shares": {"x": 0}}})
     with pytest.raises(ValidationError):
         MixConfig(agent=["a"], unit="characters")
+    with pytest.raises(ValidationError, match="keep_agent"):
+        MixConfig(agent=["a"], eta=0.0, strategy="keep_agent")
+    with pytest.raises(ValidationError):
+        MixConfig(agent=["a"], max_copies=0)
 
 
 # --- pipelines ---------------------------------------------------------------------------------
@@ -301,6 +359,57 @@ def test_upsample_repeats_deterministically(tmp_path):
     assert all(c.lineage.derivation.startswith("to_chat+repeat") and c.lineage.steps[-1] == "mix" for c in copies)
     assert manifest.ratios["mix"]["repeats"] == 6 and manifest.ratios["mix"]["achieved_eta"] == 0.5
     assert manifest.steps["mix"].passed == 14 and manifest.steps["mix"].emitted == 20
+
+
+def test_keep_agent_keeps_every_agent_sample_and_reports_repeats(tmp_path):
+    general = _chat("g", 30, model=lambda i: "gpt-4" if i < 8 else None, words=20)
+    mix = {
+        "agent": ["agent"],
+        "eta": 0.2,
+        "strategy": "keep_agent",
+        "max_copies": 10,
+        "weights": {"general": {"by": "metadata.model", "shares": {"gpt-4": 1}, "other": 4}},
+    }
+    manifest, samples, _ = _run(tmp_path, "keep", _chat("a", 25), general, mix)
+    agent = [s for s in samples if s.kind == "agent"]
+    general_out = [s for s in samples if s.kind == "general"]
+    # every agent sample exactly once; general = 4 x 25 = 100, gpt-4 : other = 20 : 80
+    assert sorted(s.lineage.source_id for s in agent) == sorted(f"a_{i}" for i in range(25))
+    assert all("repeat_of" not in s.metadata for s in agent)
+    assert len(general_out) == 100
+    assert Counter(s.metadata.get("model") for s in general_out) == {"gpt-4": 20, None: 80}
+    # copies: distinct stable ids, lineage and a pointer to the original; at most max_copies each
+    assert len({s.id for s in samples}) == len(samples) == 125
+    copies = [s for s in general_out if "repeat_of" in s.metadata]
+    assert len(copies) == 100 - 30
+    originals = {s.id: s for s in general_out if "repeat_of" not in s.metadata}
+    assert len(originals) == 30
+    assert all(c.metadata["repeat_of"] in originals for c in copies)
+    assert all(c.lineage.steps[-1] == "mix" and "+repeat" in c.lineage.derivation for c in copies)
+    assert all(c.messages == originals[c.metadata["repeat_of"]].messages for c in copies)
+    assert max(Counter(c.metadata["repeat_of"] for c in copies).values()) + 1 <= 10
+    ratios = manifest.ratios["mix"]
+    assert ratios["strategy"] == "keep_agent" and ratios["capped"] is False and ratios["max_copies"] == 10
+    assert ratios["achieved_eta"] == 0.2 and ratios["achieved_eta_by"]["samples"] == 0.2
+    supervised = Counter()
+    for s in samples:
+        supervised[s.kind] += s.counts.supervised_tokens
+    assert ratios["achieved_eta_by"]["supervised_tokens"] == pytest.approx(
+        supervised["agent"] / sum(supervised.values()), abs=1e-6
+    )
+    sides = ratios["sides"]
+    assert sides["agent"]["kept_samples"] == sides["agent"]["available_samples"] == 25
+    assert sides["agent"]["kept_share"] == 1.0 and sides["agent"]["repeats"] == 0
+    assert sides["general"]["kept_samples"] == 30 and sides["general"]["repeats"] == 70
+    assert sides["general"]["out_samples"] == 100 and sides["general"]["out_supervised_tokens"] == supervised["general"]
+    gpt4, other = ratios["groups"]["general[gpt-4]"], ratios["groups"]["general[(none)]"]
+    assert (gpt4["out_samples"], gpt4["repeats"], other["out_samples"], other["repeats"]) == (20, 12, 80, 58)
+    assert gpt4["share_of_side_by"]["samples"] == 0.2
+    assert ratios["repeats"] == 70
+    assert manifest.steps["mix"].passed == 55 and manifest.steps["mix"].emitted == 125
+    # deterministic: the same run gives the same ids
+    _, again, _ = _run(tmp_path, "keep2", _chat("a", 25), general, mix)
+    assert sorted(s.id for s in again) == sorted(s.id for s in samples)
 
 
 def test_selection_does_not_depend_on_input_order(tmp_path):

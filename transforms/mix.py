@@ -12,9 +12,13 @@ How sizes are chosen ("count, then select"):
    the weights with no repeats (``min over groups of units / weight share``). A side's capacity
    is the sum over its inputs.
 2. ``strategy: downsample`` (default) makes the output as large as possible without repeating
-   anything; ``upsample`` makes it as small as possible without dropping anything; a ``total``
-   fixes the output size. The agent side gets ``eta`` of that, the general side ``1 - eta``,
-   split over inputs by capacity and inside an input by weight.
+   anything; ``upsample`` makes it as small as possible without dropping anything;
+   ``keep_agent`` keeps the agent side whole, each sample once, and sizes the general side to
+   it (repeating general samples when the general pool is too small for ``eta``, dropping some
+   when it is larger); a ``total`` fixes the output size. ``max_copies`` caps the copies of any
+   one sample: when a strategy would need more, the output shrinks until it needs no more (the
+   summary says ``capped``). The agent side gets ``eta`` of the size, the general side
+   ``1 - eta``, split over inputs by capacity and inside an input by weight.
 3. A group asked for ``T`` units out of ``U`` keeps every sample ``floor(T / U)`` times and then
    adds the prefix of its samples, in the keyed order of ``(seed, step id, sample id)``, whose
    units come nearest to the remainder. The first copy keeps its sample unchanged; further copies
@@ -23,7 +27,9 @@ How sizes are chosen ("count, then select"):
 
 A sample that is not selected is filtered as ``downsampled``; a sample of a weighted input whose
 group has no weight is filtered as ``no_weight``. The manifest summary gives target and achieved
-eta, and target and achieved shares of every input and group.
+eta, and target and achieved shares of every input and group, in ``unit`` and also in samples,
+tokens and supervised tokens (whatever ``unit`` is); per side and group the distinct samples
+kept, their share of the available ones, and the repeats.
 """
 
 from __future__ import annotations
@@ -84,14 +90,17 @@ class MixConfig(StepConfig):
     agent: list[str] = Field(min_length=1)
     eta: float = Field(0.2, ge=0.0, le=1.0)
     unit: Unit = "samples"
-    strategy: Literal["downsample", "upsample"] = "downsample"
+    strategy: Literal["downsample", "upsample", "keep_agent"] = "downsample"
     total: float | None = Field(None, gt=0)
+    max_copies: int | None = Field(None, ge=1)
     weights: dict[str, GroupWeights] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _distinct(self) -> MixConfig:
         if len(set(self.agent)) != len(self.agent):
             raise ValueError("'agent' lists an input twice")
+        if self.strategy == "keep_agent" and self.eta <= 0:
+            raise ValueError("strategy 'keep_agent' needs eta > 0 (with eta 0 there is no agent side to keep)")
         return self
 
     def side_of(self, input_name: str) -> str:
@@ -153,6 +162,7 @@ class GroupPlan:
     available: int
     share: float | None  # weight share inside its input; None: excluded (no weight)
     target: float
+    max_copies: int | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,7 @@ class MixPlan:
     capacity: dict[str, float]  # side -> capacity
     target: dict[str, float]  # side -> target units
     input_capacity: dict[str, float]
+    capped: bool = False  # max_copies made the output smaller than the strategy asked
 
 
 def plan_mix(config: MixConfig, available: dict[str, int], input_names: Iterable[str]) -> MixPlan:
@@ -210,8 +221,18 @@ def plan_mix(config: MixConfig, available: dict[str, int], input_names: Iterable
         elif config.strategy == "downsample":
             starved = any(share_of[s] > 0 and capacity[s] == 0 for s in (AGENT, GENERAL))
             size = 0.0 if starved else min(scales)
+        elif config.strategy == "keep_agent":
+            size = capacity[AGENT] / share_of[AGENT] if capacity[AGENT] > 0 else 0.0
         else:
             size = max(scales)
+    capped = False
+    if config.max_copies is not None:
+        # a side's samples are copied size * share / capacity times (the most any group needs)
+        sides = [side for side in (AGENT, GENERAL) if share_of[side] > 0 and capacity[side] > 0]
+        if sides:
+            limit = config.max_copies * min(capacity[side] / share_of[side] for side in sides)
+            if size > limit * (1 + 1e-12):
+                size, capped = limit, True
     target = {side: size * share_of[side] if capacity[side] > 0 else 0.0 for side in (AGENT, GENERAL)}
 
     groups: dict[str, GroupPlan] = {}
@@ -227,8 +248,9 @@ def plan_mix(config: MixConfig, available: dict[str, int], input_names: Iterable
                 available=units,
                 share=share,
                 target=input_target * share if share is not None else 0.0,
+                max_copies=config.max_copies,
             )
-    return MixPlan(groups=groups, capacity=capacity, target=target, input_capacity=input_capacity)
+    return MixPlan(groups=groups, capacity=capacity, target=target, input_capacity=input_capacity, capped=capped)
 
 
 @dataclass(frozen=True)
@@ -242,7 +264,7 @@ class GroupDecision:
 
 def decide_group(plan: GroupPlan, ranked: Iterable[tuple[RankKey, int]], presorted: bool = False) -> GroupDecision:
     """Copies per sample of one group, from its target and its samples' ``(rank key, units)``
-    (in rank order if ``presorted``)."""
+    (in rank order if ``presorted``). No sample gets more than ``plan.max_copies`` copies."""
     if plan.share is None or plan.target <= 0:
         return GroupDecision(0, None)
     full = 0
@@ -250,6 +272,8 @@ def decide_group(plan: GroupPlan, ranked: Iterable[tuple[RankKey, int]], presort
     if plan.available > 0 and plan.target >= plan.available:
         full = int(plan.target // plan.available)
         remainder = plan.target - full * plan.available
+    if plan.max_copies is not None and full >= plan.max_copies:
+        return GroupDecision(plan.max_copies, None)  # the plan's cap; a float hair over it is no extra copy
     threshold, _ = prefix_threshold(ranked, remainder, presorted)
     return GroupDecision(full, threshold)
 
@@ -295,6 +319,7 @@ class MixFn:
         label = canonical_json([self.input_name, value])
         yield Stat(f"in:{group.side}", units)
         yield Stat(f"in_group:{label}", units)
+        yield Stat(f"in_samples_group:{label}", 1)
         if group.share is None:
             by = self.config.weights[self.input_name].by
             yield Filtered("no_weight", f"{by}={value!r} has no weight in input {self.input_name!r}")
@@ -308,8 +333,13 @@ class MixFn:
             return
         yield Stat(f"out:{group.side}", units * copies)
         yield Stat(f"out_group:{label}", units * copies)
+        yield Stat(f"kept_samples_group:{label}", 1)
+        yield Stat(f"out_samples_group:{label}", copies)
+        yield Stat(f"out_tokens_group:{label}", sample.counts.tokens * copies)
+        yield Stat(f"out_supervised_tokens_group:{label}", sample.counts.supervised_tokens * copies)
         if copies > 1:
             yield Stat("repeats", copies - 1)
+            yield Stat(f"repeats_group:{label}", copies - 1)
         yield sample
         for k in range(1, copies):
             yield repeat_copy(sample, k, self.step_id)
@@ -450,30 +480,73 @@ class Mix(Step):
         out = {side: stats.get(f"out:{side}", 0) for side in (AGENT, GENERAL)}
         available_in = {side: stats.get(f"in:{side}", 0) for side in (AGENT, GENERAL)}
         total_out = out[AGENT] + out[GENERAL]
+        measures = ("samples", "tokens", "supervised_tokens")
+
+        def per_group(gid: str) -> dict[str, int]:
+            found = {name: stats.get(f"{name}_group:{gid}", 0) for name in ("in_samples", "kept_samples", "repeats")}
+            found.update({m: stats.get(f"out_{m}_group:{gid}", 0) for m in measures})
+            return found
+
+        counted = {gid: per_group(gid) for gid in plan.groups}
+        side_sums = {
+            side: {
+                key: sum(c[key] for gid, c in counted.items() if plan.groups[gid].side == side)
+                for key in ("in_samples", "kept_samples", "repeats", *measures)
+            }
+            for side in (AGENT, GENERAL)
+        }
+
+        def share(part: float, whole: float) -> float | None:
+            return round(part / whole, 6) if whole else None
+
         groups = {}
         for gid, group in sorted(plan.groups.items()):
             side_out = out[group.side]
             side_target = plan.target[group.side]
             value = "(none)" if group.value is None else group.value
             label = group.input if group.value == ALL_VALUES else f"{group.input}[{value}]"
+            c = counted[gid]
             groups[label] = {
                 "side": group.side,
                 "available": group.available,
                 "target": round(group.target, 3),
                 "out": achieved_units.get(gid, 0),
-                "target_share_of_side": round(group.target / side_target, 6) if side_target else None,
-                "achieved_share_of_side": round(achieved_units.get(gid, 0) / side_out, 6) if side_out else None,
+                "target_share_of_side": share(group.target, side_target),
+                "achieved_share_of_side": share(achieved_units.get(gid, 0), side_out),
+                "available_samples": c["in_samples"],
+                "kept_samples": c["kept_samples"],
+                "repeats": c["repeats"],
+                "out_samples": c["samples"],
+                "out_supervised_tokens": c["supervised_tokens"],
+                "share_of_side_by": {m: share(c[m], side_sums[group.side][m]) for m in measures},
+            }
+        sides = {}
+        for side in (AGENT, GENERAL):
+            c = side_sums[side]
+            sides[side] = {
+                "available": available_in[side],
+                "target": round(plan.target[side], 3),
+                "out": out[side],
+                "available_samples": c["in_samples"],
+                "kept_samples": c["kept_samples"],
+                "kept_share": share(c["kept_samples"], c["in_samples"]),
+                "repeats": c["repeats"],
+                "out_samples": c["samples"],
+                "out_tokens": c["tokens"],
+                "out_supervised_tokens": c["supervised_tokens"],
             }
         return {
             "unit": config.unit,
             "strategy": config.strategy,
+            "max_copies": config.max_copies,
+            "capped": plan.capped,
             "target_eta": config.eta,
-            "achieved_eta": round(out[AGENT] / total_out, 6) if total_out else None,
-            "available_eta": round(available_in[AGENT] / max(1, available_in[AGENT] + available_in[GENERAL]), 6),
-            "sides": {
-                side: {"available": available_in[side], "target": round(plan.target[side], 3), "out": out[side]}
-                for side in (AGENT, GENERAL)
+            "achieved_eta": share(out[AGENT], total_out),
+            "achieved_eta_by": {
+                m: share(side_sums[AGENT][m], side_sums[AGENT][m] + side_sums[GENERAL][m]) for m in measures
             },
+            "available_eta": round(available_in[AGENT] / max(1, available_in[AGENT] + available_in[GENERAL]), 6),
+            "sides": sides,
             "groups": groups,
             "repeats": stats.get("repeats", 0),
         }
