@@ -17,10 +17,14 @@ from apache_beam.io.filesystems import FileSystems
 import transforms.coders  # noqa: F401  (registers the record coders)
 from pipelines import storage
 from pipelines.graph import Plan
+from transforms.audit import AuditSamples
 from transforms.base import LEDGER, MAIN, REJECTED
+from transforms.quality.auditor import Auditor
 from transforms.spill import Merge, SortedGroups
+from transforms.write import AUDIT_ROWS
 
 LEDGER_FILE = "ledger.json"
+AUDIT_FILE = "audit.json"
 SHARDS_FILE = "shards.json"
 REJECTED_DIR = "rejected"
 
@@ -57,8 +61,10 @@ def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str, spill_root: str | 
     so memory stays flat with the data size (see :mod:`transforms.spill`)."""
     outputs: dict[tuple[str, str], beam.PCollection] = {}
     rejected, ledgers, shard_infos = [], [], None
+    published = audit_rows = None
     for planned in plan.steps:
         step = planned.instantiate(plan.spec.seed, plan.base_dir, work_dir, spill_root)
+        step_input = None
         if not planned.inputs:
             result = pipeline | step
         else:
@@ -66,17 +72,19 @@ def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str, spill_root: str | 
             if step.fan_in == "named":
                 result = upstream | step
             elif len(upstream) == 1:
-                result = next(iter(upstream.values())) | step
+                step_input = next(iter(upstream.values()))
+                result = step_input | step
             else:
                 spill = step.context.spill_dir("merge")
-                merged = tuple(upstream.values()) | f"{planned.id}/Merge" >> Merge(spill, planned.cls.input_type)
-                result = merged | step
+                step_input = tuple(upstream.values()) | f"{planned.id}/Merge" >> Merge(spill, planned.cls.input_type)
+                result = step_input | step
         for port in step.output_ports():
             outputs[(planned.id, port)] = result[port]
         rejected.append(result[REJECTED] | f"Run/Rejected/Key/{planned.id}" >> beam.Map(_rejected_pair))
         ledgers.append(result[LEDGER])
         if planned is plan.sink:
             shard_infos = result[MAIN]
+            published, audit_rows = step_input, result.get(AUDIT_ROWS)
 
     (
         tuple(ledgers)
@@ -91,6 +99,10 @@ def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str, spill_root: str | 
         | "Run/Rejected/Sort" >> SortedGroups(rejected_spill)
         | "Run/Rejected/Write" >> beam.ParDo(_WriteRejected(FileSystems.join(work_dir, REJECTED_DIR)))
     )
+    if plan.spec.audit.enabled and published is not None:
+        auditor = Auditor(plan.spec.audit, plan.base_dir)
+        spill = None if spill_root is None else FileSystems.join(spill_root, "run", "audit")
+        published | "Run/Audit" >> AuditSamples(auditor, FileSystems.join(work_dir, AUDIT_FILE), audit_rows, spill)
     (
         shard_infos
         | "Run/Shards/List" >> beam.combiners.ToList()

@@ -17,8 +17,9 @@ from pydantic import ValidationError
 from pipelines.errors import SpecError
 from pipelines.registry import UnknownStepType, resolve_step_type
 from pipelines.yaml_loader import safe_load
-from schemas import PipelineSpec, StepSpec, content_hash
+from schemas import AuditPolicy, PipelineSpec, StepSpec, content_hash
 from transforms.base import MAIN, Step, StepConfig, StepContext
+from transforms.quality.auditor import AuditConfigError, Auditor
 
 
 @dataclass
@@ -217,8 +218,20 @@ def plan_spec(spec: PipelineSpec, path: str, base_dir: str) -> Plan:
     for step in planned:
         if step.cls.output_type is not None and (step.id, MAIN) not in consumed:
             raise SpecError(path, "its output is not used by any step; connect it or remove it", step_id=step.id)
-    spec_hash = content_hash(spec.model_dump(mode="json"), 16)
-    return Plan(path=path, base_dir=base_dir, spec=spec, steps=order, spec_hash=spec_hash)
+    try:
+        Auditor(spec.audit, base_dir)
+    except AuditConfigError as exc:
+        raise SpecError(path, f"audit: {exc}") from None
+    return Plan(path=path, base_dir=base_dir, spec=spec, steps=order, spec_hash=spec_hash(spec))
+
+
+def spec_hash(spec: PipelineSpec) -> str:
+    """Hash of the spec; an ``audit:`` block left at its defaults is not part of it, so specs
+    written before the audit existed keep their hash."""
+    dumped = spec.model_dump(mode="json")
+    if spec.audit == AuditPolicy():
+        dumped.pop("audit")
+    return content_hash(dumped, 16)
 
 
 def load_plan(path: str) -> Plan:

@@ -23,13 +23,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import beam_workarounds, storage
-from pipelines.build import LEDGER_FILE, REJECTED_DIR, SHARDS_FILE, build
+from pipelines.build import AUDIT_FILE, LEDGER_FILE, REJECTED_DIR, SHARDS_FILE, build
 from pipelines.errors import RunError, SpecError
 from pipelines.graph import Plan, load_plan
 from pipelines.publish import MANIFEST, prepare, publish
 from pipelines.report import write_report
 from pipelines.timing import step_seconds
-from schemas import InputFile, Manifest, OutputInfo, ShardInfo, StepLedger
+from schemas import AuditReport, InputFile, Manifest, OutputInfo, ShardInfo, StepLedger
+from transforms.audit import AUDITS_DIR, eval_files
 from transforms.base import DEAD_LETTER, EMITTED, FILTERED, IN, MAIN, PASSED, PORT, STAT
 from transforms.files import InputError, fingerprint
 from transforms.spill import SPILL_FOLDER
@@ -100,12 +101,24 @@ def collect_inputs(plan: Plan, files: bool = True, fingerprints: bool = True) ->
             paths = files_of()
         except InputError as exc:
             raise SpecError(plan.path, str(exc), step_id=planned.id) from None
-        for path in paths:
-            if fingerprints:
-                fp = fingerprint(path)
-                inputs.append(InputFile(step=planned.id, path=fp.path, bytes=fp.bytes, sha256=fp.sha256))
-            else:
-                inputs.append(InputFile(step=planned.id, path=path, bytes=0, sha256=""))
+        inputs.extend(_input_files(planned.id, paths, fingerprints))
+    if files and plan.spec.audit.enabled and plan.spec.audit.eval_sets:
+        try:
+            paths = eval_files(plan.spec.audit.eval_sets, plan.base_dir)
+        except InputError as exc:
+            raise SpecError(plan.path, f"audit eval_sets: {exc}") from None
+        inputs.extend(_input_files("audit", paths, fingerprints))
+    return inputs
+
+
+def _input_files(step_id: str, paths: list[str], fingerprints: bool) -> list[InputFile]:
+    inputs = []
+    for path in paths:
+        if fingerprints:
+            fp = fingerprint(path)
+            inputs.append(InputFile(step=step_id, path=fp.path, bytes=fp.bytes, sha256=fp.sha256))
+        else:
+            inputs.append(InputFile(step=step_id, path=path, bytes=0, sha256=""))
     return inputs
 
 
@@ -197,6 +210,40 @@ def write_dataset_files(work: str, shards: list[ShardInfo], fingerprint_: str) -
     )
 
 
+def read_audits(plan: Plan, work: str) -> tuple[AuditReport | None, dict[str, AuditReport]]:
+    """The publish audit and each ``audit`` step's report, read from (and removed from) ``work``."""
+    audit = None
+    path = FileSystems.join(work, AUDIT_FILE)
+    if FileSystems.exists(path):
+        audit = AuditReport.model_validate_json(storage.read_text(path))
+        FileSystems.delete([path])
+    audits = {}
+    for planned in plan.steps:
+        step_path = FileSystems.join(work, AUDITS_DIR, f"{planned.id}.json")
+        if planned.spec.type == "audit" and FileSystems.exists(step_path):
+            audits[planned.id] = AuditReport.model_validate_json(storage.read_text(step_path))
+    if FileSystems.exists(FileSystems.join(work, AUDITS_DIR)):
+        FileSystems.delete([FileSystems.join(work, AUDITS_DIR)])
+    return audit, audits
+
+
+def blocking_message(audit: AuditReport) -> str:
+    """The run's error for blocking audit checks: each check, its figure and example ids."""
+    lines = []
+    for name in audit.blocking:
+        result = audit.checks[name]
+        ids = ", ".join(e.id for e in result.examples[:5]) or "none"
+        lines.append(
+            f"{name}: {result.share:.4g} > threshold {result.threshold:g} ({result.count} of {result.total}); "
+            f"examples: {ids}"
+        )
+    return (
+        "the data-quality audit failed, nothing was published:\n  "
+        + "\n  ".join(lines)
+        + "\n(see docs/audit.md; a check's severity or threshold is set in the spec's 'audit:' block)"
+    )
+
+
 @dataclass
 class RunSummary:
     output: str
@@ -245,6 +292,10 @@ def run_plan(
     ledgers = read_ledger(plan, work)
     check_ledger(plan, ledgers, sum(s.rows for s in shards))
     FileSystems.delete([FileSystems.join(work, SHARDS_FILE), FileSystems.join(work, LEDGER_FILE)])
+    on_stage("auditing")
+    audit, audits = read_audits(plan, work)
+    if audit is not None and audit.blocking:
+        raise RunError(blocking_message(audit))
 
     sink = ledgers[plan.sink.id]
     ratios = {}
@@ -268,6 +319,8 @@ def run_plan(
             by_kind={k.split(":", 1)[1]: v for k, v in sink.stats.items() if k.startswith("kind:")},
         ),
         ratios=ratios,
+        audit=audit,
+        audits=audits,
         run={
             "runner": type(runner).__name__ if not isinstance(runner, str) else runner,
             "beam_args": beam_args,

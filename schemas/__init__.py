@@ -4,6 +4,7 @@ Pure pydantic v2 and pyarrow; nothing here imports Beam.
 """
 
 from schemas.arrow import ArrowCodec, JsonField, arrow_schema
+from schemas.audit import AuditExample, AuditPolicy, AuditReport, CheckPolicy, CheckResult, EvalSetSpec
 from schemas.ids import canonical_json, content_hash, stable_id
 from schemas.manifest import InputFile, Manifest, OutputInfo, ShardInfo, StepLedger
 from schemas.rejected import Rejected, clip
@@ -14,7 +15,13 @@ from schemas.trajectory import Role, Trajectory, Turn, trajectory_id
 
 __all__ = [
     "ArrowCodec",
+    "AuditExample",
+    "AuditPolicy",
+    "AuditReport",
     "Capability",
+    "CheckPolicy",
+    "CheckResult",
+    "EvalSetSpec",
     "InputFile",
     "JsonField",
     "Lineage",

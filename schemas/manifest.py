@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.audit import AuditReport
+
 
 class StepLedger(BaseModel):
     """Per-step accounting. Invariant: ``in == passed + sum(filtered) + sum(dead_letter)``.
@@ -75,6 +77,8 @@ class Manifest(BaseModel):
     output: OutputInfo
     ratios: dict[str, Any] = Field(default_factory=dict)
     run: dict[str, Any] = Field(default_factory=dict)
+    audit: AuditReport | None = None
+    audits: dict[str, AuditReport] = Field(default_factory=dict)
 
     def dump_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=2)

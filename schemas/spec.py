@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from schemas.audit import AuditPolicy
+
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 
 
@@ -45,3 +47,4 @@ class PipelineSpec(BaseModel):
     description: str = ""
     seed: int = 0
     steps: list[StepSpec] = Field(min_length=1)
+    audit: AuditPolicy = Field(default_factory=AuditPolicy)

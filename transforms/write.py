@@ -29,6 +29,9 @@ from transforms.spill import Merge, SortedGroups
 
 SAMPLE_CODEC = ArrowCodec(Sample)
 KeyedRow = tuple[str, bytes]
+#: Extra entry of the step's result: its encoded rows once they wait behind a barrier on disk
+#: (``None`` with a fixed ``num_shards``), for the audit's excerpt pass to read.
+AUDIT_ROWS = "__audit_rows__"
 
 
 class WriteConfig(StepConfig):
@@ -156,6 +159,7 @@ class Write(Step):
         rows = encoded[MAIN]
         rows.element_type = beam.typehints.Tuple[str, bytes]
 
+        awaited = None
         if config.num_shards:
             # A fixed count: rows stream into the sort (nothing waits for a count).
             num_shards: Any = config.num_shards
@@ -168,6 +172,7 @@ class Write(Step):
             num_shards = beam.pvalue.AsSingleton(counted)
             # The rows wait for the count on disk, not in the runner's memory.
             rows = rows | "AwaitCount" >> Merge(self.context.spill_dir("rows"), beam.typehints.Tuple[str, bytes])
+            awaited = rows
         shard_infos = (
             rows
             | "Assign" >> beam.Map(_assign, num_shards)
@@ -177,4 +182,4 @@ class Write(Step):
                 WriteShards(self.context.output_dir, shard_schema(), config.batch_rows), num_shards=num_shards
             )
         )
-        return {MAIN: shard_infos, REJECTED: encoded[REJECTED], LEDGER: encoded[LEDGER]}
+        return {MAIN: shard_infos, REJECTED: encoded[REJECTED], LEDGER: encoded[LEDGER], AUDIT_ROWS: awaited}

@@ -1,0 +1,97 @@
+"""``format_contradiction``: instructions that demand a format the supervised targets do not
+follow, and targets in a format nobody asked for."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from schemas import Role, Sample
+from transforms.quality.check import SampleCheck, Verdict, first_supervised
+
+#: ReAct format words that, opening lines of an instruction, demand ReAct output.
+_REACT_LINE = re.compile(
+    r"^[ \t>*-]*(?:Thought|THOUGHT|Think|Action|ACTION|Act|Action Input|Final Answer)[ \t]*:", re.MULTILINE
+)
+_JSON_DEMAND = re.compile(
+    r"\b(?:respond|reply|answer|output|format)\w*\s+(?:\w+\s+){0,4}?(?:only\s+)?(?:in|with|as)\s+"
+    r"(?:a\s+|valid\s+|the\s+following\s+)*JSON\b|\b(?:your|the)\s+(?:response|reply|answer|output)\s+"
+    r"(?:must|should)\s+be\s+(?:a\s+|valid\s+)*JSON\b|\bJSON\s+only\b|\bonly\s+(?:output|return)\s+JSON\b",
+    re.IGNORECASE,
+)
+
+
+_REACT_NAMED = re.compile(r"\bReAct\b")
+
+
+def demands_react(text: str) -> bool:
+    """``text`` names the ReAct format, or ReAct markers open at least two of its lines (a format
+    demand or an example)."""
+    if _REACT_NAMED.search(text):
+        return True
+    return sum(1 for _ in zip(range(2), _REACT_LINE.finditer(text), strict=False)) >= 2
+
+
+def demands_json(text: str) -> bool:
+    return bool(_JSON_DEMAND.search(text))
+
+
+def is_react(text: str) -> bool:
+    """A ReAct marker (Thought:, Action:, Final Answer:, ...) opens a line of ``text``."""
+    return bool(_REACT_LINE.search(text))
+
+
+def is_json(text: str) -> bool:
+    stripped = text.strip()
+    if stripped.startswith("```"):
+        stripped = stripped.strip("`").removeprefix("json").strip()
+    if stripped[:1] not in ("{", "["):
+        return False
+    try:
+        json.loads(stripped)
+    except ValueError:
+        return False
+    return True
+
+
+class FormatContradiction(SampleCheck):
+    name = "format_contradiction"
+    definition = (
+        "Share of samples whose instructions (system and user text, and unsupervised assistant "
+        "examples, before the first supervised turn) demand ReAct lines (Thought:/Action:/... "
+        "markers opening two or more lines) or JSON-only output while no supervised "
+        "assistant turn follows that format; or whose supervised turns are in ReAct form while no "
+        "instruction shows that format."
+    )
+    threshold = 0.01
+    severity = "warn"
+
+    def inspect(self, sample: Sample) -> Verdict | None:
+        start = first_supervised(sample)
+        if start is None:
+            return None
+        instructions = "\n".join(
+            m.content for m in sample.messages[:start] if m.role in (Role.SYSTEM, Role.USER, Role.ASSISTANT)
+        )
+        instructions += "\n" + "\n".join(
+            m.content for m in sample.messages[start:] if m.role in (Role.SYSTEM, Role.USER) and m.part != "elicit"
+        )
+        targets = [m.content for m in sample.messages[start:] if m.role is Role.ASSISTANT and m.loss]
+        wants_react, wants_json = demands_react(instructions), demands_json(instructions)
+        has_react = any(is_react(t) for t in targets)
+        has_json = any(is_json(t) for t in targets) or any(
+            m.tool_call is not None for m in sample.messages[start:] if m.loss
+        )
+        if wants_react and not has_react and not (wants_json and has_json):
+            return Verdict(True, _demand_excerpt(instructions), "react_demanded")
+        if wants_json and not has_json and not (wants_react and has_react):
+            return Verdict(True, _JSON_DEMAND.search(instructions).group(0), "json_demanded")  # type: ignore[union-attr]
+        if has_react and not wants_react:
+            return Verdict(True, next(t for t in targets if is_react(t)), "react_unrequested")
+        return Verdict(False)
+
+
+def _demand_excerpt(text: str) -> str:
+    match = _REACT_LINE.search(text)
+    start = max(0, match.start() - 120) if match else 0
+    return text[start : start + 240]

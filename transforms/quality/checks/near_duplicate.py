@@ -1,0 +1,111 @@
+"""``near_duplicate``: near-duplicate prompts across source records (MinHash, banded LSH).
+
+A sample's *prompt* is the last user message before its first supervised assistant message (the
+request the first target answers). Prompts are compared by MinHash (``datasketch``, word
+3-gram shingles, 64 permutations) with banded LSH tuned to a Jaccard ``similarity`` (0.8).
+Samples of one source record (same source and source id: several derivations or deliberate
+repeats of one trajectory) count once. ``count`` is the number of source records that are a
+near duplicate of another one (cluster size - 1, summed); ``share = count / records``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas import Role, Sample
+from transforms.quality.check import Check, Example, Finding, clip, first_supervised, record_key
+from transforms.quality.minhash import band_keys, lsh_shape, signature
+
+
+class NearDuplicateOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    similarity: float = Field(0.8, gt=0.0, lt=1.0)
+    num_perm: int = Field(64, ge=16)
+
+
+def prompt_of(sample: Sample) -> str | None:
+    start = first_supervised(sample)
+    if start is None:
+        return None
+    return next((m.content for m in reversed(sample.messages[:start]) if m.role is Role.USER), None)
+
+
+@dataclass
+class NearState:
+    """One row per sample with a prompt: record key, band keys, sample id."""
+
+    records: list[int] = field(default_factory=list)
+    bands: list[list[int]] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+
+class NearDuplicate(Check):
+    name = "near_duplicate"
+    definition = (
+        "Share of source records whose prompt (the user request before the first target) is a "
+        "near duplicate (MinHash/LSH, Jaccard ~0.8 on word 3-grams) of another record's prompt."
+    )
+    threshold = 0.05
+    severity = "warn"
+    Options = NearDuplicateOptions
+
+    def new_state(self) -> NearState:
+        return NearState()
+
+    def observe(self, state: NearState, sample: Sample) -> None:
+        options: NearDuplicateOptions = self.options  # type: ignore[assignment]
+        prompt = prompt_of(sample)
+        values = signature(prompt, options.num_perm) if prompt else None
+        if values is None:
+            return
+        state.records.append(record_key(sample))
+        state.bands.append(band_keys(values, options.similarity))
+        state.ids.append(sample.id)
+
+    def merge(self, state: NearState, other: NearState) -> NearState:
+        state.records += other.records
+        state.bands += other.bands
+        state.ids += other.ids
+        return state
+
+    def finish(self, state: NearState) -> Finding:
+        if not state.records:
+            return Finding(0, 0, 0.0)
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        records, record_index = np.unique(np.array(state.records, dtype=np.uint64), return_inverse=True)
+        bands = np.array(state.bands, dtype=np.uint64)
+        rows, cols = [], []
+        for band in range(bands.shape[1]):
+            order = np.lexsort((record_index, bands[:, band]))
+            keys = bands[order, band]
+            same = np.nonzero(keys[1:] == keys[:-1])[0]
+            rows.append(record_index[order][same])
+            cols.append(record_index[order][same + 1])
+        n = len(records)
+        rows_all, cols_all = np.concatenate(rows), np.concatenate(cols)
+        graph = coo_matrix((np.ones(len(rows_all), dtype=np.int8), (rows_all, cols_all)), shape=(n, n))
+        _, labels = connected_components(graph, directed=False)
+        sizes = np.bincount(labels)
+        duplicates = int((sizes[sizes > 1] - 1).sum())
+        first_id: dict[int, str] = {}
+        for label, sample_id in zip(labels[record_index].tolist(), state.ids, strict=True):
+            if sizes[label] > 1 and (label not in first_id or sample_id < first_id[label]):
+                first_id[label] = sample_id
+        largest = sorted(((-int(sizes[label]), sample_id) for label, sample_id in first_id.items()))[:5]
+        examples = [Example(sample_id, hint=str(-size)) for size, sample_id in largest]
+        details = {
+            "records": n,
+            "clusters": int((sizes > 1).sum()),
+            "largest_clusters": [-size for size, _ in largest],
+            "bands_rows": list(lsh_shape(self.options.similarity, self.options.num_perm)),  # type: ignore[attr-defined]
+        }
+        return Finding(duplicates, n, round(duplicates / n, 6), examples, details)
+
+    def excerpt(self, sample: Sample, hint: str) -> str:
+        return clip(f"cluster of {hint} records: {prompt_of(sample) or ''}")

@@ -1,0 +1,56 @@
+"""``prompt_copy``: supervised text whose content is copied from its own prompt."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas import Role, Sample
+from transforms.quality.check import SampleCheck, Verdict
+from transforms.quality.ngrams import word_tokens
+
+#: Format words that say nothing about content (ReAct markers, JSON keys of calls).
+FORMAT_WORDS = {"thought", "think", "action", "act", "input", "final", "answer", "name", "arguments", "observation"}
+
+
+def content_grams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = [w for w in word_tokens(text) if w not in FORMAT_WORDS]
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+class PromptCopyOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(4, ge=1)
+    min_copied: float = Field(0.7, gt=0.0, le=1.0)
+    min_grams: int = Field(5, ge=1)
+
+
+class PromptCopy(SampleCheck):
+    name = "prompt_copy"
+    definition = (
+        "Share of samples whose supervised assistant text (format words left out) has at least "
+        "min_copied (0.7) of its word 4-grams in the sample's own unsupervised text (system, user, "
+        "tool turns and unsupervised assistant turns): transcription, not a task. Samples with "
+        "fewer than min_grams target 4-grams are not judged."
+    )
+    threshold = 0.05
+    severity = "warn"
+    Options = PromptCopyOptions
+
+    def inspect(self, sample: Sample) -> Verdict | None:
+        options: PromptCopyOptions = self.options  # type: ignore[assignment]
+        target: set[tuple[str, ...]] = set()
+        prompt: set[tuple[str, ...]] = set()
+        for message in sample.messages:
+            grams = content_grams(message.content, options.n)
+            if message.role is Role.ASSISTANT and message.loss:
+                target |= grams
+            else:
+                prompt |= grams
+        if len(target) < options.min_grams:
+            return None
+        copied = len(target & prompt) / len(target)
+        if copied >= options.min_copied:
+            excerpt = next((m.content for m in sample.messages if m.role is Role.ASSISTANT and m.loss), "")
+            return Verdict(True, f"{copied:.0%} of target 4-grams in the prompt: {excerpt}", "copied")
+        return Verdict(False)

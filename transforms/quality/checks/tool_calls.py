@@ -1,0 +1,119 @@
+"""``undeclared_tool`` and ``argument_schema``: the calls a sample supervises, against the tools it
+declares.
+
+Calls are the structured ``tool_call`` of supervised assistant messages, and the actions of
+supervised ReAct text (parsed by :func:`transforms.react.parse_turn`; final answers are not
+calls). Declared tools are ``sample.tools``: a tool described only in prose is not declared.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from schemas import Role, Sample, ToolCall, Turn
+from transforms.quality.check import SampleCheck, Verdict
+from transforms.react import StepParseError, has_markers, parse_turn
+
+
+def supervised_calls(sample: Sample) -> Iterator[ToolCall]:
+    """Every call the sample supervises, in order."""
+    for message in sample.messages:
+        if message.role is not Role.ASSISTANT or not message.loss:
+            continue
+        if message.tool_call is not None:
+            yield message.tool_call
+        elif message.part in (None, "react") and has_markers(message.content):
+            try:
+                steps = parse_turn(Turn(role=Role.ASSISTANT, text=message.content, loss=True))
+            except StepParseError:
+                continue
+            for step in steps:
+                if step.call is not None:
+                    yield step.call
+
+
+class UndeclaredTool(SampleCheck):
+    name = "undeclared_tool"
+    definition = (
+        "Share of samples with a supervised call, among samples with any, where a call names a tool "
+        "that is not in the sample's declared tools (sample.tools)."
+    )
+    threshold = 0.0
+    severity = "block"
+
+    def inspect(self, sample: Sample) -> Verdict | None:
+        calls = list(supervised_calls(sample))
+        if not calls:
+            return None
+        declared = {tool.name for tool in sample.tools}
+        for call in calls:
+            if call.name not in declared:
+                listed = ", ".join(sorted(declared)) or "none"
+                return Verdict(True, f"calls {call.name!r}; declared: {listed}", call.name)
+        return Verdict(False)
+
+
+class SchemaOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    forbid_extra: bool = True
+
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    if schema.get("type") == "object" and "properties" in schema and "additionalProperties" not in schema:
+        return {**schema, "additionalProperties": False}
+    return schema
+
+
+class ArgumentSchema(SampleCheck):
+    name = "argument_schema"
+    definition = (
+        "Share of samples with a supervised call to a declared tool that has a parameter schema, "
+        "where a call's arguments fail that JSON Schema (required keys, types, enums; extra keys "
+        "too unless the schema allows them), validated with the jsonschema library; a schema that "
+        "is itself invalid fails as 'invalid_schema'."
+    )
+    threshold = 0.0
+    severity = "block"
+    Options = SchemaOptions
+
+    def setup(self) -> None:
+        if not hasattr(self, "_validators"):
+            self._validators: dict[str, Any] = {}
+
+    def _validator(self, parameters: Any) -> Any:
+        """A validator for ``parameters``, or the ``SchemaError`` text when it is invalid."""
+        import jsonschema
+
+        key = json.dumps(parameters, sort_keys=True, ensure_ascii=False)
+        if key not in self._validators:
+            schema = parameters
+            if self.options.forbid_extra and isinstance(schema, dict):  # type: ignore[attr-defined]
+                schema = _strict(schema)
+            cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+            try:
+                cls.check_schema(schema)
+                self._validators[key] = cls(schema)
+            except jsonschema.SchemaError as exc:
+                self._validators[key] = f"invalid schema: {exc.message}"
+        return self._validators[key]
+
+    def inspect(self, sample: Sample) -> Verdict | None:
+        self.setup()
+        schemas = {tool.name: tool.parameters for tool in sample.tools if tool.parameters}
+        judged = False
+        for call in supervised_calls(sample):
+            if call.name not in schemas:
+                continue
+            judged = True
+            validator = self._validator(schemas[call.name])
+            if isinstance(validator, str):
+                return Verdict(True, f"{call.name}: {validator}", "invalid_schema")
+            error = next(iter(validator.iter_errors(call.arguments)), None)
+            if error is not None:
+                return Verdict(True, f"{call.name}({call.arguments_json()[:120]}): {error.message}", error.validator)
+        return Verdict(False) if judged else None
