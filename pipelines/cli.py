@@ -135,6 +135,39 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from pipelines.auditing import audit_path, report_json
+
+    report, failures = audit_path(args.path, args.format, args.kind, args.policy)
+    if args.json:
+        stdout.out(report_json(report))
+    else:
+        table = Table(title=f"audit of {report.samples} samples")
+        for column in ("check", "status", "share", "threshold", "count", "example"):
+            table.add_column(column, justify="left" if column in ("check", "status", "example") else "right")
+        colours = {"pass": "green", "warn": "yellow", "fail": "red"}
+        for name, result in report.checks.items():
+            example = result.examples[0] if result.examples else None
+            table.add_row(
+                name,
+                f"[{colours[result.status]}]{result.status}[/]",
+                f"{result.share:.4f}",
+                f"{result.threshold:g}",
+                f"{result.count}/{result.total}",
+                f"{example.id[:12]} {example.excerpt[:70]}" if example else "",
+            )
+        stdout.print(table)
+    if failures:
+        first = failures[0]
+        console.print(
+            f"[yellow]{len(failures)} record(s) could not be read[/]; first: {first.location}: {first.reason}"
+        )
+    if report.blocking:
+        console.print(f"[red]blocking checks over their threshold:[/] {', '.join(report.blocking)}")
+        return 1
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pipelines.report import write_html_report
 
@@ -239,6 +272,19 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("directory")
     inspect.add_argument("--json", action="store_true", help="print the manifest")
     inspect.set_defaults(handler=cmd_inspect)
+
+    audit = add(
+        "audit",
+        help="data-quality audit of an output directory or of input files",
+        description="Audit PATH: an output directory, or input files (path or glob) with --format. "
+        "Exit 1 when a block check is over its threshold.",
+    )
+    audit.add_argument("path")
+    audit.add_argument("--format", choices=["agentinstruct", "agent_flan", "sharegpt", "openai"], help="input format")
+    audit.add_argument("--kind", default="agent", choices=["agent", "general", "negative", "instruction"])
+    audit.add_argument("--policy", help="YAML: a spec with an 'audit:' block, or the block itself")
+    audit.add_argument("--json", action="store_true", help="print one JSON object keyed by check name")
+    audit.set_defaults(handler=cmd_audit)
 
     report = add("report", help="write DIR/report.html, a self-contained page about an output directory")
     report.add_argument("directory")

@@ -24,7 +24,7 @@ from pipelines.report_html import (
     rejected_examples,
     table,
 )
-from schemas import Manifest
+from schemas import AuditReport, Manifest
 
 HTML_REPORT = "report.html"
 
@@ -67,6 +67,18 @@ def render_markdown(manifest: Manifest) -> str:
     ]
     lines += [f"| {s} | {t} | {i} | {p} | {f} | {d} | {e} |" for s, t, i, p, f, d, e in ledger_rows(manifest)]
     lines += ["", "Rejected records, with reasons, are under `rejected/<step>.jsonl`.", ""]
+    if manifest.audit is not None:
+        lines += [
+            "## Data-quality audit",
+            "",
+            "| check | status | share | threshold | count / total |",
+            "|---|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r.name} | {r.status} ({r.severity}) | {r.share:.4f} | {r.threshold:g} | {r.count} / {r.total} |"
+            for r in manifest.audit.checks.values()
+        ]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -193,6 +205,41 @@ def _ratios_section(manifest: Manifest) -> str:
     return "".join(parts) or "<p>No step in this run reports ratios.</p>"
 
 
+STATUS_COLOURS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e"}
+
+
+def _audit_table(report: AuditReport) -> str:
+    rows = []
+    for result in report.checks.values():
+        colour = STATUS_COLOURS[result.status]
+        examples = "".join(f"<li><code>{esc(e.id)}</code> {esc(clip(e.excerpt, 300))}</li>" for e in result.examples)
+        rows.append(
+            (
+                Raw(f"<b>{esc(result.name)}</b><br><small>{esc(result.definition)}</small>"),
+                Raw(f'<b style="color:{colour}">{esc(result.status)}</b> ({esc(result.severity)})'),
+                f"{result.share:.4f}",
+                f"{result.threshold:g}",
+                f"{result.count:,} / {result.total:,}",
+                Raw(f"<ul>{examples}</ul>" if examples else ""),
+            )
+        )
+    header = ["check", "status", "share", "threshold", "count / total", "examples"]
+    return table(header, rows, numeric=(2, 3, 4))
+
+
+def _audit_section(manifest: Manifest) -> str:
+    """The publish audit and every ``audit`` step's report, with example ids and excerpts."""
+    parts = []
+    if manifest.audit is not None:
+        parts.append(
+            f"<p>What <code>write</code> published: {manifest.audit.samples:,} samples. "
+            "Definitions and tuning: docs/audit.md.</p>" + _audit_table(manifest.audit)
+        )
+    for step_id, report in manifest.audits.items():
+        parts.append(f"<h3>step {esc(step_id)}: {report.samples:,} samples</h3>" + _audit_table(report))
+    return "".join(parts) or "<p>This run was not audited (the spec sets <code>audit: {enabled: false}</code>).</p>"
+
+
 def _samples_section(data: ShardData) -> str:
     parts = []
     for kind, rows in data.samples.items():
@@ -265,6 +312,7 @@ def render_html(directory: str, manifest: Manifest) -> str:
         f'<h2 id="dag">DAG</h2><p>Each box: step id, type, records in → emitted.</p>'
         f'<div class="scroll">{dag_svg(manifest)}</div>',
         f'<h2 id="ledger">Ledger</h2>{_ledger_section(directory, manifest)}',
+        f'<h2 id="audit">Data-quality audit</h2>{_audit_section(manifest)}',
         f'<h2 id="ratios">Ratios</h2>{_ratios_section(manifest)}',
         f'<h2 id="tokens">Tokens per sample</h2><div class="charts">{"".join(hist)}</div>',
         f'<h2 id="samples">Samples</h2><p>The first {SAMPLES_PER_KIND} samples per kind, by id. ✓ marks supervised '

@@ -5,7 +5,8 @@ tool message, after the sample's first supervised assistant message (an unsuperv
 example is not a decision), and whose first decisive message is either a call (a tool call, a
 tool-choice part, a ReAct action) or an answer (an answer part, a ReAct final answer, any other
 plain reply). Thoughts and elicitations decide nothing; the arguments that follow a tool choice
-continue that decision.
+continue that decision. Tool messages (a tool's result) count in the base rate but are not used
+as predictors: they are the environment's state, which legitimately informs the decision.
 
 The preceding turn is reduced to *features*: its whole text (when at most 300 characters), its
 first line and its last line (when the turn has several lines and the line is at most 120
@@ -36,6 +37,8 @@ from transforms.react import MARKER_PATTERN
 CALL, ANSWER = 0, 1
 DECISIONS = ("call", "answer")
 FEATURES = ("whole", "first_line", "last_line")
+#: The one feature value of every decision point that no elicitation precedes.
+NOT_ELICITED = [(f, "<no elicitation>") for f in range(len(FEATURES))]
 _FINAL = re.compile(
     r"^[ \t]*(?:\*\*)?Final Answer[ \t]*:|^[ \t]*(?:Action|Act|ACTION)[ \t]*:[ \t]*(?:finish|answer)\b", re.M
 )
@@ -65,8 +68,10 @@ def decision_of(message: Message) -> int | None:
     return ANSWER
 
 
-def decision_points(sample: Sample) -> Iterator[tuple[str, int]]:
-    """``(preceding user/tool text, decision)`` of each decision point of ``sample``."""
+def decision_points(sample: Sample) -> Iterator[tuple[str | None, int]]:
+    """``(elicitation text or None, decision)`` of each decision point of ``sample``: the text of
+    the user turn before the decision when that turn is an *elicitation* (it follows an assistant
+    message that decided nothing, such as a thought), else ``None``."""
     messages = sample.messages
     started = False
     i = 0
@@ -83,7 +88,14 @@ def decision_points(sample: Sample) -> Iterator[tuple[str, int]]:
         if started and before is not None and before.role in (Role.USER, Role.TOOL):
             decision = next((d for d in map(decision_of, block) if d is not None), None)
             if decision is not None:
-                yield before.content, decision
+                after = messages[i - 2] if i > 1 else None
+                elicited = (
+                    before.role is Role.USER
+                    and after is not None
+                    and after.role is Role.ASSISTANT
+                    and decision_of(after) is None
+                )
+                yield (before.content if elicited else None), decision
         i = j
 
 
@@ -149,7 +161,7 @@ class DecisionLeak(Check):
         record = record_key(sample)
         for text, decision in decision_points(sample):
             state.totals[decision] += 1
-            for feature, value in feature_values(text, options):
+            for feature, value in feature_values(text, options) if text is not None else NOT_ELICITED:
                 entry = state.keyed[feature].setdefault(key_of(feature, value), [0, 0, sample.id, record, False])
                 entry[decision] += 1
                 if sample.id < entry[2]:
@@ -221,7 +233,7 @@ class DecisionLeak(Check):
         feature, key, decision, n = hint.split(":")
         options: LeakOptions = self.options  # type: ignore[assignment]
         for text, _ in decision_points(sample):
-            for f, value in feature_values(text, options):
+            for f, value in feature_values(text, options) if text is not None else NOT_ELICITED:
                 if f == int(feature) and key_of(f, value) == int(key):
                     return clip(f"{value!r} -> {decision} ({n} times)")
         return f"-> {decision} ({n} times)"
