@@ -1,4 +1,5 @@
-"""dedup: normalised-conversation keys, the smallest-id representative, ledger and determinism."""
+"""dedup: normalised-conversation keys, the smallest-id representative, ledger and determinism;
+near mode (MinHash/LSH clusters) on constructed and real prompts."""
 
 from __future__ import annotations
 
@@ -12,7 +13,17 @@ from pydantic import ValidationError
 from pipelines.run import run_spec
 from schemas import Lineage, Message, Role, Sample, ToolCall
 from schemas.arrow import ArrowCodec
-from transforms.dedup import DedupConfig, dedup_key, normalise, sort_pair
+from tests.helpers import MULTI_PROCESS, PORTABLE
+from transforms.dedup import (
+    DedupConfig,
+    NearConfig,
+    cluster_assignments,
+    dedup_key,
+    near_keys,
+    near_text,
+    normalise,
+    sort_pair,
+)
 
 
 def sample(sid: str, *turns: tuple[str, str], system: str | None = None) -> Sample:
@@ -77,7 +88,13 @@ def _conversation(i: int, text: str) -> dict:
     }
 
 
-def _run(tmp_path: Path, records: list[dict], name: str, beam_args: list[str] | None = None):
+def _run(
+    tmp_path: Path,
+    records: list[dict],
+    name: str,
+    beam_args: list[str] | None = None,
+    config: dict | None = None,
+):
     data = tmp_path / f"{name}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     spec = tmp_path / f"{name}.yaml"
@@ -92,7 +109,7 @@ def _run(tmp_path: Path, records: list[dict], name: str, beam_args: list[str] | 
                         "config": {"format": "openai", "source": "chat", "paths": str(data)},
                     },
                     {"id": "chat", "type": "to_chat", "inputs": ["read"], "config": {"kind": "general"}},
-                    {"id": "dedup", "type": "dedup", "inputs": ["chat"]},
+                    {"id": "dedup", "type": "dedup", "inputs": ["chat"], "config": config or {}},
                     {"id": "write", "type": "write", "inputs": ["dedup"]},
                 ],
             }
@@ -103,7 +120,8 @@ def _run(tmp_path: Path, records: list[dict], name: str, beam_args: list[str] | 
     codec = ArrowCodec(Sample)
     with pa.ipc.open_stream(str(out / "data-00000-of-00001.arrow")) as stream:
         samples = [codec.from_row(row) for row in stream.read_all().to_pylist()]
-    rejected = [json.loads(line) for line in (out / "rejected" / "dedup.jsonl").read_text().splitlines()]
+    rejected_file = out / "rejected" / "dedup.jsonl"
+    rejected = [json.loads(line) for line in rejected_file.read_text().splitlines()] if rejected_file.exists() else []
     return summary.manifest, samples, rejected, (out / "data-00000-of-00001.arrow").read_bytes()
 
 
@@ -141,3 +159,166 @@ def test_result_does_not_depend_on_input_order(tmp_path):
     assert [s.id for s in forward] == [s.id for s in backward]
     assert [s.messages for s in forward] == [s.messages for s in backward]
     assert len(forward) == 3
+
+
+# --- near mode ------------------------------------------------------------------------------------
+
+
+def test_near_text_by_scope():
+    s = sample("a", ("user", "Hi there"), ("assistant", "Hello!"), ("user", "Bye"), system="Be nice.")
+    assert near_text(s, "first_user") == "Hi there"
+    assert near_text(s, "user") == "Hi there\nBye"
+    assert near_text(s, "conversation") == "Hi there\nHello!\nBye"
+    assert near_text(sample("b", ("assistant", "Only me")), "first_user") == ""
+
+
+def test_near_config():
+    assert DedupConfig(mode="near").near == NearConfig()
+    assert DedupConfig(mode="near", near={"on": "user", "threshold": 0.7}).near.on == "user"
+    with pytest.raises(ValidationError, match="need mode: near"):
+        DedupConfig(near={"threshold": 0.7})
+    with pytest.raises(ValidationError):
+        DedupConfig(mode="near", near={"jaccard": 0.7})
+    with pytest.raises(ValidationError):
+        DedupConfig(mode="near", near={"threshold": 1.0})
+
+
+def test_clusters_keep_the_smallest_node_and_skip_texts_without_words():
+    near = NearConfig()
+    samples = [
+        sample("c", ("user", "What is up?"), ("assistant", "one")),
+        sample("a", ("user", "what is UP"), ("assistant", "two")),
+        sample("b", ("user", "Tell me about the weather on Mars today."), ("assistant", "three")),
+        sample("d", ("user", "?!"), ("assistant", "no words")),
+        sample("e", ("user", "?!"), ("assistant", "no words either")),
+    ]
+    pairs = [near_keys(s, near) for s in samples]
+    assert [len(keys) // 8 for _, keys in pairs] == [9, 9, 9, 0, 0]  # 9 bands of 13 rows at 0.8 / 128
+    rows = list(cluster_assignments(pairs))
+    assert len(rows) == 2
+    kept = {payload.decode().split("\t")[0].split("\0")[0] for _, (_, payload) in rows}
+    assert kept == {"a"}
+    # the same clusters whatever the order of the pairs
+    assert sorted(cluster_assignments(list(reversed(pairs)))) == sorted(rows)
+
+
+NEAR_TEXTS = [
+    "What is up?",  # 0
+    "what is up",  # 1: the same words
+    "What is up?",  # 2
+    "Are you based on davinci?",  # 3
+    "Are you based on davinci-001?",  # 4: 3 of 4 shingles shared (Jaccard 0.75)
+    "Write a haiku about the sea at dawn, with a seagull in it.",  # 5
+    "Write a limerick about a cat who learned to play chess in Paris.",  # 6
+    "Summarise the French revolution in three sentences for a child.",  # 7
+]
+
+
+def test_near_pipeline_ledger_detail_and_kept_ids(tmp_path):
+    records = [_conversation(i, t) for i, t in enumerate(NEAR_TEXTS)]
+    records.append(_conversation(7, NEAR_TEXTS[7]))  # the same conversation again (another line: another id)
+    manifest, samples, rejected, _ = _run(tmp_path, records, "near", config={"mode": "near"})
+    ledger = manifest.steps["dedup"]
+    assert ledger.in_ == 9 and ledger.passed == ledger.emitted == 5
+    assert ledger.filtered == {"near_duplicate": 4} and ledger.dead_letter == {}
+    summary = manifest.ratios["dedup"]
+    assert summary["mode"] == "near" and summary["on"] == "first_user"
+    assert (summary["bands"], summary["rows"]) == (9, 13)
+    assert summary["near_duplicates"] == 4 and summary["clusters"] == 3 and summary["cluster_members"] == 7
+    assert summary["identical_copies"] == 0 and summary["no_text"] == 0
+    kept = {s.id: s.messages[0].content for s in samples}
+    assert sorted({t.lower().rstrip("?") for t in kept.values()}) == sorted(
+        {NEAR_TEXTS[i].lower().rstrip("?") for i in (0, 5, 6, 7)}
+        | {next(t for t in kept.values() if "davinci" in t).lower().rstrip("?")}
+    )
+    clusters: dict[str, list[str]] = {}
+    for r in rejected:
+        assert r["reason"] == "near_duplicate" and r["disposition"] == "filtered"
+        kept_id = r["detail"].split()[3]
+        assert kept_id in kept and kept_id <= r["record_id"]  # equal: the same conversation twice
+        assert "first_user text; MinHash/LSH, Jaccard threshold 0.8; cluster of" in r["detail"]
+        clusters.setdefault(kept_id, []).append(json.loads(r["payload"])["messages"][1]["content"])
+    # each cluster keeps its smallest id: one "what is up", one "davinci" prompt, one French revolution
+    up = [k for k, text in kept.items() if text.lower().startswith("what is up")]
+    davinci = [k for k, text in kept.items() if "davinci" in text]
+    assert len(up) == 1 and len(davinci) == 1
+    assert sorted(len(v) for v in clusters.values()) == [1, 1, 2] and len(clusters[up[0]]) == 2
+
+
+def test_near_keep_pass_filters_identical_copies_of_one_record():
+    """Two copies of one record (the same id and JSON: e.g. one file read by two steps) share a
+    node: the first is kept, the second filtered as its copy."""
+    from transforms.dedup import _NearDoFn, near_sort_pair
+
+    near = NearConfig()
+    one = sample("a", ("user", "Name three rivers in Africa and their lengths."))
+    other = sample("b", ("user", "Completely unrelated words here for a change."))
+    rows = sorted(pair for s in (one, other, one) for partition, pair in [near_sort_pair(s)])
+    fn = _NearDoFn("near", near)
+    fn.start_bundle()
+    outputs = list(fn.process((0, rows)))
+    kept = [o for o in outputs if isinstance(o, Sample)]
+    assert sorted(s.id for s in kept) == ["a", "b"]
+    (copy,) = [o for o in outputs if not isinstance(o, Sample)]
+    assert "near duplicate of a (an identical copy of it)" in copy.value[1]
+    assert fn.acct.counts[("stat", "identical_copies")] == 1 and fn.acct.counts[("in", "")] == 3
+
+
+def test_near_result_is_the_same_whatever_the_order_and_runner(tmp_path):
+    records = [_conversation(i, t) for i, t in enumerate(NEAR_TEXTS)]
+    _, forward, _, shard = _run(tmp_path, records, "fwd", config={"mode": "near"})
+    _, backward, _, _ = _run(tmp_path, list(reversed(records)), "bwd", config={"mode": "near"})
+    assert [s.id for s in forward] == [s.id for s in backward]
+    for folder, args in (("multi", MULTI_PROCESS), ("portable", PORTABLE)):
+        (tmp_path / folder).mkdir()
+        manifest, _, _, other = _run(tmp_path / folder, records, "fwd", args, config={"mode": "near"})
+        assert other == shard  # the same file name, so the same source ids: byte-identical shards
+        assert manifest.steps["dedup"].filtered == {"near_duplicate": 3}
+
+
+@pytest.mark.real_data
+def test_near_mode_collapses_the_repeated_real_prompts(tmp_path, external):
+    """FastChat's dummy set repeats "What is up?" 167 times (with different follow-ups): near
+    mode on the first user turn keeps one; alpaca's distinct instructions stay."""
+    dummy = external("fastchat", "data", "dummy_conversation.json")
+    alpaca = external("llamafactory_general_demos", "alpaca_en_demo.json")
+    spec = tmp_path / "real.yaml"
+    spec.write_text(
+        json.dumps(
+            {
+                "name": "real",
+                "audit": {"enabled": False},  # the dummy set's identity claims are not this test's subject
+                "steps": [
+                    {"id": "dummy", "type": "read", "config": {"format": "sharegpt", "paths": str(dummy)}},
+                    {
+                        "id": "alpaca",
+                        "type": "read",
+                        "config": {
+                            "format": "jsonl",
+                            "paths": str(alpaca),
+                            "mapping": {"prompt": ["instruction", "input"], "response": "output"},
+                        },
+                    },
+                    {"id": "chat", "type": "to_chat", "inputs": ["dummy", "alpaca"], "config": {"kind": "general"}},
+                    {"id": "exact", "type": "dedup", "inputs": ["chat"]},
+                    {"id": "near", "type": "dedup", "inputs": ["exact"], "config": {"mode": "near"}},
+                    {"id": "write", "type": "write", "inputs": ["near"]},
+                ],
+            }
+        )
+    )
+    out = tmp_path / "out"
+    manifest = run_spec(str(spec), str(out)).manifest
+    codec = ArrowCodec(Sample)
+    with pa.ipc.open_stream(str(out / "data-00000-of-00001.arrow")) as stream:
+        samples = [codec.from_row(row) for row in stream.read_all().to_pylist()]
+    firsts = [near_text(s, "first_user").lower() for s in samples]
+    assert firsts.count("what is up?") == 1
+    summary = manifest.ratios["near"]
+    assert summary["in"] == manifest.steps["exact"].passed == 1485
+    assert summary["near_duplicates"] == summary["in"] - summary["kept"] == 449
+    assert summary["clusters"] == 51
+    # no first user turn is left twice (the exact first-turn repeats were 448 of the 449)
+    assert len(set(firsts)) == len(firsts)
+    rejected = [json.loads(line) for line in (out / "rejected" / "near.jsonl").read_text().splitlines()]
+    assert all(r["reason"] == "near_duplicate" and r["record_id"] > r["detail"].split()[3] for r in rejected)

@@ -1,6 +1,7 @@
-"""Step ``dedup``: Sample -> Sample, exact duplicates removed.
+"""Step ``dedup``: Sample -> Sample, exact duplicates (``mode: exact``) or near duplicates
+(``mode: near``) removed.
 
-Two samples are duplicates when their normalised conversations are equal: the same roles and
+Exact mode. Two samples are duplicates when their normalised conversations are equal: the same roles and
 texts (and tool calls) in the same order, after collapsing whitespace and, by default,
 lowercasing; system messages are ignored by default (a pipeline often adds the same one to
 everything). Of each set of duplicates exactly one sample is kept: the one with the smallest
@@ -8,17 +9,34 @@ id (ties between equal ids are broken by the sample's JSON), so the choice does 
 arrival order, runner or worker count. The others are filtered as ``duplicate``, with the kept
 id in the detail. Kept samples are unchanged. Stat ``duplicate_sets`` counts sets with more
 than one member.
+
+Near mode. Each sample's text (``near.on``: the first user message, all user messages, or the
+whole conversation without system messages) gets a MinHash signature and banded LSH keys
+(:mod:`transforms.quality.minhash`, ``datasketch`` underneath, fixed seed); samples that share
+a band key are candidates, and connected candidates form a cluster (a global pass over
+``(sample, band keys)`` pairs; the records themselves wait on disk). Of each cluster exactly one
+sample is kept: the smallest ``(id, content digest)``, so the choice depends only on the data.
+The others are filtered as ``near_duplicate``, the kept id and the cluster size in the detail.
+Identical copies of one record are near duplicates of it. A sample whose compared text has no
+word passes unclustered (stat ``near_no_text``). Stats: ``near_clusters`` (clusters that lost
+members), ``near_cluster_members`` (their members, kept ones included).
+
+Guarantees of both modes: every input is kept or filtered (nothing else); kept samples are
+unchanged; results do not depend on arrival order, runner or worker count; memory stays flat
+in the records (they are sorted on disk, :class:`transforms.spill.SortedGroups`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 import string
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import apache_beam as beam
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas import Role, Sample, content_hash
 from transforms.base import (
@@ -35,16 +53,37 @@ from transforms.base import (
     _Accounting,
 )
 from transforms.coders import SampleCoder
+from transforms.quality import minhash
+from transforms.quality.ngrams import word_tokens
 from transforms.spill import SortedGroups
 
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 
 
+class NearConfig(BaseModel):
+    """Near-duplicate settings (``mode: near``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    on: Literal["first_user", "user", "conversation"] = "first_user"
+    threshold: float = Field(0.8, gt=0.0, lt=1.0)
+    num_perm: int = Field(128, ge=16, le=1024)
+    shingle: int = Field(3, ge=1)
+
+
 class DedupConfig(StepConfig):
+    mode: Literal["exact", "near"] = "exact"
     lowercase: bool = True
     ignore_system: bool = True
     strip_punctuation: bool = False
     include_tool_calls: bool = True
+    near: NearConfig = Field(default_factory=NearConfig)
+
+    @model_validator(mode="after")
+    def _near_only_in_near_mode(self) -> DedupConfig:
+        if self.mode == "exact" and "near" in self.model_fields_set:
+            raise ValueError("'near' settings need mode: near")
+        return self
 
 
 def normalise(text: str, config: DedupConfig) -> str:
@@ -114,8 +153,119 @@ def sort_pair(sample: Sample, config: DedupConfig) -> tuple[int, tuple[bytes, by
     return partition, (f"{key}\0{sample.id}".encode(), sample.model_dump_json().encode("utf-8"))
 
 
+# --- near mode --------------------------------------------------------------------------------
+
+
+def near_text(sample: Sample, on: str) -> str:
+    """The text near mode compares: the first user message, all user messages, or every
+    non-system message (tool calls included as JSON), joined by newlines."""
+    if on == "first_user":
+        return next((m.content for m in sample.messages if m.role is Role.USER), "")
+    parts = []
+    for message in sample.messages:
+        if message.role is Role.SYSTEM or (on == "user" and message.role is not Role.USER):
+            continue
+        parts.append(message.content)
+        if on == "conversation" and message.tool_call is not None:
+            parts.append(message.tool_call.model_dump_json())
+    return "\n".join(parts)
+
+
+def node_key(sample: Sample, payload: bytes) -> bytes:
+    """The sample's place in the keep order: id, NUL, a digest of its JSON (identical copies
+    share it)."""
+    return sample.id.encode() + b"\0" + hashlib.sha256(payload).hexdigest()[:16].encode()
+
+
+def near_keys(sample: Sample, near: NearConfig) -> tuple[bytes, bytes]:
+    """``(node key, LSH band keys packed as 8-byte integers)``; no band key for a text
+    without words."""
+    payload = sample.model_dump_json().encode("utf-8")
+    values = minhash.signature(near_text(sample, near.on), near.num_perm, near.shingle)
+    keys = [] if values is None else minhash.band_keys(values, near.threshold)
+    return node_key(sample, payload), b"".join(key.to_bytes(8, "little") for key in keys)
+
+
+def _unpack(keys: bytes) -> list[int]:
+    return [int.from_bytes(keys[i : i + 8], "little") for i in range(0, len(keys), 8)]
+
+
+def _partition(node: bytes) -> int:
+    return int(hashlib.sha256(node).hexdigest()[:8], 16) % DEDUP_PARTITIONS
+
+
+def cluster_assignments(pairs: list[tuple[bytes, bytes]]) -> Iterator[tuple[int, tuple[bytes, bytes]]]:
+    """Join rows ``(partition, (node + NUL + "A", kept node + TAB + cluster size))`` for every
+    member of a cluster of size >= 2 (the kept member, the smallest node, included)."""
+    by_name = {node.decode(): node for node, _ in pairs}
+    for members in minhash.clusters((node.decode(), _unpack(keys)) for node, keys in pairs if keys):
+        kept = min(members)
+        row = f"{kept}\t{len(members)}".encode()
+        for member in members:
+            yield _partition(by_name[member]), (by_name[member] + b"\0A", row)
+
+
+def near_sort_pair(sample: Sample) -> tuple[int, tuple[bytes, bytes]]:
+    """Join row of a sample: ``(partition, (node + NUL + "B", sample JSON))``; sorted, it comes
+    right after its node's assignment (if any), identical copies together."""
+    payload = sample.model_dump_json().encode("utf-8")
+    node = node_key(sample, payload)
+    return _partition(node), (node + b"\0B", payload)
+
+
+class _NearDoFn(beam.DoFn):
+    """Walks one sorted partition of assignments and samples: a sample whose node was assigned
+    another kept node, or a repeat of a node already seen, is filtered; the rest are kept."""
+
+    def __init__(self, step_id: str, near: NearConfig) -> None:
+        self.step_id = step_id
+        self.near = near
+
+    def start_bundle(self) -> None:
+        self.acct = _Accounting(self.step_id)
+        self.coder = SampleCoder()
+
+    def process(self, element: tuple[int, Iterable[tuple[bytes, bytes]]]) -> Iterator[Any]:
+        _, rows = element
+        counts = self.acct.counts
+        for node, group in itertools.groupby(rows, key=lambda row: row[0].rsplit(b"\0", 1)[0]):
+            kept_node, size, seen = node, 0, False
+            for key, payload in group:
+                if key.endswith(b"\0A"):  # the assignment sorts before the node's samples
+                    kept_text, size_text = payload.decode().split("\t")
+                    kept_node, size = kept_text.encode(), int(size_text)
+                    continue
+                sample = self.coder.decode(payload)
+                counts[(IN, "")] += 1
+                if kept_node == node and not seen:
+                    seen = True
+                    counts[(PASSED, "")] += 1
+                    counts[(EMITTED, "")] += 1
+                    if size:
+                        counts[(STAT, "near_clusters")] += 1
+                        counts[(STAT, "near_cluster_members")] += size
+                    elif not word_tokens(near_text(sample, self.near.on)):
+                        counts[(STAT, "near_no_text")] += 1
+                    yield sample
+                    continue
+                kept_id = kept_node.split(b"\0", 1)[0].decode()
+                if kept_node == node:
+                    counts[(STAT, "identical_copies")] += 1
+                    detail = f"near duplicate of {kept_id} (an identical copy of it)"
+                else:
+                    detail = (
+                        f"near duplicate of {kept_id} ({self.near.on} text; MinHash/LSH, Jaccard threshold "
+                        f"{self.near.threshold}; cluster of {size})"
+                    )
+                yield self.acct.rejected(FILTERED, "near_duplicate", detail, sample)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        yield from self.acct.flush()
+
+
 class Dedup(Step):
-    """Removes exact duplicate conversations, keeping the smallest id of each set."""
+    """Removes exact duplicate conversations (or near-duplicate texts with ``mode: near``),
+    keeping the smallest id of each set."""
 
     type_name = "dedup"
     config_model = DedupConfig
@@ -124,6 +274,8 @@ class Dedup(Step):
 
     def expand(self, samples: beam.PCollection) -> dict[str, Any]:
         config: DedupConfig = self.config  # type: ignore[assignment]
+        if config.mode == "near":
+            return self._expand_near(samples, config.near)
         outputs = (
             samples
             | "Key" >> beam.Map(sort_pair, config)
@@ -132,8 +284,45 @@ class Dedup(Step):
         )
         return self._typed(outputs)
 
+    def _expand_near(self, samples: beam.PCollection, near: NearConfig) -> dict[str, Any]:
+        """Cluster on ``(node, band keys)`` pairs in one global pass; join the assignments with
+        the samples in an external sort (the samples wait on disk, not in memory)."""
+        assignments = (
+            samples
+            | "BandKeys" >> beam.Map(near_keys, near)
+            | "AllKeys" >> beam.combiners.ToList()
+            | "Cluster" >> beam.FlatMap(cluster_assignments)
+        )
+        rows = samples | "JoinRows" >> beam.Map(near_sort_pair)
+        outputs = (
+            (assignments, rows)
+            | "Sort" >> SortedGroups(self.context.spill_dir("near"))
+            | "Keep" >> beam.ParDo(_NearDoFn(self.step_id, near)).with_outputs(REJECTED, LEDGER, main=MAIN)
+        )
+        return self._typed(outputs)
+
     @classmethod
     def summarize(cls, config: StepConfig, ledger: Any) -> dict[str, Any]:
+        assert isinstance(config, DedupConfig)
+        if config.mode == "near":
+            removed = ledger.filtered.get("near_duplicate", 0)
+            bands, rows = minhash.lsh_shape(config.near.threshold, config.near.num_perm)
+            return {
+                "mode": "near",
+                "on": config.near.on,
+                "threshold": config.near.threshold,
+                "num_perm": config.near.num_perm,
+                "bands": bands,
+                "rows": rows,
+                "in": ledger.in_,
+                "kept": ledger.passed,
+                "near_duplicates": removed,
+                "near_duplicate_share": round(removed / ledger.in_, 6) if ledger.in_ else None,
+                "clusters": ledger.stats.get("near_clusters", 0),
+                "cluster_members": ledger.stats.get("near_cluster_members", 0),
+                "identical_copies": ledger.stats.get("identical_copies", 0),
+                "no_text": ledger.stats.get("near_no_text", 0),
+            }
         duplicates = ledger.filtered.get("duplicate", 0)
         return {
             "in": ledger.in_,
@@ -144,4 +333,15 @@ class Dedup(Step):
         }
 
 
-__all__ = ["Dedup", "DedupConfig", "dedup_key", "normalise", "sort_pair"]
+__all__ = [
+    "Dedup",
+    "DedupConfig",
+    "NearConfig",
+    "cluster_assignments",
+    "dedup_key",
+    "near_keys",
+    "near_sort_pair",
+    "near_text",
+    "normalise",
+    "sort_pair",
+]
