@@ -174,7 +174,7 @@ def test_near_text_by_scope():
 
 def test_near_config():
     assert DedupConfig(mode="near").near == NearConfig()
-    assert DedupConfig(mode="near", near={"on": "user", "threshold": 0.7}).near.on == "user"
+    assert DedupConfig(mode="near", near={"compare": "user", "threshold": 0.7}).near.compare == "user"
     with pytest.raises(ValidationError, match="need mode: near"):
         DedupConfig(near={"threshold": 0.7})
     with pytest.raises(ValidationError):
@@ -222,7 +222,7 @@ def test_near_pipeline_ledger_detail_and_kept_ids(tmp_path):
     assert ledger.in_ == 9 and ledger.passed == ledger.emitted == 5
     assert ledger.filtered == {"near_duplicate": 4} and ledger.dead_letter == {}
     summary = manifest.ratios["dedup"]
-    assert summary["mode"] == "near" and summary["on"] == "first_user"
+    assert summary["mode"] == "near" and summary["compare"] == "first_user"
     assert (summary["bands"], summary["rows"]) == (9, 13)
     assert summary["near_duplicates"] == 4 and summary["clusters"] == 3 and summary["cluster_members"] == 7
     assert summary["identical_copies"] == 0 and summary["no_text"] == 0

@@ -10,7 +10,7 @@ arrival order, runner or worker count. The others are filtered as ``duplicate``,
 id in the detail. Kept samples are unchanged. Stat ``duplicate_sets`` counts sets with more
 than one member.
 
-Near mode. Each sample's text (``near.on``: the first user message, all user messages, or the
+Near mode. Each sample's text (``near.compare``: the first user message, all user messages, or the
 whole conversation without system messages) gets a MinHash signature and banded LSH keys
 (:mod:`transforms.quality.minhash`, ``datasketch`` underneath, fixed seed); samples that share
 a band key are candidates, and connected candidates form a cluster (a global pass over
@@ -65,7 +65,7 @@ class NearConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    on: Literal["first_user", "user", "conversation"] = "first_user"
+    compare: Literal["first_user", "user", "conversation"] = "first_user"
     threshold: float = Field(0.8, gt=0.0, lt=1.0)
     num_perm: int = Field(128, ge=16, le=1024)
     shingle: int = Field(3, ge=1)
@@ -156,17 +156,17 @@ def sort_pair(sample: Sample, config: DedupConfig) -> tuple[int, tuple[bytes, by
 # --- near mode --------------------------------------------------------------------------------
 
 
-def near_text(sample: Sample, on: str) -> str:
+def near_text(sample: Sample, compare: str) -> str:
     """The text near mode compares: the first user message, all user messages, or every
     non-system message (tool calls included as JSON), joined by newlines."""
-    if on == "first_user":
+    if compare == "first_user":
         return next((m.content for m in sample.messages if m.role is Role.USER), "")
     parts = []
     for message in sample.messages:
-        if message.role is Role.SYSTEM or (on == "user" and message.role is not Role.USER):
+        if message.role is Role.SYSTEM or (compare == "user" and message.role is not Role.USER):
             continue
         parts.append(message.content)
-        if on == "conversation" and message.tool_call is not None:
+        if compare == "conversation" and message.tool_call is not None:
             parts.append(message.tool_call.model_dump_json())
     return "\n".join(parts)
 
@@ -181,7 +181,7 @@ def near_keys(sample: Sample, near: NearConfig) -> tuple[bytes, bytes]:
     """``(node key, LSH band keys packed as 8-byte integers)``; no band key for a text
     without words."""
     payload = sample.model_dump_json().encode("utf-8")
-    values = minhash.signature(near_text(sample, near.on), near.num_perm, near.shingle)
+    values = minhash.signature(near_text(sample, near.compare), near.num_perm, near.shingle)
     keys = [] if values is None else minhash.band_keys(values, near.threshold)
     return node_key(sample, payload), b"".join(key.to_bytes(8, "little") for key in keys)
 
@@ -244,7 +244,7 @@ class _NearDoFn(beam.DoFn):
                     if size:
                         counts[(STAT, "near_clusters")] += 1
                         counts[(STAT, "near_cluster_members")] += size
-                    elif not word_tokens(near_text(sample, self.near.on)):
+                    elif not word_tokens(near_text(sample, self.near.compare)):
                         counts[(STAT, "near_no_text")] += 1
                     yield sample
                     continue
@@ -254,7 +254,7 @@ class _NearDoFn(beam.DoFn):
                     detail = f"near duplicate of {kept_id} (an identical copy of it)"
                 else:
                     detail = (
-                        f"near duplicate of {kept_id} ({self.near.on} text; MinHash/LSH, Jaccard threshold "
+                        f"near duplicate of {kept_id} ({self.near.compare} text; MinHash/LSH, Jaccard threshold "
                         f"{self.near.threshold}; cluster of {size})"
                     )
                 yield self.acct.rejected(FILTERED, "near_duplicate", detail, sample)
@@ -309,7 +309,7 @@ class Dedup(Step):
             bands, rows = minhash.lsh_shape(config.near.threshold, config.near.num_perm)
             return {
                 "mode": "near",
-                "on": config.near.on,
+                "compare": config.near.compare,
                 "threshold": config.near.threshold,
                 "num_perm": config.near.num_perm,
                 "bands": bands,
