@@ -1,0 +1,561 @@
+"""The data-quality audit: each check on constructed samples (flagged and clean), the auditor's
+order independence, the policy, the run integration, the CLI, and hand counts on real data."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from schemas import AuditPolicy, CheckPolicy, Lineage, Message, Role, Sample, ToolCall, ToolSpec
+from schemas.audit import EvalSetSpec
+from transforms.quality.auditor import AuditConfigError, Auditor
+from transforms.quality.checks import CHECKS
+
+WEATHER = ToolSpec(
+    name="get_weather",
+    description="Weather of a city.",
+    parameters={
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+        "required": ["city"],
+    },
+)
+
+
+def sample(
+    messages: list[tuple[str, str] | Message],
+    *,
+    sid: str = "s0",
+    kind: str = "agent",
+    tools: list[ToolSpec] | None = None,
+    source_id: str | None = None,
+    metadata: dict | None = None,
+) -> Sample:
+    built = []
+    for m in messages:
+        if isinstance(m, Message):
+            built.append(m)
+        else:
+            role, text = m
+            built.append(Message(role=Role(role), content=text, loss=role == "assistant"))
+    return Sample(
+        id=sid,
+        kind=kind,  # type: ignore[arg-type]
+        messages=built,
+        tools=tools or [],
+        lineage=Lineage(source="test", source_id=source_id or sid),
+        metadata=metadata or {},
+    )
+
+
+def call(name: str, arguments: dict, loss: bool = True) -> Message:
+    return Message(
+        role=Role.ASSISTANT,
+        content=json.dumps(arguments),
+        loss=loss,
+        tool_call=ToolCall(name=name, arguments=arguments),
+    )
+
+
+def run_check(name: str, samples: list[Sample], **options):
+    auditor = Auditor(AuditPolicy(checks={name: CheckPolicy(options=options)} if options else {}))
+    return auditor.audit(samples).checks[name]
+
+
+def verdict(name: str, one: Sample, **options):
+    return CHECKS[name](options).inspect(one)
+
+
+# --- per-sample checks -----------------------------------------------------------------------
+
+
+def test_undeclared_tool_flags_calls_to_tools_not_in_the_sample():
+    declared = sample([("user", "Weather in Oslo?"), call("get_weather", {"city": "Oslo"})], tools=[WEATHER])
+    undeclared = sample([("user", "Weather in Oslo?"), call("search", {"query": "Oslo"})], sid="s1", tools=[WEATHER])
+    react = sample(
+        [("user", "Who wrote Dune?"), ("assistant", "Thought: look it up.\nAction: search[Dune author]")], sid="s2"
+    )
+    assert verdict("undeclared_tool", declared).flagged is False
+    assert verdict("undeclared_tool", undeclared).flagged is True
+    assert verdict("undeclared_tool", react).reason == "search"
+    assert verdict("undeclared_tool", sample([("user", "hi"), ("assistant", "hello there")])) is None
+    result = run_check("undeclared_tool", [declared, undeclared, react])
+    assert (result.count, result.total, result.status) == (2, 3, "fail")
+
+
+def test_argument_schema_validates_required_types_enums_and_extra_keys():
+    def with_args(arguments: dict) -> Sample:
+        return sample([("user", "weather?"), call("get_weather", arguments)], tools=[WEATHER])
+
+    assert verdict("argument_schema", with_args({"city": "Oslo", "unit": "c"})).flagged is False
+    assert verdict("argument_schema", with_args({"unit": "c"})).reason == "required"
+    assert verdict("argument_schema", with_args({"city": 3})).reason == "type"
+    assert verdict("argument_schema", with_args({"city": "Oslo", "unit": "kelvin"})).reason == "enum"
+    assert verdict("argument_schema", with_args({"city": "Oslo", "when": "now"})).reason == "additionalProperties"
+    assert verdict("argument_schema", with_args({"city": "Oslo", "when": "now"}), forbid_extra=False).flagged is False
+    broken = ToolSpec(name="get_weather", parameters={"type": "object", "properties": {"city": {"type": "str"}}})
+    bad_schema = sample([("user", "weather?"), call("get_weather", {"city": "Oslo"})], tools=[broken])
+    assert verdict("argument_schema", bad_schema).reason == "invalid_schema"
+
+
+def test_identity_claim_flags_supervised_claims_only():
+    claim = sample([("user", "Who are you?"), ("assistant", "I am Vicuna, trained by researchers from LMSYS.")])
+    quoted = sample([("user", "I am Vicuna, who are you?"), ("assistant", "Nice to meet you! How can I help?")])
+    third = sample([("user", "What is ChatGPT?"), ("assistant", "ChatGPT is a chatbot released by OpenAI in 2022.")])
+    unsupervised = sample(
+        [("user", "hi"), Message(role=Role.ASSISTANT, content="I am ChatGPT.", loss=False), ("assistant", "Hello!")]
+    )
+    assert verdict("identity_claim", claim).flagged is True
+    assert verdict("identity_claim", quoted).flagged is False
+    assert verdict("identity_claim", third).flagged is False
+    assert verdict("identity_claim", unsupervised).flagged is False
+    assert verdict("identity_claim", sample([("user", "你是谁"), ("assistant", "我是ChatGPT，一个语言模型。")])).flagged
+    custom = sample([("user", "Who are you?"), ("assistant", "Call me Zed.")])
+    assert verdict("identity_claim", custom, patterns={"zed": r"call me zed"}).reason == "zed"
+
+
+def test_failed_episode_reads_success_reward_and_the_final_observation():
+    ok = sample([("user", "task"), ("assistant", "done"), ("user", "Episode finished, reward = True")])
+    by_text = sample(
+        [("user", "task"), ("assistant", "done"), ("user", "Observation: Episode finished, reward = False")]
+    )
+    by_flag = sample([("user", "task"), ("assistant", "done")], metadata={"success": False, "reward": 0.8})
+    by_reward = sample([("user", "task"), ("assistant", "done")], metadata={"reward": 0.0})
+    general = sample([("user", "q"), ("assistant", "a")], kind="general", metadata={"success": False})
+    assert verdict("failed_episode", ok).flagged is False
+    assert verdict("failed_episode", by_text).reason == "final_observation"
+    assert verdict("failed_episode", by_flag).reason == "success_false"
+    assert verdict("failed_episode", by_reward).reason == "reward"
+    assert verdict("failed_episode", general) is None
+
+
+def test_prompt_copy_flags_transcription_not_answers():
+    thought = "I need to search for the founder of Dogfish Head Brewery in Milton Delaware"
+    copy = sample(
+        [
+            ("user", f"Rewrite in ReAct format. Thought: {thought}. Tool: search. Arguments: founder of Dogfish Head"),
+            ("assistant", f'Thought: {thought}.\nAction: search\nAction Input: {{"query": "founder of Dogfish Head"}}'),
+        ]
+    )
+    task = sample(
+        [
+            ("user", "Who founded the brewery in Milton, Delaware? Answer in ReAct format."),
+            ("assistant", f'Thought: {thought}.\nAction: search\nAction Input: {{"query": "Dogfish Head founder"}}'),
+        ]
+    )
+    assert verdict("prompt_copy", copy).flagged is True
+    assert verdict("prompt_copy", task).flagged is False
+    assert verdict("prompt_copy", sample([("user", "hi"), ("assistant", "hello")])) is None
+
+
+def test_format_contradiction_both_directions():
+    demand = (
+        "Use this format:\nThought: your reasoning\nAction: the action to take\n"
+        "You will be judged as FAIL immediately otherwise."
+    )
+    ignored = sample([("system", demand), ("user", "Find a red mug."), ("assistant", "I will look for a red mug.")])
+    followed = sample([("system", demand), ("user", "Find a red mug."), ("assistant", "Thought: look.\nAction: look")])
+    unasked = sample([("user", "Find a red mug."), ("assistant", "Thought: look around.\nAction: look")])
+    json_ignored = sample(
+        [("user", "List three fruits. Respond only in JSON."), ("assistant", "Apples, pears, plums.")]
+    )
+    json_followed = sample([("user", "List three fruits. Respond only in JSON."), ("assistant", '["apple", "pear"]')])
+    assert verdict("format_contradiction", ignored).reason == "react_demanded"
+    assert verdict("format_contradiction", followed).flagged is False
+    assert verdict("format_contradiction", unasked).reason == "react_unrequested"
+    assert verdict("format_contradiction", json_ignored).reason == "json_demanded"
+    assert verdict("format_contradiction", json_followed).flagged is False
+
+
+def test_language_mismatch_uses_the_query_not_observations_and_skips_translation():
+    zh_en = sample(
+        [
+            ("user", "请问怎样才能学好数学？有什么好方法吗？"),
+            ("assistant", "Practice every day and work through many problems."),
+        ]
+    )
+    zh_zh = sample(
+        [("user", "请问怎样才能学好数学？有什么好方法吗？"), ("assistant", "每天练习，多做题目，并且复习错题。")]
+    )
+    translate = sample(
+        [("user", "请把这句话翻译成英语：我很高兴见到你。"), ("assistant", "I am very happy to meet you, my friend.")]
+    )
+    observed = sample(
+        [
+            ("user", "请帮我查一下巴黎今天的天气怎么样？"),
+            call("get_weather", {"city": "Paris"}),
+            ("user", '{"forecast": "sunny with light winds all day long", "temperature": 21}'),
+            ("assistant", "巴黎今天天气晴朗，气温二十一度，风很小。"),
+        ],
+        tools=[WEATHER],
+    )
+    assert verdict("language_mismatch", zh_en).reason == "zh->en"
+    assert verdict("language_mismatch", zh_zh).flagged is False
+    assert verdict("language_mismatch", translate) is None
+    assert verdict("language_mismatch", observed).flagged is False
+
+
+def test_eval_overlap_finds_a_question_hidden_in_a_long_conversation(tmp_path: Path):
+    question = "Compose an engaging travel blog post about a recent trip to Hawaii, highlighting cultural experiences"
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"turns": [question]}) + "\n")
+    policy = AuditPolicy(eval_sets=[EvalSetSpec(name="mt", paths=["eval.jsonl"], fields=["turns"])])
+    filler = " ".join(f"word{i}" for i in range(2000))
+    hidden = sample([("user", f"{filler} {question.lower()}! {filler}"), ("assistant", "Here is the post.")])
+    clean = sample([("user", "Write about a trip to Paris."), ("assistant", "Paris was lovely.")], sid="s1")
+    result = Auditor(policy, str(tmp_path)).audit([hidden, clean]).checks["eval_overlap"]
+    assert (result.count, result.total, result.status) == (1, 2, "fail")
+    assert result.details["items"] == {"mt": {"items": 1, "covered": 1}}
+    assert "eval_overlap" not in Auditor(AuditPolicy()).checks  # not configured without eval sets
+
+
+# --- aggregate checks ------------------------------------------------------------------------
+
+
+def aligned(i: int, decision: str, elicit: dict[str, str] | None) -> Sample:
+    """An aligned sample: question, thought, (elicitation), then a tool choice or an answer."""
+    messages: list[Message | tuple[str, str]] = [
+        ("user", f"Question number {i}: what is the population of city {i}?"),
+        Message(role=Role.ASSISTANT, content=f"I should think about city {i}.", loss=True, part="thought"),
+    ]
+    if elicit is not None:
+        messages.append(Message(role=Role.USER, content=elicit[decision], part="elicit"))
+    if decision == "call":
+        messages.append(Message(role=Role.ASSISTANT, content="I will use search.", loss=True, part="tool"))
+    else:
+        messages.append(Message(role=Role.ASSISTANT, content=f"It is {i} people.", loss=True, part="answer"))
+    return sample(messages, sid=f"s{i:03d}", tools=[WEATHER])
+
+
+def test_decision_leak_is_one_when_the_elicitation_gives_the_decision_away():
+    telling = {"call": "Which tool will you use?", "answer": "So what is your answer?"}
+    neutral = {"call": "Go on.", "answer": "Go on."}
+    decisions = ["call" if i % 3 else "answer" for i in range(60)]
+    leaky = run_check("decision_leak", [aligned(i, d, telling) for i, d in enumerate(decisions)])
+    fair = run_check("decision_leak", [aligned(i, d, neutral) for i, d in enumerate(decisions)])
+    unelicited = run_check("decision_leak", [aligned(i, d, None) for i, d in enumerate(decisions)])
+    assert leaky.share == pytest.approx(1.0) and leaky.status == "fail"
+    assert "which tool will you use?" in " ".join(e.excerpt for e in leaky.examples)
+    assert fair.share == pytest.approx(0.0) and fair.status == "pass"
+    assert unelicited.share == pytest.approx(0.0)
+    only_calls = {"call": "Go on.", "answer": None}
+    mixed = [aligned(i, d, only_calls if d == "call" else None) for i, d in enumerate(decisions)]
+    assert run_check("decision_leak", mixed).share == pytest.approx(1.0)  # the absence gives it away too
+
+
+def test_decision_leak_ignores_a_records_own_repeated_query():
+    # Two derivations of one source record repeat its real question: not a template.
+    first = sample([("user", "Is a tomato a fruit?"), ("assistant", "Yes, botanically.")], sid="a", source_id="r")
+    second = sample([("user", "Is a tomato a fruit?"), ("assistant", "Yes, it is.")], sid="b", source_id="r")
+    assert run_check("decision_leak", [first, second]).share == 0.0
+
+
+def test_repeated_response_counts_canned_answers_per_kind():
+    canned = "I cannot do that because I have no tools available in this conversation, sorry."
+    negatives = [
+        sample([("user", f"question {i}"), ("assistant", canned)], sid=f"n{i}", kind="negative") for i in range(10)
+    ]
+    varied = [
+        sample(
+            [("user", f"q {i}"), ("assistant", f"A different and helpful answer number {i} for you here")], sid=f"g{i}"
+        )
+        for i in range(10)
+    ]
+    result = run_check("repeated_response", negatives + varied)
+    assert (result.count, result.total) == (9, 20)
+    assert result.details["by_kind"]["negative"] == {
+        "answers": 10,
+        "distinct": 1,
+        "distinct_share": 0.1,
+        "top_share": 1.0,
+    }
+    assert result.examples[0].id == "n0" and "10x in negative" in result.examples[0].excerpt
+    assert run_check("repeated_response", varied).count == 0
+
+
+def test_near_duplicate_clusters_prompts_across_records_only():
+    base = "Hello! How can I help you today with your travel plans to Norway next summer?"
+    dups = [sample([("user", base + " " * i), ("assistant", f"answer {i}")], sid=f"d{i}") for i in range(4)]
+    same_record = [
+        sample(
+            [("user", "A unique prompt about quantum computing basics"), ("assistant", "x")], sid="u1", source_id="r"
+        ),
+        sample(
+            [("user", "A unique prompt about quantum computing basics"), ("assistant", "y")], sid="u2", source_id="r"
+        ),
+    ]
+    other = [
+        sample([("user", f"Completely different request {i} about cooking pasta"), ("assistant", "z")], sid=f"o{i}")
+        for i in range(3)
+    ]
+    result = run_check("near_duplicate", dups + same_record + other)
+    assert result.count == 3  # four records with one prompt: three duplicates
+    assert result.details["largest_clusters"] == [4]
+    assert result.examples[0].id == "d0"
+
+
+# --- the auditor -----------------------------------------------------------------------------
+
+
+def mixed_samples() -> list[Sample]:
+    telling = {"call": "Which tool will you use?", "answer": "So what is your answer?"}
+    out = [aligned(i, "call" if i % 2 else "answer", telling) for i in range(20)]
+    out += [
+        sample([("user", "who are you"), ("assistant", "I am Vicuna, made by LMSYS.")], sid=f"v{i}") for i in range(3)
+    ]
+    out += [sample([("user", "weather?"), call("search", {"q": "x"})], sid=f"t{i}", tools=[WEATHER]) for i in range(3)]
+    return out
+
+
+def test_the_report_does_not_depend_on_order_or_bundles():
+    auditor = Auditor()
+    samples = mixed_samples()
+    whole = auditor.audit(samples)
+    left, right = auditor.new_state(), auditor.new_state()
+    for i, one in enumerate(reversed(samples)):
+        auditor.observe(left if i % 3 else right, one)
+    report, pending = auditor.finish(auditor.merge(right, left))
+    auditor.fill_excerpts(report, pending, samples)
+    assert report.model_dump() == whole.model_dump()
+
+
+def test_policy_sets_thresholds_severities_and_switches_checks_off():
+    policy = AuditPolicy(
+        checks={
+            "identity_claim": CheckPolicy(severity="warn"),
+            "undeclared_tool": CheckPolicy(threshold=1.0),
+            "near_duplicate": CheckPolicy(enabled=False),
+        }
+    )
+    report = Auditor(policy).audit(mixed_samples())
+    assert report.checks["identity_claim"].status == "warn"
+    assert report.checks["undeclared_tool"].share == 1.0
+    assert report.checks["undeclared_tool"].status == "pass"  # not over a threshold of 1.0
+    assert "near_duplicate" not in report.checks
+    assert report.blocking == ["decision_leak"]
+    with pytest.raises(AuditConfigError, match="unknown audit check"):
+        Auditor(AuditPolicy(checks={"nope": CheckPolicy()}))
+    with pytest.raises(AuditConfigError, match="invalid options"):
+        Auditor(AuditPolicy(checks={"prompt_copy": CheckPolicy(options={"n": "many"})}))
+
+
+# --- runs, the step and the command ------------------------------------------------------------
+
+
+def planted_dataset(path: Path) -> None:
+    """An OpenAI-format JSONL file with one planted defect of each kind, and clean records."""
+    weather = {"type": "function", "function": WEATHER.model_dump(mode="json")}
+    canned = "Sorry, I cannot help with that because I have no tools available in this conversation."
+    records = [
+        {
+            "messages": [
+                {"role": "user", "content": "Who are you?"},
+                {"role": "assistant", "content": "I am Vicuna, trained by LMSYS."},
+            ]
+        },
+        {
+            "tools": [weather],
+            "messages": [
+                {"role": "user", "content": "Weather in Oslo?"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"type": "function", "function": {"name": "search", "arguments": '{"q": "Oslo"}'}}],
+                },
+                {"role": "tool", "content": "sunny"},
+                {"role": "assistant", "content": "It is sunny in Oslo today."},
+            ],
+        },
+        {
+            "tools": [weather],
+            "messages": [
+                {"role": "user", "content": "Weather in Rome?"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"type": "function", "function": {"name": "get_weather", "arguments": '{"town": "Rome"}'}}
+                    ],
+                },
+                {"role": "tool", "content": "rain"},
+                {"role": "assistant", "content": "It rains in Rome today."},
+            ],
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "请问怎样才能学好数学？有什么好方法吗？"},
+                {"role": "assistant", "content": "Practice every day and work through many problems."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "Use this format:\nThought: ...\nAction: ...\nFind the mug."},
+                {"role": "assistant", "content": "I found the mug on the table."},
+            ]
+        },
+    ]
+    records += [
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": f"Please book a table for two people tonight at the small Italian place on Main Street near the old station, booking {i}",
+                },
+                {"role": "assistant", "content": canned},
+            ]
+        }
+        for i in range(12)
+    ]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+
+
+def agentmill(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_the_command_catches_every_planted_defect_in_raw_input(tmp_path: Path):
+    planted_dataset(tmp_path / "mine.jsonl")
+    done = agentmill("audit", str(tmp_path / "mine.jsonl"), "--format", "openai", "--json")
+    assert done.returncode == 1, done.stderr  # block checks fail
+    report = json.loads(done.stdout)
+    assert report["_samples"] == 17
+    for name, count in {
+        "identity_claim": 1,
+        "undeclared_tool": 1,
+        "argument_schema": 1,
+        "language_mismatch": 1,
+        "format_contradiction": 1,
+        "repeated_response": 11,
+    }.items():
+        assert report[name]["count"] == count, (name, report[name])
+        assert report[name]["status"] in ("fail", "warn") and report[name]["examples"], name
+        assert {"count", "share", "status", "examples"} <= set(report[name])
+    assert report["near_duplicate"]["count"] == 11  # one request, 12 times with a number
+
+
+def test_a_run_records_its_audit_and_a_blocking_check_stops_publishing(tmp_path: Path):
+    from pipelines.errors import RunError
+    from helpers import read_chat_write, run, write_spec
+
+    planted_dataset(tmp_path / "mine.jsonl")
+    steps = read_chat_write("openai", "mine.jsonl")
+    steps.insert(2, {"id": "audit_chat", "type": "audit", "inputs": ["chat"], "config": {}})
+    steps[3]["inputs"] = ["audit_chat"]
+    spec = write_spec(tmp_path, steps)
+    with pytest.raises(RunError, match=r"identity_claim: .* examples: "):
+        run(spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+    import yaml
+
+    data = yaml.safe_load(spec.read_text())
+    data["audit"] = {
+        "checks": {n: {"severity": "warn"} for n in ("identity_claim", "undeclared_tool", "argument_schema")},
+    }
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    summary = run(spec, tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["audit"]["samples"] == summary.manifest.output.num_rows == 17
+    assert manifest["audit"]["checks"]["identity_claim"]["status"] == "warn"
+    assert manifest["audit"]["checks"]["identity_claim"]["examples"][0]["excerpt"].startswith("I am Vicuna")
+    step_report = manifest["audits"]["audit_chat"]
+    assert step_report["samples"] == 17 and step_report["blocking"]  # the step's own policy: defaults
+    assert manifest["steps"]["audit_chat"]["passed"] == 17
+    assert "Data-quality audit" in (tmp_path / "out" / "report.html").read_text()
+    # The command on the output agrees with the run.
+    done = agentmill("audit", str(tmp_path / "out"), "--json")
+    again = json.loads(done.stdout)
+    for name, result in manifest["audit"]["checks"].items():
+        assert again[name]["count"] == result["count"], name
+        assert again[name]["examples"] == result["examples"], name
+
+
+def test_spec_audit_block_is_validated(tmp_path: Path):
+    import yaml
+
+    from pipelines.errors import SpecError
+    from pipelines.graph import load_plan
+    from helpers import read_chat_write, write_spec
+
+    spec = write_spec(tmp_path, read_chat_write("openai", "x.jsonl"))
+    data = yaml.safe_load(spec.read_text())
+    data["audit"] = {"checks": {"decision_leek": {"threshold": 0.1}}}
+    spec.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match="unknown audit check"):
+        load_plan(str(spec))
+
+
+# --- hand counts on real data ----------------------------------------------------------------
+
+
+@pytest.mark.real_data
+def test_failed_episodes_match_a_hand_count_on_fireact(external):
+    from pipelines.auditing import samples_of_inputs
+    from transforms.quality.auditor import Auditor as _Auditor
+
+    folder = external("fireact", "data", "finetune", "gpt_format")
+    by_hand = 0
+    for path in sorted(folder.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            last = json.loads(line)["messages"][-1]
+            if last["role"] == "user" and re.search(r"reward = (False|0(\.0+)?)\b", last["content"]):
+                by_hand += 1
+    policy = AuditPolicy(checks={name: CheckPolicy(enabled=name == "failed_episode") for name in CHECKS})
+    report = _Auditor(policy).audit(samples_of_inputs(str(folder / "*.jsonl"), "openai", "agent", []))
+    assert by_hand > 0
+    assert report.checks["failed_episode"].count == by_hand
+
+
+@pytest.mark.real_data
+def test_undeclared_calls_and_schema_failures_match_a_hand_count_on_glaive(external):
+    import jsonschema
+
+    from pipelines.auditing import samples_of_inputs
+
+    path = external("llamafactory_glaive_toolcall", "glaive_toolcall_en_demo.shared80.json")
+    samples = list(samples_of_inputs(str(path), "sharegpt", "agent", []))
+    undeclared = invalid = with_calls = checkable = 0
+    for one in samples:
+        tools = {t.name: t.parameters for t in one.tools}
+        calls = [m.tool_call for m in one.messages if m.loss and m.tool_call is not None]
+        if not calls:
+            continue
+        with_calls += 1
+        undeclared += any(c.name not in tools for c in calls)
+        checked = [c for c in calls if tools.get(c.name)]
+        if checked:
+            checkable += 1
+            bad = False
+            for c in checked:
+                schema = dict(tools[c.name])
+                if schema.get("type") == "object" and "properties" in schema:
+                    schema.setdefault("additionalProperties", False)
+                try:
+                    jsonschema.validate(c.arguments, schema)
+                except (jsonschema.ValidationError, jsonschema.SchemaError):
+                    bad = True
+            invalid += bad
+    report = Auditor().audit(samples)
+    assert (report.checks["undeclared_tool"].count, report.checks["undeclared_tool"].total) == (undeclared, with_calls)
+    assert (report.checks["argument_schema"].count, report.checks["argument_schema"].total) == (invalid, checkable)
+    assert with_calls > 50
+
+
+@pytest.mark.real_data
+def test_identity_claims_match_a_hand_count_on_the_fastchat_dummy_set(external):
+    from pipelines.auditing import samples_of_inputs
+
+    path = external("fastchat", "data", "dummy_conversation.json")
+    samples = list(samples_of_inputs(str(path), "sharegpt", "general", []))
+    # Every mention of the model or its makers in an answer of this set is the assistant about itself.
+    claim = re.compile(r"\bVicuna\b|Large Model Systems Organi[sz]ation|\bLMSYS\b", re.IGNORECASE)
+    by_hand = sum(any(m.loss and claim.search(m.content) for m in s.messages) for s in samples)
+    report = Auditor().audit(samples)
+    assert by_hand > 100
+    assert report.checks["identity_claim"].count == by_hand
