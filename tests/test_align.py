@@ -15,9 +15,11 @@ from schemas import Role, Sample, ToolCall, ToolSpec, Trajectory, Turn, trajecto
 from tests.conftest import DEMO_DATA
 from tests.helpers import parse_file
 from transforms.align import Align, describe_parameters
-from transforms.base import RecordError, Stat, StepContext
+from transforms.base import Filtered, RecordError, StepContext
 from transforms.phrasing import PhrasingError
 from transforms.react import has_markers, parse_turn
+from transforms.reward_filter import RewardFilterConfig, judge
+from transforms.tool_cards import validate_call
 
 GOLDEN = Path(__file__).parent / "golden" / "align"
 
@@ -31,12 +33,14 @@ def aligner(tmp_path: Path | None = None, **config):
 
 
 def outputs(fn, trajectory) -> list[Sample]:
-    return [o for o in fn(trajectory) if not isinstance(o, Stat)]
+    return [o for o in fn(trajectory) if isinstance(o, Sample)]
 
 
-def trajectory(*turns: tuple[str, str, bool], tools=()) -> Trajectory:
+def trajectory(*turns: tuple[str, str, bool], tools=(), task=None, source="t") -> Trajectory:
     built = [Turn(role=Role(r), text=t, loss=loss) for r, t, loss in turns]
-    return Trajectory(id=trajectory_id("t", "1", built), source="t", source_id="1", turns=built, tools=list(tools))
+    return Trajectory(
+        id=trajectory_id(source, "1", built), source=source, source_id="1", task=task, turns=built, tools=list(tools)
+    )
 
 
 def shape(sample: Sample) -> list[tuple[str, str | None, bool]]:
@@ -89,27 +93,37 @@ def test_loss_false_example_turns_stay_unsupervised():
         ("assistant", "Think: example.\n\nAct: bash\n\n```bash\nls\n```", False),
         ("user", "The output of the OS:\na b", False),
         ("assistant", "Think: real.\n\nAct: answer(2)", True),
+        task="os",
     )
     (sample,) = outputs(aligner(), traj)
-    example = [m for m in sample.messages[1:6]]
+    assert sample.messages[0].role is Role.SYSTEM and "bash" in sample.messages[0].content
+    example = sample.messages[2:7]
     assert [m.part for m in example if m.role is Role.ASSISTANT] == ["thought", "tool", "arguments"]
     assert not any(m.loss for m in example)
-    assert [m.loss for m in sample.messages if m.role is Role.ASSISTANT][-2:] == [True, True]
+    assert [m.loss for m in sample.messages if m.role is Role.ASSISTANT][-3:] == [True, True, True]
+    assert sample.messages[-1].tool_call == ToolCall(
+        name="answer", arguments={"answer": "2"}
+    )  # the OS card's final tool
     assert not any(m.loss for m in sample.messages if m.role is not Role.ASSISTANT)
 
 
 def test_step_without_thought_needs_no_elicitation():
     traj = trajectory(
-        ("user", "go", False), ("assistant", "ACTION: open drawer 1", True), ("user", "It is open.", False)
+        ("user", "go", False),
+        ("assistant", "ACTION: open drawer 1", True),
+        ("user", "It is open.", False),
+        task="alfworld",
     )
     (sample,) = outputs(aligner(), traj)
     assert shape(sample) == [
+        ("system", None, False),
         ("user", None, False),
         ("assistant", "tool", True),
         ("user", "elicit", False),
         ("assistant", "arguments", True),
         ("user", None, False),
     ]
+    assert sample.messages[4].tool_call == ToolCall(name="open", arguments={"receptacle": "drawer 1"})
 
 
 def test_unparseable_step_is_a_dead_letter_or_kept_unaligned():
@@ -150,10 +164,17 @@ def test_phrasings_vary_across_samples_but_not_across_runs(external):
 
 
 def test_user_templates_override_slots(tmp_path):
-    (tmp_path / "mine.yaml").write_text('tool: ["TOOL={{ tool }}"]\nelicit_tool: ["next tool?"]\n')
-    traj = trajectory(("user", "q", False), ("assistant", "Thought: t\nAction: search[x]", True))
+    (tmp_path / "mine.yaml").write_text('tool: ["TOOL={{ tool }}"]\nelicit_continue: ["more?"]\n')
+    traj = trajectory(("user", "q", False), ("assistant", "Thought: t\nAction: search[x]", True), source="fireact")
     (sample,) = outputs(aligner(tmp_path, templates="mine.yaml"), traj)
-    assert [m.content for m in sample.messages[2:4]] == ["next tool?", "TOOL=search"]
+    assert [m.content for m in sample.messages[3:5]] == ["more?", "TOOL=search"]
+
+
+@pytest.mark.parametrize("slot", ["elicit_tool", "elicit_arguments", "elicit_answer"])
+def test_phrase_books_with_removed_slots_fail_with_an_explanation(tmp_path, slot):
+    (tmp_path / "old.yaml").write_text(f'{slot}: ["Which tool will you use?"]\n')
+    with pytest.raises(PhrasingError, match=rf"{slot}.*no longer exist.*elicit_continue"):
+        aligner(tmp_path, templates="old.yaml")
 
 
 @pytest.mark.parametrize(
@@ -213,26 +234,99 @@ def aligned_calls(sample: Sample) -> list[ToolCall]:
     return [m.tool_call for m in sample.messages if m.part == "arguments"]
 
 
+#: AgentInstruct trajectories whose actions fit no declared tool (ALFWorld "Task failed." / "end
+#: task", KG get_entities_of_type / delete_entities or one-argument get_neighbors, Mind2Web
+#: SET / HOVER / "CLICK on <...>" or a click with a value): filtered with the reason.
+AGENTINSTRUCT_FILTERED = {"undeclared_tool": 19, "invalid_arguments": 4}
+
+
 @pytest.mark.real_data
 def test_all_agentinstruct_trajectories_align_and_keep_every_tool_call(external):
     fn = aligner()
     count = 0
+    filtered: Counter = Counter()
     for path in sorted(glob.glob(str(external("agentinstruct_thudm") / "*.parquet"))):
         for traj in parse_file(path, "agentinstruct")[0]:
-            (sample,) = outputs(fn, traj)  # raises on a dead letter
+            produced = list(fn(traj))  # raises on a dead letter
+            drops = [o for o in produced if isinstance(o, Filtered)]
+            if drops:
+                filtered[drops[0].reason] += 1
+                continue
+            (sample,) = [o for o in produced if isinstance(o, Sample)]
             count += 1
             messages = sample.messages
             assert not any(has_markers(m.content) for m in messages if m.role is Role.ASSISTANT)
-            source_calls = [s.call for t in traj.turns if t.role is Role.ASSISTANT for s in parse_turn(t) if s.call]
-            assert aligned_calls(sample) == source_calls
+            assert not any(has_markers(m.content) for m in messages if m.role in (Role.SYSTEM, Role.USER))
+            source_steps = [s for t in traj.turns if t.role is Role.ASSISTANT for s in parse_turn(t)]
+            calls = aligned_calls(sample)
+            assert len(calls) == sum(1 for s in source_steps if s.call) + sum(
+                1 for s in source_steps if s.finished and traj.task in ("os", "db")
+            )
+            declared = {t.name for t in sample.tools}
+            assert messages[0].role is Role.SYSTEM and all(name in messages[0].content for name in declared)
             for i, message in enumerate(messages):
                 if message.part == "arguments":
                     assert json.loads(message.content) == message.tool_call.arguments
                     assert messages[i - 2].part == "tool" and message.tool_call.name in messages[i - 2].content
+                    validate_call(message.tool_call, sample.tools)  # declared, and the schema holds
             supervised_source = sum(t.loss for t in traj.turns if t.role is Role.ASSISTANT)
             assert (supervised_source == 0) == (not any(m.loss for m in messages))
             assert not any(m.loss for m in messages if m.role is not Role.ASSISTANT)
-    assert count == 1465
+    assert count + sum(filtered.values()) == 1465
+    assert filtered == AGENTINSTRUCT_FILTERED
+
+
+def user_turn_before_each_decision(sample: Sample) -> list[tuple[str, str]]:
+    """(text of the user turn, 'call' | 'answer') before each assistant decision of a sample."""
+    out = []
+    for i, message in enumerate(sample.messages):
+        if i and message.part in ("tool", "answer", "prose") and sample.messages[i - 1].role is Role.USER:
+            out.append((sample.messages[i - 1].content, "call" if message.part == "tool" else "answer"))
+    return out
+
+
+def decision_leak(points: list[tuple[str, str]]) -> float:
+    """(leave-one-out accuracy of the decision from the exact text - base rate) / (1 - base rate)."""
+    totals = Counter(d for _, d in points)
+    majority, top = totals.most_common(1)[0]
+    base = top / len(points)
+    by_text: dict[str, Counter] = {}
+    for text, decision in points:
+        by_text.setdefault(text, Counter())[decision] += 1
+    right = 0
+    for text, decision in points:
+        others = by_text[text].copy()
+        others[decision] -= 1
+        ranked = others.most_common()
+        guess = (
+            majority
+            if not ranked or ranked[0][1] == 0 or (len(ranked) > 1 and ranked[0][1] == ranked[1][1])
+            else ranked[0][0]
+        )
+        right += guess == decision
+    return max(0.0, (right / len(points) - base) / (1 - base)) if base < 1 else 0.0
+
+
+@pytest.mark.real_data
+def test_elicitation_does_not_give_the_decision_away(external):
+    fn = aligner()
+    points = []
+    for path in sorted(glob.glob(str(external("agentinstruct_thudm") / "*.parquet"))):
+        for traj in parse_file(path, "agentinstruct")[0]:
+            if judge(traj, VALID_ACTIONS).violations:
+                continue  # the recipe filters these first (KG "No executable function found")
+            for sample in outputs(fn, traj):
+                points += user_turn_before_each_decision(sample)
+    elicited = [(text, d) for text, d in points if text in set(ELICITATIONS)]
+    assert len(elicited) > 1000 and Counter(d for _, d in elicited)["answer"] > 100
+    assert decision_leak(points) <= 0.05 and decision_leak(elicited) <= 0.05
+    # the same wordings precede calls and answers, in about the same proportions
+    for decision in ("call", "answer"):
+        assert {t for t, d in elicited if d == decision} == set(ELICITATIONS)
+
+
+VALID_ACTIONS = RewardFilterConfig(checks=["invalid_action"])
+ELICITATIONS = ["Go on.", "Continue.", "Please continue.", "OK, go ahead.", "Next?", "Carry on."]
 
 
 # Golden tests: one real row per dialect -> the exact aligned conversation. The expected files hold
@@ -248,11 +342,15 @@ GOLDEN_CASES = {
     "toolbench": (
         "toolbench_openbmb/data_example/answer/G1_answer/10_ChatGPT_DFS_woFilter_w2.json",
         "openai",
-        {"messages_field": "answer_generation.train_messages.-1", "tools_field": "answer_generation.function"},
+        {
+            "messages_field": "answer_generation.train_messages.-1",
+            "tools_field": "answer_generation.function",
+            "task": "toolbench",
+        },
         0,
     ),
-    "glaive": ("llamafactory_glaive_toolcall/glaive_toolcall_en_demo.shared80.json", "sharegpt", {}, 0),
-    "fireact": ("fireact/data/finetune/gpt_format/hotpotqa.jsonl", "openai", {}, 0),
+    "glaive": ("llamafactory_glaive_toolcall/glaive_toolcall_en_demo.shared80.json", "sharegpt", {"task": "glaive"}, 0),
+    "fireact": ("fireact/data/finetune/gpt_format/hotpotqa.jsonl", "openai", {"task": "fireact"}, 0),
     "babyai": ("agentgym_agenttraj_l/babyai_train.json", "agentinstruct", {}, 0),
 }
 

@@ -1,67 +1,133 @@
 """Step ``align``: Agent-FLAN format alignment, Trajectory -> Sample.
 
 Each ReAct / JSON agent step becomes natural multi-turn chat: the thought is plain assistant
-prose; the tool choice and the arguments are their own assistant turns, each elicited by a short
-user turn; a final answer is plain prose; observations stay as they were (user or tool turns).
-Tools are described in a natural-language system message. All wording comes from the phrase
-book ``templates/align/default.yaml`` (or a user's file), one variant chosen per use by a keyed
-hash, so it is deterministic but not one sentence repeated.
+prose; the tool choice and the arguments are their own assistant turns; a final answer is plain
+prose, or a call to the environment's final tool (``answer``, ``finish``, ToolBench's ``Finish``)
+when its tool card declares one; observations stay as they were (user or tool turns).
+
+The model makes every decision. Between two assistant messages comes one short user turn drawn
+from a single neutral pool (``elicit_continue``: "Go on.", "Continue.", ...), chosen by a keyed
+hash of the position, never of what follows: the turn before a thought, a tool choice, the
+arguments or an answer is drawn from the same distribution, so it tells nothing about whether a
+tool call or an answer comes next (decision leak ~ 0). See docs/transforms/align.md for why.
+
+Tools are declared by the trajectory's tool card (:mod:`transforms.tool_cards`,
+``templates/tools/*.yaml``): the system message states the environment's task in words
+(``instruction``) and describes exactly the declared tools, which are also ``sample.tools``. The
+environment's format prompt (``Action:`` demands, "judged as FAIL", the "Ok." acknowledgement) is
+removed by the card's prompt rules; the in-context example stays, aligned like the rest, with
+``loss=false``. All wording comes from the phrase book ``templates/align/default.yaml`` (or a
+user's file), one variant chosen per use by a keyed hash.
 
 Guarantees:
 - generated assistant turns keep the loss flag of the source turn (the in-context example and
   other loss=false turns stay loss=false); elicitation turns are never supervised;
-- every source tool call appears as a ``tool`` turn naming the tool followed by an
-  ``arguments`` turn whose text parses to the same JSON value (and carries the call);
-- no aligned assistant message contains a ReAct marker; a turn that cannot be parsed, or whose
-  rewrite would still hold a marker, dead-letters the trajectory with the offending text, or
-  keeps it unaligned when ``on_unparseable: keep_unaligned``;
-- a deterministic share ``keep_format_share`` of trajectories (default 10 %) stays in its
-  original ReAct form (derivation ``keep_format``) so the format skill is kept.
+- every source tool call appears as a ``tool`` turn naming a declared tool followed by an
+  ``arguments`` turn whose text parses to the call's JSON arguments (and carries the call); the
+  call validates against the tool's JSON Schema; otherwise the trajectory is filtered
+  (``undeclared_tool``, ``invalid_arguments``) with the offending call;
+- the user turns before the assistant's decisions never depend on what follows;
+- no aligned assistant message contains a ReAct marker (``marker_in_output``), and no system or
+  user turn of an aligned sample demands a format (filtered as ``format_in_instruction``: ReAct
+  markers or a ``format_demands`` phrase); a turn that cannot be parsed dead-letters
+  (``unparseable_step``);
+  with ``on_unparseable: keep_unaligned`` each of these keeps the trajectory in its original form
+  instead (derivation ``unaligned``);
+- a deterministic share of each source (``keep_format_share``; default 10 % of ``toolbench``,
+  0 elsewhere) stays in its original form, prompt and example untouched (derivation
+  ``keep_format``), so the format skill is kept.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from schemas import Message, Role, Sample, SampleKind, ToolSpec, Trajectory
-from transforms.base import RecordError, RecordStep, Stat, StepConfig, StepContext
-from transforms.phrasing import PhraseBook, PhrasingError, load_book
-from transforms.react import ParsedStep, StepParseError, has_markers, parse_turn
+from schemas import Message, Role, Sample, SampleKind, ToolCall, ToolSpec, Trajectory, Turn
+from transforms.base import Filtered, RecordError, RecordStep, Stat, StepConfig, StepContext
+from transforms.phrasing import PhraseBook, PhrasingError, load_book, parse_book, read_text
+from transforms.react import FINISH_NAMES, ParsedStep, StepParseError, has_markers, parse_turn
 from transforms.samples import sample_of
 from transforms.sampling import keyed_fraction
+from transforms.tool_cards import CardFileError, ToolCard, ToolCardError, ToolCards, load_cards, validate_call
 
 EXAMPLE_TOOL = {"name": "get_weather", "description": "Weather of a city.", "arguments": "city (string, required)"}
 #: Every slot of the align phrase book and the variables it gets at run time (example values,
 #: used to render each variant once before the run).
 SLOT_VARIABLES: dict[str, dict[str, Any]] = {
-    "system_tools": {"tools": [EXAMPLE_TOOL]},
-    "elicit_tool": {"tool": "get_weather"},
+    "system_tools": {"tools": [EXAMPLE_TOOL], "instruction": "You help the user with the weather."},
     "tool": {"tool": "get_weather"},
-    "elicit_arguments": {"tool": "get_weather"},
     "arguments": {
         "tool": "get_weather",
         "arguments_json": '{"city":"Oslo"}',
         "arguments_pretty": '{\n  "city": "Oslo"\n}',
     },
-    "elicit_answer": {"tool": ""},
     "answer": {"answer": "42.", "answer_bare": "42"},
     "answer_sentence": {"answer": "It snows in Oslo."},
     "finish": {},
-    "elicit_continue": {"tool": ""},
+    "elicit_continue": {},
 }
+#: Slots of earlier phrase books that told the model what to do next; a user book that still
+#: defines them is refused with this explanation.
+REMOVED_SLOTS = {
+    "elicit_tool": "it asked for a tool before the model had decided to call one",
+    "elicit_arguments": "it was asked only before calls, so it told the model that a call comes",
+    "elicit_answer": "it asked for the answer before the model had decided to answer",
+}
+#: Phrases of a system or user turn that demand an output format (besides the ReAct markers).
+DEFAULT_FORMAT_DEMANDS = [
+    r"judged as FAIL",
+    r"(?i)(?:must|should) (?:strictly )?(?:follow|use) (?:this|the following) format",
+    r"(?i)\bprint like this\b",
+    r"(?i)respond with 'Final Answer",
+]
+#: Reasons that filter a trajectory (a deliberate drop of data that would teach the wrong thing);
+#: the others (an unparseable step, a marker left in the output) are dead letters.
+FILTER_REASONS = frozenset({"undeclared_tool", "invalid_arguments", "format_in_instruction"})
+ANY_SOURCE = "*"
 SENTENCE_WORDS = 6
 
 
 class AlignConfig(StepConfig):
-    keep_format_share: float = Field(0.1, ge=0.0, le=1.0)
+    """Config of ``align`` (see the module docstring and docs/transforms/align.md)."""
+
+    keep_format_share: float | dict[str, float] = Field(default_factory=lambda: {"toolbench": 0.1})
     templates: str | None = None
+    tool_cards: str | None = None
+    finals: Literal["call", "prose"] = "call"
+    format_demands: list[str] = Field(default_factory=lambda: list(DEFAULT_FORMAT_DEMANDS))
     on_unparseable: Literal["dead_letter", "keep_unaligned"] = "dead_letter"
     system: Literal["replace", "keep"] = "replace"
     kind: SampleKind = "agent"
+
+    @field_validator("keep_format_share")
+    @classmethod
+    def _shares(cls, value: float | dict[str, float]) -> float | dict[str, float]:
+        shares = value.values() if isinstance(value, dict) else [value]
+        if any(not 0.0 <= s <= 1.0 for s in shares):
+            raise ValueError("keep_format_share values must be in [0, 1]")
+        return value
+
+    @field_validator("format_demands")
+    @classmethod
+    def _compiles(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+        return value
+
+    def keep_share_of(self, source: str) -> float:
+        """The kept-format share of ``source`` (a number applies to every source; in a mapping,
+        ``*`` covers the sources it does not name, 0 when absent)."""
+        if isinstance(self.keep_format_share, dict):
+            return self.keep_format_share.get(source, self.keep_format_share.get(ANY_SOURCE, 0.0))
+        return self.keep_format_share
 
 
 def describe_parameters(parameters: Any) -> str:
@@ -80,7 +146,7 @@ def describe_parameters(parameters: Any) -> str:
             tags.append("required")
         text = f"{name} ({', '.join(tags)})" if tags else name
         if spec.get("description"):
-            text += f": {spec['description']}"
+            text += f": {str(spec['description']).strip().rstrip('.')}"
         parts.append(text)
     return "; ".join(parts)
 
@@ -102,18 +168,30 @@ def _tool_view(tool: ToolSpec) -> dict[str, str]:
     return {"name": tool.name, "description": description, "arguments": describe_parameters(tool.parameters)}
 
 
+def _is_final_tool(name: str) -> bool:
+    return name.strip().lower() in FINISH_NAMES
+
+
 class Aligner:
     """Picklable processor of the align step (the pure logic; see the module docstring)."""
 
-    def __init__(self, config: AlignConfig, context: StepContext, book: dict[str, list[str]]) -> None:
+    def __init__(
+        self, config: AlignConfig, context: StepContext, book: dict[str, list[str]], cards: ToolCards | None = None
+    ) -> None:
         self.config = config
         self.context = context
         self.phrases = PhraseBook(book, context.seed, context.step_id)
+        self.cards = cards if cards is not None else load_cards()
+        self.demands = [re.compile(p) for p in config.format_demands]
 
     # -- the two shapes of output ------------------------------------------------------------
 
-    def _sample(self, trajectory: Trajectory, messages: list[Message], derivation: str) -> Sample:
-        return sample_of(trajectory, messages, kind=self.config.kind, derivation=derivation, context=self.context)
+    def _sample(
+        self, trajectory: Trajectory, messages: list[Message], derivation: str, tools: list[ToolSpec] | None = None
+    ) -> Sample:
+        return sample_of(
+            trajectory, messages, kind=self.config.kind, derivation=derivation, context=self.context, tools=tools
+        )
 
     def original_form(self, trajectory: Trajectory, derivation: str) -> Sample:
         """The trajectory as chat with its text untouched; formatted assistant turns are ``react``."""
@@ -127,21 +205,45 @@ class Aligner:
             )
         return self._sample(trajectory, messages, derivation)
 
+    def declared_tools(self, trajectory: Trajectory, card: ToolCard | None) -> list[ToolSpec]:
+        """The tools an aligned sample declares: the card's (or the trajectory's own), without
+        the final tools when final answers are prose."""
+        finals = self.config.finals == "call"
+        if card is None:
+            tools = list(trajectory.tools)
+            return tools if finals else [t for t in tools if not _is_final_tool(t.name)]
+        tools = card.tools_for(trajectory, finals=finals)
+        if not finals and card.own_tools:
+            tools = [t for t in tools if not _is_final_tool(t.name)]
+        return tools
+
     def aligned(self, trajectory: Trajectory) -> Sample:
         """The trajectory rewritten as natural chat; raises RecordError when it cannot be."""
-        builder = _ChatBuilder(self.phrases, trajectory.id)
+        card = self.cards.card_for(trajectory)
+        tools = self.declared_tools(trajectory, card)
+        builder = _ChatBuilder(self.phrases, trajectory.id, card, tools, self.config.finals)
         turns = list(trajectory.turns)
-        if trajectory.tools:
-            system = self.phrases.render(
-                "system_tools", f"{trajectory.id}:system", tools=[_tool_view(t) for t in trajectory.tools]
+        source_system = None
+        if turns and turns[0].role is Role.SYSTEM:
+            source_system, turns = turns[0].text, turns[1:]
+        if card is not None:
+            turns = card.prompt_turns(turns)
+        instruction = card.instruction if card is not None else ""
+        parts = []
+        if source_system is not None and (self.config.system == "keep" or not (tools or instruction)):
+            parts.append(source_system)  # one system message: the source's, then the tools
+        if tools or instruction:
+            parts.append(
+                self.phrases.render(
+                    "system_tools",
+                    f"{trajectory.id}:system",
+                    tools=[_tool_view(t) for t in tools],
+                    instruction=instruction,
+                )
             )
-            if self.config.system == "keep" and turns and turns[0].role is Role.SYSTEM:
-                system = f"{turns[0].text}\n\n{system}"  # one system message: the source's, then the tools
-                turns = turns[1:]
-            builder.messages.append(Message(role=Role.SYSTEM, content=system, loss=False))
+        if parts:
+            builder.messages.append(Message(role=Role.SYSTEM, content="\n\n".join(parts), loss=False))
         for index, turn in enumerate(turns):
-            if turn.role is Role.SYSTEM and trajectory.tools and self.config.system == "replace":
-                continue
             if turn.role is not Role.ASSISTANT:
                 builder.messages.append(Message(role=turn.role, content=turn.text, loss=turn.loss))
                 continue
@@ -150,18 +252,34 @@ class Aligner:
             except StepParseError as exc:
                 raise RecordError("unparseable_step", f"turn {index}: {exc}: {exc.text[:500]!r}") from None
             for number, step in enumerate(steps):
-                builder.add_step(step, turn.loss, f"{index}.{number}")
+                try:
+                    builder.add_step(step, turn, f"{index}.{number}")
+                except ToolCardError as exc:
+                    raise RecordError(exc.reason, f"turn {index}: {exc.detail}") from None
         for index, message in enumerate(builder.messages):
             if message.role is Role.ASSISTANT and has_markers(message.content):
                 raise RecordError(
                     "marker_in_output", f"aligned message {index} still holds a ReAct marker: {message.content[:500]!r}"
                 )
-        return self._sample(trajectory, builder.messages, "align")
+            if message.role in (Role.SYSTEM, Role.USER) and self.demands_format(message.content):
+                raise RecordError(
+                    "format_in_instruction",
+                    f"aligned message {index} ({message.role.value}) demands a format the targets do not follow: "
+                    f"{message.content[:500]!r}",
+                )
+        return self._sample(trajectory, builder.messages, "align", tools=tools)
+
+    def demands_format(self, text: str) -> bool:
+        """Whether an instruction text demands an output format (a ReAct marker or a demand phrase)."""
+        return has_markers(text) or any(p.search(text) for p in self.demands)
 
     def __call__(self, trajectory: Trajectory) -> Iterator[Any]:
-        share = self.config.keep_format_share
+        source = trajectory.source
+        yield Stat(f"in:{source}", 1)
+        share = self.config.keep_share_of(source)
         if share and keyed_fraction(self.context.seed, self.context.step_id, f"keep_format:{trajectory.id}") < share:
             yield Stat("keep_format", 1)
+            yield Stat(f"keep_format:{source}", 1)
             yield self.original_form(trajectory, "keep_format")
             return
         try:
@@ -169,8 +287,11 @@ class Aligner:
                 sample = self.aligned(trajectory)
             except PhrasingError as exc:
                 raise RecordError("template_error", str(exc)) from None
-        except RecordError:
+        except RecordError as exc:
             if self.config.on_unparseable == "dead_letter":
+                if exc.reason in FILTER_REASONS:
+                    yield Filtered(exc.reason, exc.detail)
+                    return
                 raise
             yield Stat("unaligned", 1)
             yield self.original_form(trajectory, "unaligned")
@@ -194,54 +315,81 @@ class _LazyJson:
 
 
 class _ChatBuilder:
-    """Appends aligned messages, inserting an elicitation turn between two assistant messages."""
+    """Appends aligned messages, inserting a neutral user turn between two assistant messages.
 
-    ELICIT_FOR: ClassVar[dict[str, str]] = {
-        "tool": "elicit_tool",
-        "arguments": "elicit_arguments",
-        "answer": "elicit_answer",
-    }
+    The neutral turn's variant is a keyed hash of the trajectory and the position only, so it is
+    independent of the part that follows."""
 
-    def __init__(self, phrases: PhraseBook, trajectory_id: str) -> None:
+    def __init__(
+        self, phrases: PhraseBook, trajectory_id: str, card: ToolCard | None, tools: list[ToolSpec], finals: str
+    ) -> None:
         self.phrases = phrases
         self.trajectory_id = trajectory_id
+        self.card = card
+        self.tools = tools
+        self.finals = finals
         self.messages: list[Message] = []
 
-    def _say(self, part: str, content: str, loss: bool, key: str, tool: str = "", **extra: Any) -> None:
+    def _say(self, part: str, content: str, loss: bool, **extra: Any) -> None:
         if self.messages and self.messages[-1].role is Role.ASSISTANT:
-            slot = self.ELICIT_FOR.get(part, "elicit_continue")
-            question = self.phrases.render(slot, f"{self.trajectory_id}:{key}:{part}", tool=tool)
+            key = f"{self.trajectory_id}:{len(self.messages)}"
+            question = self.phrases.render("elicit_continue", key)
             self.messages.append(Message(role=Role.USER, content=question, loss=False, part="elicit"))
         self.messages.append(Message(role=Role.ASSISTANT, content=content, loss=loss, part=part, **extra))
 
-    def add_step(self, step: ParsedStep, loss: bool, key: str) -> None:
+    def _declared(self, call: ToolCall) -> ToolCall:
+        if self.card is not None:
+            return self.card.to_call(call, self.tools)
+        validate_call(call, self.tools)
+        return call
+
+    def _final(self, step: ParsedStep, turn: Turn) -> ToolCall | None:
+        """The final step as a call to a declared final tool, or None (then it is prose)."""
+        if self.finals != "call":
+            return None
+        if turn.tool_call is not None and _is_final_tool(turn.tool_call.name):  # ToolBench's Finish
+            return self._declared(turn.tool_call)
+        if self.card is None:
+            return None
+        return self.card.final_call(step.answer, self.tools)
+
+    def _call(self, call: ToolCall, loss: bool, key: str) -> None:
         render = self.phrases.render
+        name = call.name
+        self._say("tool", render("tool", f"{self.trajectory_id}:{key}:tool", tool=name), loss)
+        content = render(
+            "arguments",
+            f"{self.trajectory_id}:{key}:arguments",
+            tool=name,
+            arguments_json=_LazyJson(call.arguments),
+            arguments_pretty=_LazyJson(call.arguments, indent=2),
+        )
+        self._say("arguments", content, loss, tool_call=call)
+
+    def add_step(self, step: ParsedStep, turn: Turn, key: str) -> None:
+        render = self.phrases.render
+        loss = turn.loss
         if step.thought or step.is_prose:
-            self._say("prose" if step.is_prose else "thought", step.thought or "", loss, key)
+            self._say("prose" if step.is_prose else "thought", step.thought or "", loss)
         if step.call is not None:
-            name = step.call.name
-            arguments_json = _LazyJson(step.call.arguments)
-            arguments_pretty = _LazyJson(step.call.arguments, indent=2)
-            self._say("tool", render("tool", f"{self.trajectory_id}:{key}:tool", tool=name), loss, key, tool=name)
+            self._call(self._declared(step.call), loss, key)
+            return
+        if not step.finished:
+            return
+        final = self._final(step, turn)
+        if final is not None:
+            self._call(final, loss, key)
+        elif step.answer and is_sentence(step.answer):
+            content = render("answer_sentence", f"{self.trajectory_id}:{key}:answer", answer=step.answer.strip())
+            self._say("answer", content, loss)
+        elif step.answer:
+            bare = step.answer.strip().rstrip(".!?") or step.answer
             content = render(
-                "arguments",
-                f"{self.trajectory_id}:{key}:arguments",
-                tool=name,
-                arguments_json=arguments_json,
-                arguments_pretty=arguments_pretty,
+                "answer", f"{self.trajectory_id}:{key}:answer", answer=step.answer.strip(), answer_bare=bare
             )
-            self._say("arguments", content, loss, key, tool=name, tool_call=step.call)
-        elif step.finished:
-            if step.answer and is_sentence(step.answer):
-                content = render("answer_sentence", f"{self.trajectory_id}:{key}:answer", answer=step.answer.strip())
-            elif step.answer:
-                bare = step.answer.strip().rstrip(".!?") or step.answer
-                content = render(
-                    "answer", f"{self.trajectory_id}:{key}:answer", answer=step.answer.strip(), answer_bare=bare
-                )
-            else:
-                content = render("finish", f"{self.trajectory_id}:{key}:finish")
-            self._say("answer", content, loss, key)
+            self._say("answer", content, loss)
+        else:
+            self._say("answer", render("finish", f"{self.trajectory_id}:{key}:finish"), loss)
 
 
 class Align(RecordStep):
@@ -253,24 +401,54 @@ class Align(RecordStep):
     output_type = Sample
 
     def book(self) -> dict[str, list[str]]:
-        return load_book("align/default.yaml", self.config.templates, self.context.base_dir, SLOT_VARIABLES)
+        path = self.config.templates
+        if path:
+            user = parse_book(read_text(path, self.context.base_dir), path)
+            removed = sorted(set(user) & set(REMOVED_SLOTS))
+            if removed:
+                reasons = "; ".join(f"{slot}: {REMOVED_SLOTS[slot]}" for slot in removed)
+                raise PhrasingError(
+                    f"{path}: slots {', '.join(removed)} no longer exist ({reasons}). The user turn between two "
+                    "assistant messages is now one neutral pool, 'elicit_continue', used before every next part "
+                    "alike; move neutral wordings there and delete these slots (docs/transforms/align.md)."
+                )
+        return load_book("align/default.yaml", path, self.context.base_dir, SLOT_VARIABLES)
+
+    def cards(self) -> ToolCards:
+        try:
+            return load_cards(self.config.tool_cards, self.context.base_dir)
+        except CardFileError as exc:
+            raise ValueError(f"tool cards: {exc}") from None
 
     def check(self) -> None:
         self.book()
+        self.cards()
 
     def processor(self) -> Aligner:
-        return Aligner(self.config, self.context, self.book())
+        return Aligner(self.config, self.context, self.book(), self.cards())
 
     @classmethod
     def summarize(cls, config: StepConfig, ledger: Any) -> dict[str, Any] | None:
+        assert isinstance(config, AlignConfig)
         stats = ledger.stats
-        total = stats.get("aligned", 0) + stats.get("keep_format", 0) + stats.get("unaligned", 0)
+        sources = sorted(k.split(":", 1)[1] for k in stats if k.startswith("in:"))
+        total = sum(stats[f"in:{s}"] for s in sources)
         if not total:
             return None
+        by_source = {}
+        for source in sources:
+            seen = stats[f"in:{source}"]
+            by_source[source] = {
+                "in": seen,
+                "target": config.keep_share_of(source),
+                "achieved": round(stats.get(f"keep_format:{source}", 0) / seen, 4),
+            }
+        expected = sum(config.keep_share_of(s) * stats[f"in:{s}"] for s in sources) / total
         return {
             "keep_format": {
-                "target": config.keep_format_share,
+                "target": round(expected, 4),
                 "achieved": round(stats.get("keep_format", 0) / total, 4),
+                "by_source": by_source,
             },
             "aligned": stats.get("aligned", 0),
             "unaligned": stats.get("unaligned", 0),
