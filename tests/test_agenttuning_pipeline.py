@@ -4,6 +4,7 @@ agent sample kept, sample shape, determinism across runners."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import datasets
 import pyarrow as pa
@@ -184,3 +185,26 @@ def test_byte_identical_across_runners(recipe, tmp_path, beam_args):
     assert rejected == sorted(p.name for p in (tmp_path / "out" / "rejected").iterdir())
     for name in rejected:
         assert (out / "rejected" / name).read_bytes() == (tmp_path / "out" / "rejected" / name).read_bytes()
+
+
+def test_decontamination_both_directions_and_near_duplicates(recipe):
+    """Both sides are checked against MT-Bench and BFCL from the evaluation item's side and the
+    training side; the general side loses its near-duplicate prompts (none are left in these
+    two sources once exact duplicates are gone: measured)."""
+    summary, _, _ = recipe
+    steps, ratios = summary.manifest.steps, summary.manifest.ratios
+    for side in ("decontaminate_agent", "decontaminate_general"):
+        report = ratios[side]
+        assert report["eval_sets"] == ["mt_bench", "bfcl"] and report["rule"] == "either"
+        assert report["eval_side"]["threshold"] == report["training_side"]["threshold"] == 0.8
+        assert report["contaminated"] == steps[side].filtered.get("contaminated", 0) == 0
+        assert sum(report["eval_side"]["best_item_coverage_deciles"]) == steps[side].in_
+    assert {Path(i.path).parent.name for i in summary.manifest.inputs if i.step == "decontaminate_agent"} == {
+        "mt_bench",
+        "bfcl_gorilla",
+    }
+    near = ratios["near_dedup_general"]
+    assert near["mode"] == "near" and near["compare"] == "first_user"
+    assert near["in"] == steps["dedup_general"].passed == steps["near_dedup_general"].in_
+    assert near["near_duplicates"] == near["clusters"] == 0
+    assert steps["decontaminate_general"].in_ == steps["near_dedup_general"].passed
