@@ -441,7 +441,7 @@ def test_the_command_catches_every_planted_defect_in_raw_input(tmp_path: Path):
 
 def test_a_run_records_its_audit_and_a_blocking_check_stops_publishing(tmp_path: Path):
     from pipelines.errors import RunError
-    from helpers import read_chat_write, run, write_spec
+    from tests.helpers import read_chat_write, run, write_spec
 
     planted_dataset(tmp_path / "mine.jsonl")
     steps = read_chat_write("openai", "mine.jsonl")
@@ -481,7 +481,7 @@ def test_spec_audit_block_is_validated(tmp_path: Path):
 
     from pipelines.errors import SpecError
     from pipelines.graph import load_plan
-    from helpers import read_chat_write, write_spec
+    from tests.helpers import read_chat_write, write_spec
 
     spec = write_spec(tmp_path, read_chat_write("openai", "x.jsonl"))
     data = yaml.safe_load(spec.read_text())

@@ -25,6 +25,7 @@ EXPECTED = {
     "mix",
     "dedup",
     "decontaminate",
+    "audit",
 }
 
 
