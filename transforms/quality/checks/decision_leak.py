@@ -5,20 +5,24 @@ tool message, after the sample's first supervised assistant message (an unsuperv
 example is not a decision), and whose first decisive message is either a call (a tool call, a
 tool-choice part, a ReAct action) or an answer (an answer part, a ReAct final answer, any other
 plain reply). Thoughts and elicitations decide nothing; the arguments that follow a tool choice
-continue that decision. Tool messages (a tool's result) count in the base rate but are not used
-as predictors: they are the environment's state, which legitimately informs the decision.
+continue that decision.
 
-The preceding turn is reduced to *features*: its whole text (when at most 300 characters), its
-first line and its last line (when the turn has several lines and the line is at most 120
-characters), each lowercased with whitespace collapsed. A feature value is used only when it
-comes from at least two source records (a record's own derivations repeat its real query; a
-template repeats across records); other points are predicted by the overall majority. For each
-feature, every decision point is predicted, leave-one-out, by the majority decision of the *other* points with the same
-feature value (ties and unseen values: the overall majority). With ``acc`` the share predicted
-right and ``base`` the share of the majority decision, the leak of a feature is
-``max(0, (acc - base) / (1 - base))``: 0 is no better than the base rate, 1 is always given away.
-The check's share is the largest leak over the features; ``count`` is the number of decision
-points that feature predicts right through a value seen more than once.
+The user turn before a decision point is an *elicitation* when it follows an assistant message
+that decided nothing (the assistant thought, then the user prompts it on). Only elicitations can
+give a decision away: a user's request or an environment's observation carries the task and the
+state, which *should* inform the decision. Each decision point gets, per feature, one value:
+for an elicitation its whole text (when at most 300 characters), its first line and its last
+line (when it has several lines of at most 120 characters), lowercased with whitespace
+collapsed; for any other point the one value ``<no elicitation>`` (so an elicitation that only
+ever precedes calls is caught too: its absence gives the answers away). A value is used only when
+at least two source records give it (a record's own derivations repeat its real text).
+
+For each feature, every decision point is predicted, leave-one-out, by the majority decision of
+the *other* points with the same value (ties and unused values: the overall majority). With
+``acc`` the share predicted right and ``base`` the share of the majority decision, the leak of a
+feature is ``max(0, (acc - base) / (1 - base))``: 0 is no better than the base rate, 1 is always
+given away. The check's share is the largest leak over the features; ``count`` is the number of
+decision points that feature predicts right through a value seen more than once.
 """
 
 from __future__ import annotations
