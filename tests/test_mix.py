@@ -483,7 +483,8 @@ def test_token_eta_on_real_data(tmp_path, external):
         {"id": "write", "type": "write", "inputs": ["mix"]},
     ]
     spec = tmp_path / "tokens.yaml"
-    spec.write_text(json.dumps({"name": "tokens", "steps": steps}))
+    # the audit's findings on unconverted agent data are beside the point here
+    spec.write_text(json.dumps({"name": "tokens", "steps": steps, "audit": {"enabled": False}}))
     out = tmp_path / "out"
     manifest = run_spec(str(spec), str(out)).manifest
     codec = ArrowCodec(Sample)

@@ -282,8 +282,23 @@ def test_invalid_actions_per_environment():
         "There is a barrier in front of you, you can't move forward.",
         "No change in state.",
     ):
-        turns = episode_turns("drop", "go to red ball 1", observations=[observation, "... The task is completed."])
-        assert judge(make("babyai", turns, reward=0.9)).kept, observation
+        turns = episode_turns(
+            "Thought: drop it.\n\nAction:\ndrop",
+            "Action: go to red ball 1",
+            observations=[observation, "... The task is completed."],
+        )
+        assert judge(make("babyai", turns, reward=0.9), RewardFilterConfig(checks=["invalid_action"])).kept
+    # BabyAI says "No change in state" to a valid no-op and to an output it cannot parse: the
+    # agent's output decides (a line-initial "Action:" is well-formed)
+    for malformed in ("Thought: turn.\n\n**Action:**  \nturn left", "I will turn left."):
+        turns = episode_turns(malformed, "Action: done", observations=["No change in state.", "The task is completed."])
+        verdict = judge(make("babyai", turns, reward=0.9), RewardFilterConfig(checks=["invalid_action"]))
+        assert verdict.violations[0][0] == "invalid_action" and "No change in state" in verdict.violations[0][1]
+    # an empty output is a malformed action in every environment, whatever the answer
+    empty = make("webshop", episode_turns("search[shoes]", "  \n", "click[Buy Now]"))
+    verdict = judge(empty)
+    assert verdict.violations[0][0] == "invalid_action" and "(empty output)" in verdict.violations[0][1]
+    assert judge(empty, RewardFilterConfig(empty_output_is_invalid=False)).kept
     # a user's own patterns replace a task's defaults
     assert (
         judge(
@@ -293,6 +308,14 @@ def test_invalid_actions_per_environment():
         == "invalid_action"
     )
     assert judge(unknown, RewardFilterConfig(invalid_action_patterns={"textcraft": []})).kept
+    paired = RewardFilterConfig(
+        invalid_action_patterns={"alfworld": [{"observation": "^Nothing happens", "unless_output": "^(go to|open) "}]}
+    )
+    assert judge(nothing, paired).kept  # both actions were well-formed
+    odd = make("alfworld", episode_turns("opne drawer 9", observations=["Nothing happens."]))
+    assert judge(odd, paired).violations[0][0] == "invalid_action"
+    with pytest.raises(ValidationError):
+        RewardFilterConfig(invalid_action_patterns={"alfworld": [{"observation": "(", "unless_output": "x"}]})
     custom = RewardFilterConfig(invalid_action_patterns={"os": [r"^command not found"]})
     assert not judge(
         make("os", episode_turns("Act: bash", "Act: finish", observations=["command not found", "ok"])), custom
@@ -407,7 +430,7 @@ def test_real_agentinstruct_trajectories_that_break_the_rules(external):
     nothing = alfworld["alfworld_67"]
     assert sum("Nothing happens" in t.text for t in nothing.turns) >= 4
     assert judge(nothing, RewardFilterConfig(missing_reward="keep")).kept
-    # with the reward check alone, everything passes; all checks (the recipe's) drop 19
+    # with the reward check alone, everything passes; all checks (the recipe's) drop 20
     released = RewardFilterConfig(missing_reward="keep", checks=["reward"])
     everything = [
         t for path in sorted(external("agentinstruct_thudm").glob("*.parquet")) for t in _read(path, "agentinstruct")
@@ -417,7 +440,7 @@ def test_real_agentinstruct_trajectories_that_break_the_rules(external):
     all_checks = RewardFilterConfig(missing_reward="keep")
     first_reasons = [_reasons(t, all_checks)[:1] for t in everything]
     strict = Counter(reasons[0] for reasons in first_reasons if reasons)
-    assert strict == {"invalid_action": 10, "no_final_answer": 6, "repeated_output": 3}
+    assert strict == {"invalid_action": 11, "no_final_answer": 6, "repeated_output": 3}
     dropped = {t.source_id for t, reasons in zip(everything, first_reasons, strict=True) if reasons}
     unparsed = {t.source_id for t in everything if any("No executable function found" in u.text for u in t.turns)}
     assert unparsed <= dropped  # every episode with an unparseable action is dropped
@@ -460,6 +483,7 @@ def test_mind2web_partial_credit_threshold_on_real_rows(external):
 THRESHOLD = {"babyai": 0.1}
 INVALID = {
     "babyai": [r"The action is not recognized", r"Only one 'Action' is allowed"],
+    # "No change in state" counts when the output it answers has no line-initial "Action:"
     "textcraft": [r"(?m)^\s*Could not execute", r"(?m)^\s*Could not extract recipe", r"(?m)^\s*Wrong item format"],
 }
 FINAL = {
@@ -483,7 +507,21 @@ def expected_reasons(record: dict) -> list[str]:
     if any(outputs[i] == outputs[i + 1] == outputs[i + 2] for i in range(len(outputs) - 2)):
         reasons.append("repeated_output")
     patterns = [r"(?m)^\s*Invalid action\b", "No executable function found", *INVALID.get(task, [])]
-    if any(re.search("(?i)" + p, o) for o in observations for p in patterns):
+    answered = [
+        (m["content"], messages[i - 1]["content"])
+        for i, m in enumerate(messages)
+        if i > first and m["role"] == "user" and messages[i - 1]["role"] == "assistant"
+    ]
+    no_change = [
+        o
+        for o, a in answered
+        if re.match(r"(?i)\s*No change in state", o) and not re.search(r"(?im)^\s*Action:\s*\S", a)
+    ]
+    if (
+        any(re.search("(?i)" + p, o) for o in observations for p in patterns)
+        or (task == "babyai" and no_change)
+        or any(not o.strip() for o in outputs)
+    ):
         reasons.append("invalid_action")
     last_out = [m["content"] for m in messages if m["role"] == "assistant"][-1]
     if not FINAL[task](last_out, observations[-1] if observations else ""):
@@ -521,6 +559,7 @@ def test_agentgym_rollouts_kept_set_and_reasons(external, tmp_path):
         json.dumps(
             {
                 "name": "reward_filter_real",
+                "audit": {"enabled": False},  # this test is about the reward rules, not data quality
                 "steps": [
                     {
                         "id": "read",

@@ -52,14 +52,23 @@ REJECTED_PORT = "rejected"
 #: ``1 - 0.9 * steps / max_steps`` on success and 0 on failure, so success is reward >= 0.1).
 DEFAULT_THRESHOLDS: dict[str, float] = {"mind2web": 2 / 3, "babyai": 0.1}
 
-#: Regexes (case-insensitive, multi-line) that mark an environment turn as "your action was
-#: malformed or unknown" (never "your well-formed action did not work"). ``*`` applies to every
-#: task. TextCraft answers "Could not execute <action>" exactly when the action matches none of
-#: its commands (craft / get <n> / inventory; AgentGym's agentenv_textcraft/environment.py), and
-#: "Could not extract recipe" / "Wrong item format" when a craft command cannot be parsed.
-DEFAULT_INVALID_ACTION_PATTERNS: dict[str, list[str]] = {
+#: Rules (regexes, case-insensitive, multi-line) that mark an environment turn as "your action
+#: was malformed or unknown" (never "your well-formed action did not work"). ``*`` applies to
+#: every task. A rule is a regex on the environment turn, or ``{observation, unless_output}``:
+#: the turn counts unless the agent output it answers matches ``unless_output`` (a well-formed
+#: action), for environments whose answer is the same to a malformed action and to a valid one
+#: that changes nothing. TextCraft answers "Could not execute <action>" exactly when the action
+#: matches none of its commands (craft / get <n> / inventory; AgentGym's
+#: agentenv_textcraft/environment.py), and "Could not extract recipe" / "Wrong item format" when a
+#: craft command cannot be parsed. BabyAI answers "No change in state" both to an output it
+#: cannot parse (``**Action:** turn left``, an empty output) and to a valid no-op.
+DEFAULT_INVALID_ACTION_PATTERNS: dict[str, list[str | dict[str, str]]] = {
     ANY_TASK: [r"^\s*Invalid action\b", r"No executable function found"],
-    "babyai": [r"The action is not recognized", r"Only one 'Action' is allowed"],
+    "babyai": [
+        r"The action is not recognized",
+        r"Only one 'Action' is allowed",
+        {"observation": r"^\s*No change in state\b", "unless_output": r"^\s*Action:\s*\S"},
+    ],
     "textcraft": [r"^\s*Could not execute\b", r"^\s*Could not extract recipe\b", r"^\s*Wrong item format\b"],
     "sciworld": [r"No known action matches that input"],
 }
@@ -99,6 +108,23 @@ def _compile(pattern: str) -> re.Pattern[str]:
         raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
 
 
+class InvalidActionRule(BaseModel):
+    """An environment turn matching ``observation`` marks an invalid action, unless the agent
+    output it answers matches ``unless_output`` (the action was well-formed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    observation: str
+    unless_output: str | None = None
+
+    @field_validator("observation", "unless_output")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            _compile(value)
+        return value
+
+
 class RewardFilterConfig(StepConfig):
     """Config of ``reward_filter``; per-task maps are merged over the defaults (a task given here
     replaces that task's default; ``[]`` / ``null`` switch a default off for that task)."""
@@ -111,7 +137,8 @@ class RewardFilterConfig(StepConfig):
     checks: list[Check] = Field(default_factory=lambda: list(ALL_CHECKS))
     repeat_limit: int = Field(3, ge=2)
     repeat_scope: Literal["output", "output_and_observation"] = "output"
-    invalid_action_patterns: dict[str, list[str]] = Field(default_factory=dict)
+    invalid_action_patterns: dict[str, list[str | InvalidActionRule]] = Field(default_factory=dict)
+    empty_output_is_invalid: bool = True
     max_invalid_actions: int = Field(0, ge=0)
     final_answer: dict[str, FinalAnswerRule | None] = Field(default_factory=dict)
     rejected_port: bool = True
@@ -125,10 +152,13 @@ class RewardFilterConfig(StepConfig):
 
     @field_validator("invalid_action_patterns")
     @classmethod
-    def _patterns_compile(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+    def _patterns_compile(
+        cls, value: dict[str, list[str | InvalidActionRule]]
+    ) -> dict[str, list[str | InvalidActionRule]]:
         for patterns in value.values():
             for pattern in patterns:
-                _compile(pattern)
+                if isinstance(pattern, str):
+                    _compile(pattern)
         return value
 
     @model_validator(mode="after")
@@ -141,8 +171,15 @@ class RewardFilterConfig(StepConfig):
         merged = {**DEFAULT_THRESHOLDS, **self.thresholds}
         return merged.get(task or "", self.default_threshold)
 
-    def invalid_patterns(self) -> dict[str, list[str]]:
-        return {**DEFAULT_INVALID_ACTION_PATTERNS, **self.invalid_action_patterns}
+    def invalid_patterns(self) -> dict[str, list[InvalidActionRule]]:
+        merged = {**DEFAULT_INVALID_ACTION_PATTERNS, **self.invalid_action_patterns}
+        return {
+            task: [
+                InvalidActionRule(observation=rule) if isinstance(rule, str) else InvalidActionRule.model_validate(rule)
+                for rule in rules
+            ]
+            for task, rules in merged.items()
+        }
 
     def final_answers(self) -> dict[str, FinalAnswerRule]:
         merged: dict[str, FinalAnswerRule | None] = {
@@ -160,6 +197,7 @@ class Episode:
     raw_outputs: list[str]  # the same outputs' text as written
     observations_after: list[str | None]  # normalised environment text after each output
     observations: list[str]  # raw environment turns after the first agent output
+    answered: list[str]  # the raw agent output each of those environment turns answers
 
 
 def _norm(text: str) -> str:
@@ -179,6 +217,7 @@ def episode(trajectory: Trajectory) -> Episode:
     raw: list[str] = []
     after: list[list[str]] = []
     observations: list[str] = []
+    answered: list[str] = []
     for turn in trajectory.turns:
         if turn.role is Role.ASSISTANT and turn.loss:
             outputs.append(_output_text(turn))
@@ -186,8 +225,9 @@ def episode(trajectory: Trajectory) -> Episode:
             after.append([])
         elif turn.role in (Role.USER, Role.TOOL) and outputs:
             observations.append(turn.text)
+            answered.append(raw[-1])
             after[-1].append(_norm(turn.text))
-    return Episode(outputs, raw, [" ".join(parts) if parts else None for parts in after], observations)
+    return Episode(outputs, raw, [" ".join(parts) if parts else None for parts in after], observations, answered)
 
 
 def longest_repeat(ep: Episode, scope: str = "output") -> tuple[int, str]:
@@ -207,14 +247,21 @@ def longest_repeat(ep: Episode, scope: str = "output") -> tuple[int, str]:
     return best, best_text
 
 
-def invalid_actions(ep: Episode, patterns: list[re.Pattern[str]]) -> list[str]:
-    """The environment turns that match one of ``patterns`` (their first 120 characters)."""
+CompiledRule = tuple[re.Pattern[str], re.Pattern[str] | None]  # (observation, unless_output)
+
+
+def invalid_actions(ep: Episode, rules: list[CompiledRule], empty_is_invalid: bool = False) -> list[str]:
+    """The invalid actions of an episode, described by their first 120 characters: environment
+    turns that match a rule's observation (and whose answered output does not match its
+    ``unless_output``), then, with ``empty_is_invalid``, empty agent outputs."""
     hits = []
-    for text in ep.observations:
-        for pattern in patterns:
-            if pattern.search(text):
+    for text, output in zip(ep.observations, ep.answered, strict=True):
+        for observation, unless in rules:
+            if observation.search(text) and (unless is None or not unless.search(output)):
                 hits.append(text[:120])
                 break
+    if empty_is_invalid:
+        hits += ["(empty output)" for output in ep.outputs if not output]
     return hits
 
 
@@ -268,12 +315,15 @@ class Verdict:
 class Rules:
     """A config's per-task regexes, compiled once per worker."""
 
-    invalid: dict[str, list[re.Pattern[str]]]
+    invalid: dict[str, list[CompiledRule]]
     final: dict[str, tuple[str, re.Pattern[str]]]  # task -> (where, pattern)
 
     @classmethod
     def of(cls, config: RewardFilterConfig) -> Rules:
-        invalid = {task: [_compile(p) for p in patterns] for task, patterns in config.invalid_patterns().items()}
+        invalid = {
+            task: [(_compile(r.observation), _compile(r.unless_output) if r.unless_output else None) for r in rules]
+            for task, rules in config.invalid_patterns().items()
+        }
         final = {task: (rule.where, _compile(rule.pattern)) for task, rule in config.final_answers().items()}
         return cls(invalid, final)
 
@@ -310,7 +360,7 @@ def judge(trajectory: Trajectory, config: RewardFilterConfig | None = None, rule
             verdict.add("repeated_output", f"the same output {run} times in a row: {text[:160]!r}")
     if "invalid_action" in checks:
         patterns = rules.invalid.get(ANY_TASK, []) + (rules.invalid.get(task, []) if task else [])
-        hits = invalid_actions(ep, patterns)
+        hits = invalid_actions(ep, patterns, config.empty_output_is_invalid)
         if len(hits) > config.max_invalid_actions:
             allowed = config.max_invalid_actions
             verdict.add("invalid_action", f"{len(hits)} invalid action(s), {allowed} allowed; first: {hits[0]!r}")
