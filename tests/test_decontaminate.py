@@ -100,6 +100,18 @@ def test_eval_texts_from_strings_fields_turns_and_nested_lists():
         "question": [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]],
     }
     assert eval_texts(bfcl, ["question"]) == ["a", "b"]
+    # only the listed roles of a message list (BFCL live sets hold system prompts and assistant turns)
+    live = {
+        "question": [
+            [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": "u"},
+                {"role": "assistant", "content": "a"},
+            ]
+        ]
+    }
+    assert eval_texts(live, ["question"]) == ["s", "u", "a"]
+    assert eval_texts(live, ["question"], ["user"]) == ["u"]
 
 
 def _fn(tmp_path: Path, **config) -> DecontaminateFn:
@@ -385,7 +397,7 @@ def test_planted_mt_bench_questions_are_all_caught_and_clean_samples_pass(extern
     config = DecontaminateConfig(
         eval_sets=[
             {"name": "mt_bench", "paths": str(mt_bench), "fields": ["turns"]},
-            {"name": "bfcl", "paths": bfcl, "fields": ["question"]},
+            {"name": "bfcl", "paths": bfcl, "fields": ["question"], "item_roles": ["user"]},
         ]
     )
     fn = DecontaminateFn(config, [[str(mt_bench)], bfcl])

@@ -47,7 +47,10 @@ _ANY_SHARE = 1e-12
 
 
 class EvalSet(BaseModel):
-    """One evaluation set: files, where their text lives, and which field names an item."""
+    """One evaluation set: files, where their text lives, which field names an item, and
+    (``item_roles``) which messages of a ``{role, content}`` list count (e.g. ``[user]`` for
+    BFCL, whose live sets carry system prompts and a few assistant turns beside the
+    questions); ``None`` keeps every message."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -55,6 +58,7 @@ class EvalSet(BaseModel):
     name: str | None = None
     fields: list[str] = Field(default_factory=lambda: list(DEFAULT_FIELDS), min_length=1)
     id_field: str | None = None
+    item_roles: list[str] | None = None
 
     @field_validator("paths", mode="before")
     @classmethod
@@ -91,23 +95,26 @@ def tokens(text: str) -> list[str]:
     return word_tokens(text)
 
 
-def _texts(value: Any) -> Iterator[str]:
+def _texts(value: Any, roles: list[str] | None = None) -> Iterator[str]:
     if isinstance(value, str):
         yield value
     elif isinstance(value, list):
         for item in value:
             if isinstance(item, str | list):
-                yield from _texts(item)
+                yield from _texts(item, roles)
             elif isinstance(item, dict):
+                if roles is not None and "role" in item and item["role"] not in roles:
+                    continue
                 for key in ("content", "text", "value"):
                     if isinstance(item.get(key), str):
                         yield item[key]
                         break
 
 
-def eval_texts(obj: Any, fields: list[str]) -> list[str]:
+def eval_texts(obj: Any, fields: list[str], roles: list[str] | None = None) -> list[str]:
     """The evaluation texts of one record: the record itself if it is a string, else every
-    listed field that is present (dotted paths allowed)."""
+    listed field that is present (dotted paths allowed); in lists of messages, only those
+    whose ``role`` is in ``roles`` (when given; messages without a role always count)."""
     if isinstance(obj, str):
         return [obj]
     found: list[str] = []
@@ -116,7 +123,7 @@ def eval_texts(obj: Any, fields: list[str]) -> list[str]:
             value: Any = obj
             for part in path.split("."):
                 value = value.get(part) if isinstance(value, dict) else None
-            found.extend(_texts(value))
+            found.extend(_texts(value, roles))
     return found
 
 
@@ -143,7 +150,7 @@ def build_index(config: DecontaminateConfig, files: list[list[str]]) -> EvalInde
                 if isinstance(raw, Failed):
                     where = f"eval set {name!r}: cannot read {raw.location}"
                     raise ValueError(f"{where}: {raw.reason}: {raw.detail}")
-                texts = eval_texts(raw.obj, eval_set.fields)
+                texts = eval_texts(raw.obj, eval_set.fields, eval_set.item_roles)
                 key = item_id(raw.obj, eval_set, raw.location)
                 for k, text in enumerate(texts):
                     index.add(name, key if len(texts) == 1 else f"{key}[{k}]", text)
