@@ -9,6 +9,7 @@ from schemas import Sample
 from tests.conftest import REPO
 from tests.helpers import MULTI_PROCESS, PORTABLE, PORTABLE_PROCESS, run, shard_hashes
 from transforms.react import has_markers
+from transforms.tool_cards import validate_call
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 SPEC = REPO / "pipelines" / "agent_flan.yaml"
@@ -20,6 +21,14 @@ EXPLAINED = {
     "no_tool_call",
     "no_query",
     "no_plain_answer",
+    # successful episodes only (reward_filter before align)
+    "unsuccessful",
+    "no_final_answer",
+    "invalid_action",
+    # align: calls that fit no declared tool, unparseable or marker-holding steps
+    "undeclared_tool",
+    "invalid_arguments",
+    "unparseable_step",
 }
 
 
@@ -40,8 +49,10 @@ def test_every_record_is_accounted_for_with_reasons(flan):
         assert set(ledger.dead_letter) | set(ledger.filtered) <= EXPLAINED
     assert steps["read_agentinstruct"].passed == 1465
     assert steps["align"].in_ == sum(
-        steps[r].emitted for r in ("read_agentinstruct", "read_toolbench", "read_glaive", "read_fireact")
+        steps[r].emitted for r in ("valid_agentinstruct", "successful_toolbench", "read_glaive", "successful_fireact")
     )
+    assert steps["successful_toolbench"].filtered == {"unsuccessful": 4}  # win: false
+    assert steps["successful_fireact"].filtered == {"no_final_answer": 49}  # reward = False / 0
     assert steps["instruction_pairs"].emitted == 2000
     assert steps["negatives"].emitted == 761
     assert summary.manifest.ratios["negatives"]["achieved"] == summary.manifest.ratios["negatives"]["target"]
@@ -56,7 +67,14 @@ def test_every_record_is_accounted_for_with_reasons(flan):
 def test_shares_meet_their_targets(flan):
     _, summary = flan
     ratios = summary.manifest.ratios
-    assert abs(ratios["align"]["keep_format"]["achieved"] - 0.1) < 0.01
+    by_source = ratios["align"]["keep_format"]["by_source"]
+    assert {s: v["target"] for s, v in by_source.items()} == {
+        "agentinstruct": 0.0,
+        "fireact": 0.0,
+        "glaive": 0.0,
+        "toolbench": 0.1,
+    }
+    assert all(v["achieved"] == 0.0 for s, v in by_source.items() if s != "toolbench")
     for unit in ("tokens", "turns"):
         target, achieved = ratios["balance"][unit]["target_share"], ratios["balance"][unit]["achieved_share"]
         assert max(abs(target[c] - achieved[c]) for c in target) < 0.01
@@ -85,3 +103,20 @@ def test_byte_identical_across_runs_and_runners(flan, tmp_path, runner_args):
     out, _ = flan
     run(SPEC, tmp_path / "again", runner_args)
     assert shard_hashes(tmp_path / "again") == shard_hashes(out)
+
+
+def test_aligned_samples_call_only_declared_tools_under_matching_instructions(flan):
+    out, _ = flan
+    dataset = datasets.load_from_disk(str(out))
+    aligned = 0
+    for row in dataset:
+        if row["lineage"]["derivation"] != "align":
+            continue
+        aligned += 1
+        sample = Sample.model_validate({**row, "metadata": {}})
+        for message in sample.messages:
+            if message.tool_call is not None:
+                validate_call(message.tool_call, sample.tools)  # declared, and the schema holds
+            if message.role.value in ("system", "user"):
+                assert not has_markers(message.content)  # no format the targets do not follow
+    assert aligned > 4000

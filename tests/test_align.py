@@ -14,12 +14,13 @@ import pytest
 from schemas import Role, Sample, ToolCall, ToolSpec, Trajectory, Turn, trajectory_id
 from tests.conftest import DEMO_DATA
 from tests.helpers import parse_file
-from transforms.align import Align, describe_parameters
+from transforms.align import Align, AlignConfig, describe_parameters, quota_threshold
 from transforms.base import Filtered, RecordError, StepContext
 from transforms.phrasing import PhrasingError
 from transforms.react import has_markers, parse_turn
 from transforms.reward_filter import RewardFilterConfig, judge
-from transforms.tool_cards import validate_call
+from transforms.sampling import rank_key
+from transforms.tool_cards import CardFileError, ToolCardError, load_cards, validate_call
 
 GOLDEN = Path(__file__).parent / "golden" / "align"
 
@@ -399,3 +400,181 @@ def test_system_keep_makes_one_system_message():
     assert kept.messages[0].content.startswith("Be brief.\n\n") and "does f" in kept.messages[0].content
     (replaced,) = outputs(aligner(), traj)
     assert "Be brief." not in replaced.messages[0].content
+
+
+# --- kept-format share per source -----------------------------------------------------------------
+
+
+def test_keep_format_share_is_per_source():
+    trajs = [
+        trajectory(
+            ("user", f"q{i}", False),
+            ("assistant", "Thought: t\nAction: search[x]", True),
+            source=source,
+            tools=[ToolSpec(name="search")],
+        )
+        for i in range(40)
+        for source in ("toolbench", "fireact")
+    ]
+    fn = aligner(keep_format_share={"toolbench": 1.0})
+    derivations = Counter((t.source, outputs(fn, t)[0].lineage.derivation) for t in trajs)
+    assert derivations == {("toolbench", "keep_format"): 40, ("fireact", "align"): 40}
+    config = AlignConfig(keep_format_share={"toolbench": 0.1, "*": 0.5})
+    assert (config.keep_share_of("toolbench"), config.keep_share_of("other")) == (0.1, 0.5)
+    assert AlignConfig().keep_share_of("toolbench") == 0.1 and AlignConfig().keep_share_of("glaive") == 0.0
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        AlignConfig(keep_format_share={"toolbench": 1.5})
+
+
+def test_quota_threshold_keeps_the_nearest_count_of_the_lowest_ranks():
+    keys = [rank_key(0, "align", f"k{i}") for i in range(9)]
+    for share, count in ((0.1, 1), (0.0, 0), (0.5, 5), (1.0, 9), (0.04, 0)):
+        threshold = quota_threshold(keys, share)
+        assert sum(1 for k in keys if threshold is not None and k <= threshold) == count
+
+
+# --- tool cards ------------------------------------------------------------------------------------
+
+
+def card_call(task: str, name: str, arguments) -> ToolCall:
+    traj = trajectory(("user", "q", False), task=task)
+    card = load_cards().card_for(traj)
+    return card.to_call(ToolCall(name=name, arguments=arguments), card.tools_for(traj))
+
+
+@pytest.mark.parametrize(
+    ("task", "name", "arguments", "expected"),
+    [
+        ("alfworld", "go to", {"target": "desk 1"}, ToolCall(name="go_to", arguments={"receptacle": "desk 1"})),
+        (
+            "alfworld",
+            "take",
+            {"target": "laptop 1 from diningtable 1"},
+            ToolCall(name="take", arguments={"object": "laptop 1", "receptacle": "diningtable 1"}),
+        ),
+        (
+            "alfworld",
+            "put",
+            {"target": "laptop 1 in/on bed 1"},
+            ToolCall(name="put", arguments={"object": "laptop 1", "receptacle": "bed 1"}),
+        ),
+        ("alfworld", "inventory", {}, ToolCall(name="inventory", arguments={})),
+        (
+            "kg",
+            "get_neighbors",
+            {"input": "Barack Obama, people.person.profession"},
+            ToolCall(
+                name="get_neighbors", arguments={"variable": "Barack Obama", "relation": "people.person.profession"}
+            ),
+        ),
+        (
+            "kg",
+            "intersection",
+            {"input": "#0, #1"},
+            ToolCall(name="intersection", arguments={"variable1": "#0", "variable2": "#1"}),
+        ),
+        ("webshop", "click", {"input": "Buy Now"}, ToolCall(name="click", arguments={"button": "Buy Now"})),
+        (
+            "mind2web",
+            "TYPE.",
+            {"element": "C", "value": "11101"},
+            ToolCall(name="type", arguments={"element": "C", "value": "11101"}),
+        ),
+        ("os", "bash", {"script": "ls"}, ToolCall(name="bash", arguments={"script": "ls"})),
+        ("db", "operation", {"query": "SELECT 1"}, ToolCall(name="sql", arguments={"query": "SELECT 1"})),
+        (
+            "babyai",
+            "toggle",
+            {"target": "and go through red door 1"},
+            ToolCall(name="toggle_and_go_through", arguments={"door": "red door 1"}),
+        ),
+        ("babyai", "toggle", {}, ToolCall(name="toggle", arguments={})),
+    ],
+)
+def test_tool_cards_turn_parsed_actions_into_schema_valid_calls(task, name, arguments, expected):
+    call = card_call(task, name, arguments)
+    assert call == expected
+
+
+@pytest.mark.parametrize(
+    ("task", "name", "arguments", "reason"),
+    [
+        ("alfworld", "Task", {"target": "failed."}, "undeclared_tool"),
+        ("kg", "get_neighbors", {"input": "Unit of Energy"}, "invalid_arguments"),
+        ("mind2web", "CLICK", {"element": "C", "value": "x"}, "invalid_arguments"),
+        ("mind2web", "HOVER", {"element": "E"}, "undeclared_tool"),
+    ],
+)
+def test_tool_cards_refuse_calls_that_fit_no_declared_tool(task, name, arguments, reason):
+    with pytest.raises(ToolCardError) as info:
+        card_call(task, name, arguments)
+    assert info.value.reason == reason and info.value.detail
+
+
+def test_tool_cards_final_calls_and_own_tools():
+    cards = load_cards()
+    os_traj = trajectory(("user", "q", False), task="os")
+    card = cards.card_for(os_traj)
+    tools = card.tools_for(os_traj)
+    assert [t.name for t in tools] == ["bash", "answer", "finish"]
+    assert [t.name for t in card.tools_for(os_traj, finals=False)] == ["bash"]
+    assert card.final_call("220", tools) == ToolCall(name="answer", arguments={"answer": "220"})
+    assert card.final_call(None, tools) == ToolCall(name="finish", arguments={})
+    kg = trajectory(("user", "q", False), task="kg")
+    assert cards.card_for(kg).final_call("#3", cards.card_for(kg).tools_for(kg)) is None  # prose answer
+    own = trajectory(
+        ("user", "q", False),
+        source="glaive",
+        tools=[ToolSpec(name="f", parameters={"type": "object", "properties": {"a": {"type": "integer"}}})],
+    )
+    card = cards.card_for(own)
+    assert card.own_tools and card.tools_for(own) == own.tools
+    assert card.to_call(ToolCall(name="f", arguments={"a": 1}), own.tools).name == "f"
+    with pytest.raises(ToolCardError, match="invalid_arguments"):
+        card.to_call(ToolCall(name="f", arguments={"a": "x"}), own.tools)
+    with pytest.raises(ToolCardError, match="undeclared_tool"):
+        validate_call(ToolCall(name="g"), own.tools)
+    assert cards.card_for(trajectory(("user", "q", False))) is None
+
+
+def test_tool_cards_remove_the_environments_format_prompt():
+    db = trajectory(
+        (
+            "user",
+            "I will ask you a question, then you should help me operate a MySQL database with SQL.\nAction: Operation",
+            False,
+        ),
+        ("assistant", "Ok.", False),
+        ("user", "How many rows?", False),
+        ("assistant", "Action: Operation\n```sql\nSELECT COUNT(*) FROM t\n```", True),
+        task="db",
+    )
+    turns = load_cards().card_for(db).prompt_turns(db.turns)
+    assert [t.text for t in turns][:1] == ["How many rows?"] and len(turns) == 2
+    os_traj = trajectory(
+        ("user", "take exact one of the three actions ... Now, my problem is:\n\ncount files in /etc?", False),
+        task="os",
+    )
+    assert [t.text for t in load_cards().card_for(os_traj).prompt_turns(os_traj.turns)] == ["count files in /etc?"]
+
+
+def test_user_tool_cards_replace_builtins_and_bad_cards_are_clear_errors(tmp_path):
+    (tmp_path / "cards").mkdir()
+    (tmp_path / "cards" / "webshop.yaml").write_text(
+        "card: webshop\nmatch: {tasks: [webshop]}\ntools:\n"
+        "  - {name: search, pattern: '(?P<q>.+)', parameters: {type: object, properties: {q: {type: string}}}}\n"
+    )
+    cards = load_cards("cards", str(tmp_path))
+    traj = trajectory(("user", "q", False), task="webshop")
+    assert [t.name for t in cards.card_for(traj).tools_for(traj)] == ["search"]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.yaml").write_text(
+        "card: x\nmatch: {tasks: [x]}\ntools: [{name: f, parameters: {type: 3}}]\n"
+    )
+    with pytest.raises(CardFileError, match="not a valid JSON Schema"):
+        load_cards("bad", str(tmp_path))
+    (tmp_path / "bad" / "x.yaml").write_text("card: x\nmatch: {tasks: [x]}\ntools: [{name: f, oops: 1}]\n")
+    with pytest.raises(CardFileError, match="oops"):
+        load_cards("bad", str(tmp_path))
+    with pytest.raises(ValueError, match="tool cards"):
+        aligner(tmp_path, tool_cards="absent")

@@ -42,17 +42,29 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
+import apache_beam as beam
 from pydantic import Field, field_validator
 
 from schemas import Message, Role, Sample, SampleKind, ToolCall, ToolSpec, Trajectory, Turn
-from transforms.base import Filtered, RecordError, RecordStep, Stat, StepConfig, StepContext
+from transforms.base import (
+    LEDGER,
+    MAIN,
+    REJECTED,
+    Filtered,
+    RecordDoFn,
+    RecordError,
+    RecordStep,
+    Stat,
+    StepConfig,
+    StepContext,
+)
 from transforms.phrasing import PhraseBook, PhrasingError, load_book, parse_book, read_text
 from transforms.react import FINISH_NAMES, ParsedStep, StepParseError, has_markers, parse_turn
 from transforms.samples import sample_of
-from transforms.sampling import keyed_fraction
+from transforms.sampling import RankKey, keyed_fraction, prefix_threshold, rank_key
 from transforms.tool_cards import CardFileError, ToolCard, ToolCardError, ToolCards, load_cards, validate_call
 
 EXAMPLE_TOOL = {"name": "get_weather", "description": "Weather of a city.", "arguments": "city (string, required)"}
@@ -273,18 +285,26 @@ class Aligner:
         """Whether an instruction text demands an output format (a ReAct marker or a demand phrase)."""
         return has_markers(text) or any(p.search(text) for p in self.demands)
 
-    def __call__(self, trajectory: Trajectory) -> Iterator[Any]:
+    def keeps_format(self, trajectory: Trajectory, thresholds: dict[str, RankKey | None] | None) -> bool:
+        """Whether ``trajectory`` is in its source's kept-format share: its rank key is within the
+        source's exact quota (``thresholds``, from the step's count of each source), or, when the
+        processor is used alone without them, a keyed draw with probability ``share``."""
+        share = self.config.keep_share_of(trajectory.source)
+        if not share:
+            return False
+        key = f"keep_format:{trajectory.id}"
+        if thresholds is None:
+            return keyed_fraction(self.context.seed, self.context.step_id, key) < share
+        threshold = thresholds.get(trajectory.source)
+        return threshold is not None and rank_key(self.context.seed, self.context.step_id, key) <= threshold
+
+    def __call__(self, trajectory: Trajectory, thresholds: dict[str, RankKey | None] | None = None) -> Iterator[Any]:
         source = trajectory.source
         yield Stat(f"in:{source}", 1)
-        share = self.config.keep_share_of(source)
-        if share and keyed_fraction(self.context.seed, self.context.step_id, f"keep_format:{trajectory.id}") < share:
-            yield Stat("keep_format", 1)
-            yield Stat(f"keep_format:{source}", 1)
-            yield self.original_form(trajectory, "keep_format")
-            return
+        keep = self.keeps_format(trajectory, thresholds)
         try:
             try:
-                sample = self.aligned(trajectory)
+                sample = self.aligned(trajectory)  # kept-format trajectories pass the same checks
             except PhrasingError as exc:
                 raise RecordError("template_error", str(exc)) from None
         except RecordError as exc:
@@ -294,11 +314,25 @@ class Aligner:
                     return
                 raise
             yield Stat("unaligned", 1)
+            yield Stat(f"out:{source}", 1)
             yield self.original_form(trajectory, "unaligned")
+            return
+        yield Stat(f"out:{source}", 1)
+        if keep:
+            yield Stat("keep_format", 1)
+            yield Stat(f"keep_format:{source}", 1)
+            yield self.original_form(trajectory, "keep_format")
             return
         yield Stat("aligned", 1)
         yield Stat("tool_calls", sum(1 for m in sample.messages if m.part == "arguments"))
         yield sample
+
+
+def quota_threshold(keys: Iterable[RankKey], share: float) -> RankKey | None:
+    """The rank key at which a source's kept-format quota ends: the ``round(share * n)``
+    lowest-ranked of its ``n`` trajectories are kept (nearest count; a half goes to keeping)."""
+    ranked = [(key, 1.0) for key in keys]
+    return prefix_threshold(ranked, share * len(ranked))[0]
 
 
 class _LazyJson:
@@ -427,23 +461,46 @@ class Align(RecordStep):
     def processor(self) -> Aligner:
         return Aligner(self.config, self.context, self.book(), self.cards())
 
+    def expand(self, pcoll: beam.PCollection) -> dict[str, Any]:
+        """Count, then select: the rank keys of the trajectories of sources with a kept-format
+        share are gathered per source into exact quota thresholds, a side input of the ParDo."""
+        config, seed, step_id = self.config, self.context.seed, self.step_id
+        thresholds = (
+            pcoll
+            | "KeepFormatRanks"
+            >> beam.FlatMap(
+                lambda t: (
+                    [(t.source, rank_key(seed, step_id, f"keep_format:{t.id}"))]
+                    if config.keep_share_of(t.source)
+                    else []
+                )
+            )
+            | "PerSource" >> beam.GroupByKey()
+            | "Thresholds"
+            >> beam.MapTuple(lambda source, keys: (source, quota_threshold(keys, config.keep_share_of(source))))
+        )
+        outputs = pcoll | "Process" >> beam.ParDo(
+            RecordDoFn(self.processor(), self.step_id), thresholds=beam.pvalue.AsDict(thresholds)
+        ).with_outputs(REJECTED, LEDGER, *self.extra_outputs, main=MAIN)
+        return self._typed(outputs)
+
     @classmethod
     def summarize(cls, config: StepConfig, ledger: Any) -> dict[str, Any] | None:
         assert isinstance(config, AlignConfig)
         stats = ledger.stats
-        sources = sorted(k.split(":", 1)[1] for k in stats if k.startswith("in:"))
-        total = sum(stats[f"in:{s}"] for s in sources)
+        sources = sorted(k.split(":", 1)[1] for k in stats if k.startswith("out:"))
+        total = sum(stats[f"out:{s}"] for s in sources)
         if not total:
             return None
         by_source = {}
         for source in sources:
-            seen = stats[f"in:{source}"]
+            seen = stats[f"out:{source}"]
             by_source[source] = {
-                "in": seen,
+                "out": seen,
                 "target": config.keep_share_of(source),
                 "achieved": round(stats.get(f"keep_format:{source}", 0) / seen, 4),
             }
-        expected = sum(config.keep_share_of(s) * stats[f"in:{s}"] for s in sources) / total
+        expected = sum(config.keep_share_of(s) * stats[f"out:{s}"] for s in sources) / total
         return {
             "keep_format": {
                 "target": round(expected, 4),
