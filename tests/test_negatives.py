@@ -1,31 +1,75 @@
-"""negatives: the cases, the irrelevance rule, exact counts, responders, on real and demo data."""
+"""negatives: queries people ask, real or phrase-book answers in the query's language, exact
+counts per case and query kind, the irrelevance rule, responders; on real and demo data."""
 
 from __future__ import annotations
 
+import collections
 import glob
 
 import datasets
 import pytest
 
-from schemas import Role, ToolSpec
+from schemas import Role, ToolCall, ToolSpec, Trajectory, Turn, trajectory_id
 from tests.conftest import DEMO_DATA, REPO
 from tests.helpers import parse_file, rejected, run, write_spec
+from train.hallucination import Keywords
 from transforms.base import Filtered, Stat, StepContext
 from transforms.negatives import (
     NegativeMaker,
     Negatives,
     NegativesConfig,
+    Query,
     content_words,
-    eligibility,
     pick_irrelevant_tools,
-    query_index,
+    select,
 )
+from transforms.phrasing import PhrasingError
+from transforms.quality.language import detect_language
 from transforms.react import has_markers
 
 WEATHER = ToolSpec(name="get_weather", description="Get the current weather of a city")
 CURRENCY = ToolSpec(name="convert_currency", description="Convert an amount between currencies")
 FORECAST = ToolSpec(name="weather_forecast", description="Five-day forecast")
 BOOKS = ToolSpec(name="search_books", description="Search a library catalogue by title or author")
+STOCK = ToolSpec(
+    name="get_stock_price",
+    description="Get the current stock price of a company",
+    parameters={"type": "object", "properties": {"company": {"type": "string"}}, "required": ["company"]},
+)
+POOL = [WEATHER, CURRENCY, FORECAST, BOOKS, STOCK]
+
+
+def traj(
+    turns: list[Turn], tools: list[ToolSpec] | None = None, task: str | None = None, source: str = "s"
+) -> Trajectory:
+    return Trajectory(
+        id=trajectory_id(source, str(len(turns)), turns),
+        source=source,
+        source_id=turns[0].text[:20],
+        task=task,
+        tools=tools or [],
+        turns=turns,
+    )
+
+
+def user(text: str) -> Turn:
+    return Turn(role=Role.USER, text=text)
+
+
+def assistant(text: str, call: ToolCall | None = None) -> Turn:
+    return Turn(role=Role.ASSISTANT, text=text, loss=True, tool_call=call)
+
+
+def call_turn(name: str, **arguments) -> Turn:
+    return assistant("", ToolCall(name=name, arguments=arguments))
+
+
+def maker(**config) -> NegativeMaker:
+    config.setdefault("agent_inputs", ["a"])
+    return Negatives(config, StepContext(step_id="negatives")).maker()
+
+
+# --- pure helpers -------------------------------------------------------------------------------
 
 
 def test_content_words_split_identifiers_and_drop_stop_words():
@@ -41,104 +85,293 @@ def test_irrelevant_tools_never_reuse_source_names_or_share_words():
     assert names == {"convert_currency", "search_books"}
     assert picked == pick_irrelevant_tools("What is the weather in Oslo?", [WEATHER], pool, 5, 0, "neg", "k")
     assert len(pick_irrelevant_tools("What is the weather in Oslo?", [WEATHER], pool, 1, 0, "neg", "k")) == 1
+    # the needed capability's words (e.g. a parser-made 'sql' call's related words) ban tools too
+    catalogue = ToolSpec(name="lookup_record", description="Find a record in the catalogue table")
+    kept = pick_irrelevant_tools("How many rows?", [], [catalogue, BOOKS], 5, 0, "neg", "k", banned_words={"table"})
+    assert [t.name for t in kept] == ["search_books"]
 
 
-def test_quotas_split_count_exactly():
-    config = NegativesConfig(
+def test_quotas_split_count_exactly_by_case_and_query_kind():
+    config = NegativesConfig(agent_inputs=["a"])
+    assert config.quotas() == {"irrelevant_tools": 381, "no_tools": 380}  # the paper: half and half
+    cells = config.cell_quotas()
+    assert cells == {
+        ("no_tools", "needs_tool"): 190,
+        ("no_tools", "normal"): 190,
+        ("irrelevant_tools", "needs_tool"): 191,
+        ("irrelevant_tools", "normal"): 190,
+    }
+    three = NegativesConfig(
         agent_inputs=["a"],
         general_inputs=["g"],
-        count=761,
         shares={"no_tools": 0.4, "irrelevant_tools": 0.4, "general_with_tools": 0.2},
+        needs_tool_share=1.0,
     )
-    assert sum(config.quotas().values()) == 761
-    assert NegativesConfig(agent_inputs=["a"]).quotas() == {"irrelevant_tools": 381, "no_tools": 380}
+    assert sum(three.cell_quotas().values()) == 761
+    assert three.cell_quotas()[("general_with_tools", "normal")] == 152
+    assert three.cell_quotas()[("no_tools", "normal")] == 0
     with pytest.raises(ValueError, match="sum to 1"):
         NegativesConfig(agent_inputs=["a"], shares={"no_tools": 0.7})
     with pytest.raises(ValueError, match="general_inputs"):
         NegativesConfig(agent_inputs=["a"], shares={"no_tools": 0.5, "general_with_tools": 0.5})
     with pytest.raises(ValueError, match="model"):
         NegativesConfig(agent_inputs=["a"], responder="model")
+    with pytest.raises(ValueError):
+        NegativesConfig(agent_inputs=["a"], needs_tool_share=1.5)
+    with pytest.raises(ValueError):
+        NegativesConfig(agent_inputs=["a"], unknown=1)
 
 
-def maker(**config) -> NegativeMaker:
-    config.setdefault("agent_inputs", ["a"])
-    step = Negatives(config, StepContext(step_id="negatives"))
-    return NegativeMaker(step.config, step.context, *step.books())
+# --- which queries, and their kind --------------------------------------------------------------
 
 
-@pytest.mark.real_data
-def test_cases_from_real_glaive_toolbench_and_general_chat(external):
-    glaive = []
-    for path in sorted(glob.glob(str(external("llamafactory_glaive_toolcall") / "*.json"))):
-        glaive += parse_file(path, "sharegpt")[0]
-    toolbench = []
-    for path in sorted(glob.glob(str(external("toolbench_openbmb", "data_example", "answer") / "*" / "*.json"))):
-        toolbench += parse_file(
-            path,
-            "openai",
-            messages_field="answer_generation.train_messages.-1",
-            tools_field="answer_generation.function",
-        )[0]
-    general = parse_file(
-        external("arena_hard_auto", "data", "arena-hard-v0.1", "model_answer", "gpt-4-0314.jsonl"), "openai"
-    )[0]
-    pool = sorted({t.name: t for traj in glaive + toolbench for t in traj.tools}.values(), key=lambda t: t.name)
-    pool_json = [t.model_dump() for t in pool]
-    fn = maker(general_inputs=["g"], shares={"no_tools": 0.4, "irrelevant_tools": 0.4, "general_with_tools": 0.2})
+def test_environment_observations_are_never_queries():
+    reader = maker().reader
+    room = traj([user("You are in the middle of a room. Looking quickly around you, you see a bed 1."),
+                 assistant("THOUGHT: go.\nACTION: go to bed 1")])  # fmt: skip
+    shop = traj([user("WebShop [SEP] Instruction: [SEP] blue shirt [SEP] Search"), assistant("Action: search[shirt]")])
+    page = traj([user("'''<html> <div> </div> </html>'''\nBased on the HTML webpage above, try ..."),
+                 assistant("Answer: A.")])  # fmt: skip
+    assert reader.examine("agent", room) == "environment_observation"
+    assert reader.examine("agent", shop) == "environment_observation"
+    assert reader.examine("agent", page) == "environment_observation"
+    tagged = traj([user("Put a mug in the sink."), assistant("ACTION: go to sink 1")], task="alfworld")
+    assert reader.examine("agent", tagged) == "excluded_task"
 
-    agent = [t for t in glaive + toolbench if eligibility("agent", t, "template") is None]
-    assert len(agent) > 100
-    for traj in agent[:150]:
+
+def test_requests_are_read_out_of_task_turns():
+    reader = maker().reader
+    kg = traj(
+        [
+            user("A new question: dave eiland coached which baseball teams?\nEntities: [Dave Eiland]"),
+            assistant("Thought: find relations.\nAction: get_relations(Dave Eiland)"),
+        ],
+        task="kg",
+    )
+    found = reader.examine("agent", kg)
+    assert isinstance(found, Query) and found.kind == "needs_tool"
+    assert found.text == "dave eiland coached which baseball teams?"
+    os_task = traj(
+        [
+            user("Now, I will start a new problem in a new OS. My problem is:\n\nCount the files in /etc."),
+            assistant("Think: list them.\n\nAct: bash\n\n```bash\nls /etc | wc -l\n```"),
+        ],
+        task="os",
+    )
+    assert reader.examine("agent", os_task).text == "Count the files in /etc."
+
+
+def test_normal_queries_keep_real_answers_and_bad_ones_are_filtered():
+    reader = maker().reader
+    plain = traj([user("Write a definition of photoshop."), assistant("Photoshop is an image editor by Adobe.")])
+    found = reader.examine("agent", plain)
+    assert found.kind == "normal" and found.answer == "Photoshop is an image editor by Adobe."
+    decline = traj(
+        [user("Can you order a pizza?"), assistant("I'm sorry, but I can't do that. My current capabilities are...")],
+        tools=[WEATHER],
+    )
+    assert reader.examine("agent", decline) == "declines_request"
+    asks = traj([user("I need a password."), assistant("Sure, how long should it be?")])
+    assert reader.examine("agent", asks) == "asks_back"
+    mixed = traj(
+        [
+            user("Ruby代码实现冒泡排序算法的代码是什么？请提供逐步解释。"),
+            assistant("Sure, here is an implementation of the bubble sort algorithm in Ruby with an explanation."),
+        ]
+    )
+    assert reader.examine("agent", mixed) == "answer_language_mismatch"
+
+
+def test_answerable_questions_are_answered_not_refused():
+    """A call to a tool that only computes (calculate_*) makes a normal query, answered with the
+    source's own answer after the tool's result, never with a refusal."""
+    turns = [
+        user("What is the area of a 5 by 3 rectangle?"),
+        call_turn("calculate_area", shape="rectangle", length=5, width=3),
+        Turn(role=Role.TOOL, text='{"area": 15}'),
+        assistant("The area of the rectangle is 15 square units."),
+    ]
+    found = maker().reader.examine("agent", traj(turns, tools=[ToolSpec(name="calculate_area")]))
+    assert found.kind == "normal" and found.answer == "The area of the rectangle is 15 square units."
+
+
+def test_needs_tool_answers_say_what_is_missing_in_the_query_language():
+    fn = maker()
+    en = traj([user("What's the current stock price of Apple?"), call_turn("get_stock_price", company="Apple")],
+              tools=[STOCK])  # fmt: skip
+    zh_tool = ToolSpec(name="get_stock_price", description="获取公司当前的股票价格")
+    zh = traj([user("你能告诉我苹果公司现在的股价吗？"), call_turn("get_stock_price", company="苹果")], tools=[zh_tool])
+    for trajectory, language in ((en, "en"), (zh, "zh")):
         for case in ("no_tools", "irrelevant_tools"):
-            sample = fn.build(case, traj, fn._tools(pool_json))
-            query = traj.turns[query_index(traj)].text
-            assert [m.role for m in sample.messages][-2:] == [Role.USER, Role.ASSISTANT]
-            assert sample.messages[-2].content == query and sample.messages[-1].loss
-            assert not has_markers(sample.messages[-1].content)
-            assert (
-                sample.kind == "negative" and sample.metadata["case"] == case == sample.lineage.derivation.split(":")[1]
-            )
-            if case == "no_tools":
-                assert sample.tools == [] and sample.messages[0].role is Role.USER
+            sample = fn.build(case, trajectory, POOL)
+            answer = sample.messages[-1].content
+            assert detect_language(answer) == language, answer
+            assert sample.metadata["language"] == language and sample.metadata["query"] == "needs_tool"
+            assert not has_markers(answer)
+            assert not any(p.lower() in answer.lower() for p in Keywords().general_phrases)
+            if language == "en":
+                assert "stock price" in answer and "Apple" in answer  # the capability and the details
             else:
-                source_names = {t.name for t in traj.tools}
-                assert sample.tools and not source_names & {t.name for t in sample.tools}
-                assert sample.messages[0].role is Role.SYSTEM
-                assert all(t.name in sample.messages[0].content for t in sample.tools)
-                assert all(t.name in sample.messages[-1].content for t in sample.tools)  # template names them
+                assert "股票价格" in answer and "苹果" in answer
+            if case == "irrelevant_tools":
+                assert sample.tools and all(t.name in answer for t in sample.tools)
+                assert "get_stock_price" not in {t.name for t in sample.tools}
+            else:
+                assert sample.tools == [] and sample.messages[0].role is Role.USER
 
-    chats = [t for t in general if eligibility("general", t, "template") is None]
-    assert len(chats) == 500
-    for traj in chats[:50]:
-        sample = fn.build("general_with_tools", traj, fn._tools(pool_json))
-        assert sample.tools and sample.messages[0].role is Role.SYSTEM
-        assert [m.content for m in sample.messages[1:]] == [t.text for t in traj.turns]  # the real answer is kept
-        assert not (
-            content_words(traj.turns[0].text)
-            & set().union(*(content_words(f"{t.name} {t.description}") for t in sample.tools))
-        )
+
+def test_code_the_source_ran_is_offered_as_help():
+    db = traj(
+        [
+            user("How many French drivers are there?\nThe name of this table is drivers, and the headers are id,nat."),
+            assistant(
+                "Count them.\nAction: Operation\n```sql\nSELECT COUNT(*) FROM drivers WHERE nat = 'French';\n```"
+            ),
+        ],
+        task="db",
+    )
+    answer = maker().build("no_tools", db, POOL).messages[-1].content
+    assert "SELECT COUNT(*) FROM drivers WHERE nat = 'French';" in answer and "```sql" in answer
+    assert "SQL" in answer
+
+
+def test_dataset_responder_uses_the_source_decline():
+    decline = traj(
+        [user("Can you order a pizza for me?"), assistant("I'm sorry, but I'm unable to order a pizza for you.")],
+        tools=[WEATHER],
+    )
+    fn = maker(responder="dataset")
+    found = fn.reader.examine("agent", decline)
+    assert found.kind == "needs_tool" and found.answer.startswith("I'm sorry")
+    assert fn.build("no_tools", decline, POOL).messages[-1].content == found.answer
+    assert fn.build("no_tools", decline, POOL).metadata["responder"] == "dataset"
+
+
+def test_select_fills_each_cell_exactly_and_general_conversations_come_from_general_inputs():
+    agent = [traj([user(f"Stock price of company {i}?"), call_turn("get_stock_price", company=f"C{i}")], [STOCK])
+             for i in range(6)]  # fmt: skip
+    plain = [traj([user(f"Tell me a fact about number {i}."), assistant(f"Number {i} is an integer.")])
+             for i in range(3)]  # fmt: skip
+    general = [traj([user(f"Explain topic {i} briefly."), assistant(f"Topic {i} is simple.")], source="g")
+               for i in range(4)]  # fmt: skip
+    fn = maker(
+        general_inputs=["g"],
+        count=10,
+        shares={"no_tools": 0.4, "irrelevant_tools": 0.4, "general_with_tools": 0.2},
+        needs_tool_share=0.5,
+    )
+    records = [("agent", t) for t in agent + plain] + [("general", t) for t in general]
+    selection = select(records, fn.reader, 0, "negatives")
+    counts = collections.Counter(selection.values())
+    assert counts == {
+        "no_tools:needs_tool": 2,
+        "no_tools:normal": 2,
+        "irrelevant_tools:needs_tool": 2,
+        "irrelevant_tools:normal": 2,
+        "general_with_tools:normal": 2,
+    }
+    assert all(key.startswith("general:") for key, cell in selection.items() if cell.startswith("general_with"))
+    assert selection == select(records, fn.reader, 0, "negatives")  # deterministic
+
+
+def test_user_phrase_books_and_rules(tmp_path):
+    slots = {
+        "capability": "eine Suche",
+        "help_code": "Code: {{ code }}",
+        "help_details": "{{ details | length }} Angaben",
+        "help_general": "Ich helfe gern anders.",
+        "no_tools": "Dafür fehlt mir {{ capability }}. {{ help }}",
+        "irrelevant_tools": "Meine Werkzeuge ({{ tool_names }}) passen nicht. {{ help }}",
+    }
+    book = tmp_path / "de.yaml"
+    book.write_text("".join(f"de.{slot}: [{value!r}]\n" for slot, value in slots.items()))
+    fn = maker(templates=str(book))
+    assert "de" in fn.reader.languages and "en" in fn.reader.languages
+    incomplete = tmp_path / "fr.yaml"
+    incomplete.write_text("fr.no_tools: ['Non.']\n")
+    with pytest.raises(PhrasingError, match="lack slots"):
+        maker(templates=str(incomplete))
+    unsafe = tmp_path / "unsafe.yaml"
+    unsafe.write_text("en.help_general: ['{{ capability.__class__.__mro__ }}']\n")
+    with pytest.raises(PhrasingError):
+        maker(templates=str(unsafe))
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("observation_patterns: ['^Room:']\n")
+    reader = maker(query_rules=str(rules)).reader
+    assert reader.examine("agent", traj([user("Room: a bed."), call_turn("look")])) == "environment_observation"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("query_patterns: ['(no group)']\n")
+    with pytest.raises(PhrasingError, match="named group 'query'"):
+        maker(query_rules=str(bad))
+
+
+# --- real data ----------------------------------------------------------------------------------
+
+
+def real_records(external) -> list[tuple[str, Trajectory]]:
+    records = []
+    for path in sorted(glob.glob(str(external("llamafactory_glaive_toolcall") / "*.json"))):
+        records += [("agent", t) for t in parse_file(path, "sharegpt")[0]]
+    for path in sorted(glob.glob(str(external("toolbench_openbmb", "data_example", "answer") / "*" / "*.json"))):
+        records += [
+            ("agent", t)
+            for t in parse_file(
+                path,
+                "openai",
+                messages_field="answer_generation.train_messages.-1",
+                tools_field="answer_generation.function",
+            )[0]
+        ]
+    for path in sorted(glob.glob(str(external("agentinstruct_thudm") / "*.parquet"))):
+        records += [("agent", t) for t in parse_file(path, "agentinstruct")[0]]
+    general = external("arena_hard_auto", "data", "arena-hard-v0.1", "model_answer", "gpt-4-0314.jsonl")
+    records += [("general", t) for t in parse_file(general, "openai")[0]]
+    return records
 
 
 @pytest.mark.real_data
-def test_dataset_responder_uses_the_real_plain_answer(external):
-    glaive = []
-    for path in sorted(glob.glob(str(external("llamafactory_glaive_toolcall") / "*.json"))):
-        glaive += parse_file(path, "sharegpt")[0]
-    fn = maker(responder="dataset")
-    declines = [t for t in glaive if eligibility("agent", t, "dataset") is None]
-    assert declines  # glaive has requests its tools cannot serve
-    traj = declines[0]
-    sample = fn.build("no_tools", traj, [])
-    reply = next(t.text for t in traj.turns[query_index(traj) + 1 :] if t.role is Role.ASSISTANT)
-    assert sample.messages[-1].content == reply
+def test_real_negatives_are_recognisable_varied_and_in_the_query_language(external):
+    """The issue's targets on the real data: no environment observations; the most common answer
+    <= 2 %, distinct answers >= 90 %, answer language = query language; half and half."""
+    records = real_records(external)
+    fn = maker(general_inputs=["g"])
+    selection = select(records, fn.reader, 0, "negatives")
+    pool = sorted({t.name: t for _, traj_ in records for t in traj_.tools}.values(), key=lambda t: t.name)
+    samples = []
+    for group, trajectory in records:
+        outs = [o for o in fn((group, trajectory), selection=selection, pool=[t.model_dump() for t in pool])]
+        samples += [o for o in outs if not isinstance(o, Stat | Filtered)]
+    assert len(samples) == 761
+    cases = collections.Counter(s.metadata["case"] for s in samples)
+    assert cases == {"no_tools": 380, "irrelevant_tools": 381}
+    assert collections.Counter(s.metadata["query"] for s in samples) == {"needs_tool": 381, "normal": 380}
+    assert not {s.lineage.task for s in samples} & {"alfworld", "webshop", "mind2web"}
+    answers = collections.Counter(s.messages[-1].content for s in samples)
+    assert answers.most_common(1)[0][1] / len(samples) <= 0.02
+    assert len(answers) / len(samples) >= 0.90
+    for sample in samples:
+        query, answer = sample.messages[-2].content, sample.messages[-1].content
+        assert "[SEP]" not in query and "<html" not in query
+        q, a = detect_language(query), detect_language(answer)
+        assert q is None or a is None or q == a, (query[:80], answer[:80])
+        assert not has_markers(answer)
+        if sample.metadata["query"] == "normal":
+            assert sample.metadata["responder"] == "source"  # a real answer, never a refusal template
+    languages = collections.Counter(s.metadata["language"] for s in samples if s.metadata["query"] == "needs_tool")
+    assert languages["zh"] > 0 and languages["en"] > 0
+    sources = collections.Counter(s.lineage.source for s in samples)
+    assert set(sources) >= {"sharegpt", "agentinstruct", "openai"}  # parse_file names sources by format
+
+
+# --- the step in a pipeline ---------------------------------------------------------------------
 
 
 def test_not_selected_and_ineligible_inputs_are_filtered_with_reasons():
     trajs = parse_file(DEMO_DATA / "agentinstruct_sample.jsonl", "agentinstruct")[0]
     fn = maker()
     outcomes = [o for t in trajs for o in fn(("agent", t), selection={}, pool=[]) if not isinstance(o, Stat)]
-    assert {o.reason for o in outcomes if isinstance(o, Filtered)} <= {"not_selected", "no_tool_call"}
-    assert len(outcomes) == len(trajs)
+    assert all(isinstance(o, Filtered) for o in outcomes) and len(outcomes) == len(trajs)
+    assert {o.reason for o in outcomes} <= {"not_selected", "excluded_task", "no_tool_call", "react_markers_in_answer"}
 
 
 def test_demo_pipeline_emits_every_case_exactly(tmp_path):
@@ -156,7 +389,7 @@ def test_demo_pipeline_emits_every_case_exactly(tmp_path):
     # Ineligible trajectories keep their JSON for inspection; quota losers are accounted by id only.
     assert all(d["payload"].startswith("{") for d in dropped if d["reason"] != "not_selected")
     assert all(d["payload"] == "" for d in dropped if d["reason"] == "not_selected")
-    assert {d["reason"] for d in dropped} >= {"not_selected", "no_tool_call"}
+    assert {d["reason"] for d in dropped} >= {"not_selected", "excluded_task"}
 
 
 def test_input_names_are_checked_before_running(tmp_path):
@@ -200,6 +433,7 @@ def test_model_responder_runs_a_local_model_through_run_inference(tmp_path):
             "config": {
                 "agent_inputs": ["agent", "more"],
                 "count": 2,
+                "needs_tool_share": 1.0,
                 "responder": "model",
                 "model": str(model),
                 "max_new_tokens": 8,

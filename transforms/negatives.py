@@ -4,37 +4,52 @@ Agent-FLAN's four cases are {tools given, no tools} x {query needs a tool, norma
 "tools given + needs a tool" should produce a call (that positive case is the aligned agent
 data). This step builds the others, each with a plain-text target:
 
-- ``no_tools``: an agent query that needs a tool, with its tools removed;
-- ``irrelevant_tools``: an agent query with its tools replaced by tools that do not fit it;
-- ``general_with_tools``: a general conversation (its real answers kept) with tools from the
-  pool in the system prompt ("tools given + normal query").
+- ``no_tools``: a query with no tools in the prompt;
+- ``irrelevant_tools``: a query with tools that do not fit it in the system prompt (the
+  paper's case);
+- ``general_with_tools``: a whole general conversation (its real answers kept) with tools from
+  the pool in the system prompt (available, not in the default split).
 
-Irrelevant tools are chosen by a documented check, not luck (:func:`pick_irrelevant_tools`): a
-pool tool qualifies only if its name is not a tool of the query's source and its name and
-description share no content word with the query or with the source's tools. Among those, the
-first ``tools_per_sample`` by keyed hash are used.
+Queries are things people ask, of two kinds (``metadata.query``):
 
-Answers come from a responder (see :mod:`transforms.responders`): ``dataset``, ``template`` or
-``model``. Exact counts per case: ``count`` split by ``shares`` (largest remainder), drawn by a
-keyed-hash ranking of the eligible inputs (count, then select). Every input trajectory ends
-emitted (one negative) or filtered with a reason; each negative carries its case in
-``lineage.derivation`` (``negative:<case>``) and ``metadata["case"]``.
+- ``normal``: a request the source answered in plain text (general chat, glaive's plain
+  answers, requests whose tool only computes what the assistant can work out itself). The
+  target is that real answer.
+- ``needs_tool``: a request whose source agent called a tool (glaive, ToolBench, AgentInstruct
+  DB/KG/OS questions). The target says what is missing and still helps: from the phrase book of
+  the query's language (``templates/negatives/default.yaml``, keyed to the needed capability and
+  the request's details or the code the source ran), or from the ``model`` responder, or the
+  source's own decline (``dataset``).
+
+Environment observations are never queries: tasks in ``exclude_tasks`` (ALFWorld, WebShop,
+Mind2Web by default) and turns matching the observation patterns of
+``templates/negatives/queries.yaml`` are filtered ``excluded_task`` / ``environment_observation``.
+
+Guarantees: the answer is in the query's language (a real answer in another language is
+filtered ``answer_language_mismatch``; a needs-tool query in a language without a phrase book is
+filtered ``no_phrase_book_language``); answers never hold a ReAct marker. Irrelevant tools are
+chosen by a documented check (:func:`pick_irrelevant_tools`). Exact counts per (case, query
+kind): ``count`` split by ``shares`` (largest remainder), each agent case split by
+``needs_tool_share``, drawn by keyed-hash rankings of the eligible inputs (count, then select).
+Every input trajectory is emitted once or filtered with a reason; each negative carries its
+case in ``lineage.derivation`` (``negative:<case>``) and ``metadata["case"]``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
-import itertools
 import math
 import re
 from collections.abc import Iterable, Iterator
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Literal
 
 import apache_beam as beam
-from pydantic import Field, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas import Message, Role, Sample, ToolSpec, Trajectory, count_tokens
+from schemas import Message, Role, Sample, ToolCall, ToolSpec, Trajectory, count_tokens
 from transforms.align import SLOT_VARIABLES, _tool_view
 from transforms.base import (
     LEDGER,
@@ -48,14 +63,37 @@ from transforms.base import (
     StepConfig,
     StepContext,
 )
-from transforms.phrasing import PhraseBook, PhrasingError, load_book
-from transforms.react import StepParseError, parse_turn
+from transforms.phrasing import PhraseBook, PhrasingError, builtin_text, load_book, parse_book, read_text
+from transforms.quality.language import detect_language
+from transforms.react import StepParseError, has_markers, parse_turn
 from transforms.samples import sample_of
 from transforms.sampling import keyed_hash, rank_key
 from transforms.spill import Merge
 
 Case = Literal["no_tools", "irrelevant_tools", "general_with_tools"]
+QueryKind = Literal["needs_tool", "normal"]
 AGENT_CASES: tuple[Case, ...] = ("no_tools", "irrelevant_tools")
+QUERY_KINDS: tuple[QueryKind, ...] = ("needs_tool", "normal")
+#: Slots each language of the phrase book must have, with example variables (checked at load).
+EXAMPLE_DETAILS = [{"name": "city", "value": "Oslo"}, {"name": "", "value": "today"}]
+LANGUAGE_SLOTS: dict[str, dict[str, Any]] = {
+    "capability": {"tool": "get_weather", "description": "Get the weather", "task": ""},
+    "help_code": {"capability": "run SQL queries", "code": "SELECT 1;", "code_language": "sql"},
+    "help_details": {"capability": "get the weather", "details": EXAMPLE_DETAILS},
+    "help_general": {"capability": "get the weather"},
+    "no_tools": {"capability": "get the weather", "help": "Ask me.", "query": "Weather in Oslo?"},
+    "irrelevant_tools": {
+        "capability": "get the weather",
+        "help": "Ask me.",
+        "query": "Weather in Oslo?",
+        "tool_names": "a, b",
+    },
+}
+#: Arguments that hold code the user can run themselves, by key.
+CODE_KEYS = {"query": "sql", "script": "bash"}
+#: Argument keys the parser invents for bare values of text commands (never shown as details).
+BARE_KEYS = {"input", "target"}
+_HAN = re.compile(r"[\u4e00-\u9fff\u3400-\u4dbf]")
 STOPWORDS = frozenset(
     [
         "about",
@@ -128,13 +166,21 @@ STOPWORDS = frozenset(
 )
 
 
+# --- configuration and rules ----------------------------------------------------------------------
+
+
 class NegativesConfig(StepConfig):
+    """Config of the ``negatives`` step (see the module docstring and docs/transforms/negatives.md)."""
+
     agent_inputs: list[str] = Field(min_length=1)
     general_inputs: list[str] = Field(default_factory=list)
     count: int = Field(761, ge=0)
     shares: dict[Case, float] = Field(default_factory=lambda: {"no_tools": 0.5, "irrelevant_tools": 0.5})
+    needs_tool_share: float = Field(0.5, ge=0.0, le=1.0)
     responder: Literal["dataset", "template", "model"] = "template"
     templates: str | None = None
+    query_rules: str | None = None
+    exclude_tasks: list[str] = Field(default_factory=lambda: ["alfworld", "webshop", "mind2web"])
     model: str | None = None
     max_new_tokens: int = Field(128, ge=1)
     tools_per_sample: int = Field(3, ge=1)
@@ -151,12 +197,172 @@ class NegativesConfig(StepConfig):
 
     def quotas(self) -> dict[str, int]:
         """``count`` split by ``shares`` with the largest-remainder method (sums to ``count``)."""
-        raw = {case: self.count * share for case, share in sorted(self.shares.items())}
-        quotas = {case: math.floor(v) for case, v in raw.items()}
-        left = self.count - sum(quotas.values())
-        for case in sorted(raw, key=lambda c: (-(raw[c] - quotas[c]), c))[:left]:
-            quotas[case] += 1
-        return quotas
+        return largest_remainder(self.count, dict(sorted(self.shares.items())))
+
+    def cell_quotas(self) -> dict[tuple[str, str], int]:
+        """Quota per (case, query kind): each agent case's quota split by ``needs_tool_share``
+        (largest remainder, ties to ``needs_tool``); ``general_with_tools`` is all ``normal``.
+        The cells of a case add up to the case's quota."""
+        cells: dict[tuple[str, str], int] = {}
+        for case, quota in self.quotas().items():
+            if case == "general_with_tools":
+                cells[(case, "normal")] = quota
+                continue
+            split = largest_remainder(
+                quota, {"needs_tool": self.needs_tool_share, "normal": 1.0 - self.needs_tool_share}
+            )
+            for kind, n in split.items():
+                cells[(case, kind)] = n
+        return cells
+
+
+def largest_remainder(total: int, shares: dict[str, float]) -> dict[str, int]:
+    """``total`` split by ``shares`` (summing to 1): floors, then the largest remainders get the
+    rest (ties by key order). The parts add up to ``total``."""
+    raw = {key: total * share for key, share in shares.items()}
+    parts = {key: math.floor(v) for key, v in raw.items()}
+    left = total - sum(parts.values())
+    for key in sorted(raw, key=lambda k: (-(raw[k] - parts[k]), k))[:left]:
+        parts[key] += 1
+    return parts
+
+
+class QueryRules(BaseModel):
+    """How queries are read (``templates/negatives/queries.yaml``; a user's ``query_rules:`` file
+    replaces the keys it defines). Every pattern is compiled when the rules load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    observation_patterns: list[str]
+    query_patterns: list[str]
+    answerable_tools: list[str]
+    decline_patterns: list[str]
+    description_patterns: list[str]
+    related_words: dict[str, list[str]]
+
+    @field_validator("observation_patterns", "query_patterns", "answerable_tools", "decline_patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+        return patterns
+
+    @field_validator("query_patterns")
+    @classmethod
+    def _has_query_group(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if "query" not in re.compile(pattern).groupindex:
+                raise ValueError(f"query pattern {pattern!r} has no named group 'query'")
+        return patterns
+
+    @field_validator("description_patterns")
+    @classmethod
+    def _has_description_group(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                compiled = re.compile(pattern, re.DOTALL)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+            if "description" not in compiled.groupindex:
+                raise ValueError(f"description pattern {pattern!r} has no named group 'description'")
+        return patterns
+
+    @cached_property
+    def _observation(self) -> list[re.Pattern[str]]:
+        return [re.compile(p, re.MULTILINE) for p in self.observation_patterns]
+
+    @cached_property
+    def _query(self) -> list[re.Pattern[str]]:
+        return [re.compile(p, re.DOTALL) for p in self.query_patterns]
+
+    @cached_property
+    def _answerable(self) -> list[re.Pattern[str]]:
+        return [re.compile(p) for p in self.answerable_tools]
+
+    @cached_property
+    def _decline(self) -> list[re.Pattern[str]]:
+        return [re.compile(p, re.DOTALL) for p in self.decline_patterns]
+
+    @cached_property
+    def _description(self) -> list[re.Pattern[str]]:
+        return [re.compile(p, re.DOTALL) for p in self.description_patterns]
+
+    def is_observation(self, text: str) -> bool:
+        return any(p.search(text) for p in self._observation)
+
+    def request(self, text: str) -> str:
+        """The user's request inside a task turn (the first query pattern that matches)."""
+        for pattern in self._query:
+            match = pattern.search(text)
+            if match and match.group("query").strip():
+                return match.group("query").strip()
+        return text.strip()
+
+    def answerable(self, tool: str) -> bool:
+        return any(p.search(tool) for p in self._answerable)
+
+    def declines(self, reply: str) -> bool:
+        return any(p.search(reply) for p in self._decline)
+
+    def description(self, text: str) -> str:
+        for pattern in self._description:
+            match = pattern.search(text)
+            if match:
+                return match.group("description").strip()
+        return text.strip()
+
+    def words_of(self, tool: str) -> frozenset[str]:
+        return frozenset(w.lower() for w in self.related_words.get(tool, []))
+
+
+def load_rules(user_path: str | None, base_dir: str) -> QueryRules:
+    """The built-in query rules with a user's keys laid over them; a bad file fails early."""
+    origin = "templates/negatives/queries.yaml"
+    data = yaml.safe_load(builtin_text("negatives/queries.yaml"))
+    if user_path:
+        origin = user_path
+        user = yaml.safe_load(read_text(user_path, base_dir))
+        if not isinstance(user, dict):
+            raise PhrasingError(f"{user_path}: expected a mapping of rule name -> value")
+        data.update(user)
+    try:
+        return QueryRules.model_validate(data)
+    except ValueError as exc:
+        raise PhrasingError(f"{origin}: {exc}") from None
+
+
+def book_languages(book: dict[str, list[str]]) -> set[str]:
+    """Languages with every slot of :data:`LANGUAGE_SLOTS` in ``book``."""
+    prefixes = {slot.split(".", 1)[0] for slot in book if "." in slot}
+    return {lang for lang in prefixes if all(f"{lang}.{slot}" in book for slot in LANGUAGE_SLOTS)}
+
+
+def load_answer_book(user_path: str | None, base_dir: str) -> dict[str, list[str]]:
+    """The built-in phrase book with a user's slots laid over it; a user's file may add a
+    language (all of its slots). Every variant is rendered once with example variables."""
+    builtin = parse_book(builtin_text("negatives/default.yaml"), "templates/negatives/default.yaml")
+    user = parse_book(read_text(user_path, base_dir), user_path) if user_path else {}
+    languages = book_languages({**builtin, **user})
+    incomplete = {s.split(".", 1)[0] for s in user if "." in s} - languages
+    if incomplete:
+        raise PhrasingError(
+            f"{user_path}: language(s) {', '.join(sorted(incomplete))} lack slots; each language needs "
+            f"{', '.join(sorted(LANGUAGE_SLOTS))}"
+        )
+    variables = {f"{lang}.{slot}": values for lang in languages for slot, values in LANGUAGE_SLOTS.items()}
+    unknown = set(user) - set(variables)
+    if unknown:
+        raise PhrasingError(f"{user_path}: unknown slots {', '.join(sorted(unknown))}; slots are <language>.<slot>")
+    builtin = {slot: v for slot, v in builtin.items() if slot in variables}
+    return load_book_from(builtin | user, variables)
+
+
+def load_book_from(book: dict[str, list[str]], variables: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    PhraseBook(book, samples=variables)
+    return book
 
 
 # --- pure helpers ---------------------------------------------------------------------------------
@@ -180,12 +386,22 @@ def tool_words(tool: ToolSpec) -> frozenset[str]:
 
 
 def pick_irrelevant_tools(
-    query: str, source_tools: list[ToolSpec], pool: list[ToolSpec], k: int, seed: int, step_id: str, key: str
+    query: str,
+    source_tools: list[ToolSpec],
+    pool: list[ToolSpec],
+    k: int,
+    seed: int,
+    step_id: str,
+    key: str,
+    banned_names: Iterable[str] = (),
+    banned_words: Iterable[str] = (),
 ) -> list[ToolSpec]:
-    """Up to ``k`` pool tools that do not fit ``query`` (see the module docstring for the rule)."""
-    banned_names = {t.name for t in source_tools}
-    banned_words = content_words(query).union(*(tool_words(t) for t in source_tools))
-    fitting = [t for t in pool if t.name not in banned_names and not (tool_words(t) & banned_words)]
+    """Up to ``k`` pool tools that do not fit ``query`` (see the module docstring for the rule):
+    a tool qualifies only if its name is none of ``source_tools`` / ``banned_names`` and its
+    content words meet none of the query's, the source tools' or ``banned_words``."""
+    names = {t.name for t in source_tools} | set(banned_names)
+    words = content_words(query).union(*(tool_words(t) for t in source_tools), banned_words)
+    fitting = [t for t in pool if t.name not in names and not (tool_words(t) & words)]
     fitting.sort(key=lambda t: keyed_hash(seed, step_id, f"{key}:{t.name}"))
     return fitting[:k]
 
@@ -201,15 +417,19 @@ def query_index(trajectory: Trajectory) -> int | None:
     return None
 
 
+def _steps(turn: Any) -> list[Any] | None:
+    try:
+        return parse_turn(turn)
+    except StepParseError:
+        return None
+
+
 def first_reply(trajectory: Trajectory, index: int) -> tuple[str | None, bool]:
     """(text of the first assistant reply after turn ``index``, whether it calls a tool)."""
     for turn in trajectory.turns[index + 1 :]:
         if turn.role is Role.ASSISTANT:
-            try:
-                calls = any(step.call is not None for step in parse_turn(turn))
-            except StepParseError:
-                calls = True
-            return turn.text, calls
+            steps = _steps(turn)
+            return turn.text, steps is None or any(step.call is not None for step in steps)
     return None, False
 
 
@@ -217,26 +437,236 @@ def needs_tool(trajectory: Trajectory) -> bool:
     """Whether the trajectory's own agent calls a tool (so its query needs one)."""
     for turn in trajectory.turns:
         if turn.role is Role.ASSISTANT and turn.loss:
-            try:
-                if any(step.call is not None for step in parse_turn(turn)):
-                    return True
-            except StepParseError:
-                continue
+            steps = _steps(turn)
+            if steps and any(step.call is not None for step in steps):
+                return True
     return False
 
 
-def eligibility(group: str, trajectory: Trajectory, responder: str) -> str | None:
-    """``None`` when the trajectory can give a negative of its group, else the filter reason."""
-    index = query_index(trajectory)
-    if index is None or not trajectory.turns[index].text.strip():
-        return "no_query"
-    if group == "general":
+def source_calls(trajectory: Trajectory, index: int) -> list[ToolCall]:
+    """The tool calls of the supervised assistant turns after turn ``index``, in order."""
+    calls = []
+    for turn in trajectory.turns[index + 1 :]:
+        if turn.role is Role.ASSISTANT and turn.loss:
+            calls += [step.call for step in _steps(turn) or [] if step.call is not None]
+    return calls
+
+
+def answer_after_call(trajectory: Trajectory, index: int) -> str | None:
+    """The first plain assistant reply after the query's first call and its result, before the
+    next user turn (the source's answer once its tool ran)."""
+    called = False
+    for turn in trajectory.turns[index + 1 :]:
+        if turn.role is Role.USER:
+            return None
+        if turn.role is not Role.ASSISTANT:
+            continue
+        steps = _steps(turn)
+        if steps is None:
+            return None
+        if any(step.call is not None for step in steps):
+            called = True
+        elif called and turn.text.strip() and not has_markers(turn.text):
+            return turn.text.strip()
+    return None
+
+
+def query_language(text: str) -> str | None:
+    """The language of a request: the offline language id, else by script (Han -> ``zh``,
+    Latin letters -> ``en``) for texts too short to tell; ``None`` when neither applies."""
+    language = detect_language(text)
+    if language is not None:
+        return language
+    if _HAN.search(text):
+        return "zh"
+    return "en" if re.search(r"[A-Za-z]", text) else None
+
+
+def description_in(language: str, description: str) -> str:
+    """``description`` when it is written in ``language``, else ``""`` (so the phrase book falls
+    back to its own words instead of mixing languages)."""
+    if not description:
+        return ""
+    if language == "zh":
+        return description if _HAN.search(description) else ""
+    if _HAN.search(description):
+        return ""
+    detected = detect_language(description)
+    return description if detected in (None, language) else ""
+
+
+def call_details(call: ToolCall, limit: int = 4) -> list[dict[str, str]]:
+    """Up to ``limit`` named scalar arguments of ``call`` as ``{name, value}``. The parser's bare
+    ``input`` / ``target`` values are left out: in text-command dialects (KG, WebShop) the agent
+    chose them, the user did not say them."""
+    if not isinstance(call.arguments, dict):
+        return []
+    details = []
+    for name, value in call.arguments.items():
+        if name in BARE_KEYS or isinstance(value, bool) or not isinstance(value, str | int | float):
+            continue
+        if str(value).strip() == "":
+            continue
+        text = str(value).strip().replace("\n", " ")
+        details.append({"name": str(name), "value": text[:120]})
+        if len(details) == limit:
+            break
+    return details
+
+
+def call_code(calls: list[ToolCall], limit: int = 3) -> tuple[str, str] | None:
+    """(code, language) of the source's code calls (SQL queries, shell scripts), at most
+    ``limit`` distinct ones in order, or ``None`` when it ran none."""
+    blocks: list[str] = []
+    language = None
+    for call in calls:
+        if not isinstance(call.arguments, dict) or len(call.arguments) != 1:
+            continue
+        ((key, value),) = call.arguments.items()
+        lang = CODE_KEYS.get(key)
+        if lang is None or not isinstance(value, str) or call.name not in (lang, "bash", "sql"):
+            continue
+        if language not in (None, lang):
+            continue
+        language = lang
+        if value.strip() and value.strip() not in blocks:
+            blocks.append(value.strip())
+        if len(blocks) == limit:
+            break
+    return ("\n\n".join(blocks), language) if blocks and language else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """A query read from a trajectory: its kind, the request as the user asks it, its language,
+    the source's plain answer (``normal``; the source's decline for the ``dataset`` responder),
+    and the source's first call (``needs_tool``)."""
+
+    kind: QueryKind
+    text: str
+    language: str | None
+    answer: str | None = None
+    calls: tuple[ToolCall, ...] = ()
+
+
+class QueryReader:
+    """Reads the query of a trajectory (:meth:`examine`), with the step's rules and languages."""
+
+    def __init__(self, config: NegativesConfig, rules: QueryRules, languages: set[str]) -> None:
+        self.config = config
+        self.rules = rules
+        self.languages = languages
+
+    def examine(self, group: str, trajectory: Trajectory) -> Query | str:
+        """The trajectory's :class:`Query`, or the reason it gives none (a filter reason)."""
+        if trajectory.task in self.config.exclude_tasks:
+            return "excluded_task"
+        index = query_index(trajectory)
+        if index is None or not trajectory.turns[index].text.strip():
+            return "no_query"
+        raw = trajectory.turns[index].text
+        if self.rules.is_observation(raw):
+            return "environment_observation"
+        text = self.rules.request(raw)
         reply, calls = first_reply(trajectory, index)
-        return None if reply and not calls else "no_plain_answer"
-    if responder == "dataset":
-        reply, calls = first_reply(trajectory, index)
-        return None if reply and not calls else "no_plain_answer"
-    return None if needs_tool(trajectory) else "no_tool_call"
+        if reply is None:
+            return "no_reply"
+        if calls:
+            return self._tool_query(group, trajectory, index, text)
+        return self._plain_query(group, text, reply)
+
+    def _tool_query(self, group: str, trajectory: Trajectory, index: int, text: str) -> Query | str:
+        made = source_calls(trajectory, index)
+        if not made:
+            return "no_tool_call"
+        if self.rules.answerable(made[0].name):
+            answer = answer_after_call(trajectory, index)
+            if answer is None:
+                return "answerable_without_answer"
+            return self._plain_query(group, text, answer)
+        if group != "agent":
+            return "no_plain_answer"
+        if self.config.responder == "dataset":
+            return "no_plain_answer"
+        language = query_language(text)
+        if self.config.responder == "template" and language not in self.languages:
+            return "no_phrase_book_language"
+        return Query("needs_tool", text, language, calls=tuple(made))
+
+    def _plain_query(self, group: str, text: str, reply: str) -> Query | str:
+        language = detect_language(text)
+        if self.rules.declines(reply):
+            if self.config.responder == "dataset" and group == "agent":
+                return Query("needs_tool", text, language, answer=reply.strip())
+            return "declines_request"
+        if has_markers(reply):
+            return "react_markers_in_answer"
+        if reply.rstrip().endswith(("?", "？")):
+            return "asks_back"
+        answer_language = detect_language(reply)
+        if language is not None and answer_language is not None and language != answer_language:
+            return "answer_language_mismatch"
+        return Query("normal", text, language, answer=reply.strip())
+
+
+def eligibility(group: str, trajectory: Trajectory, reader: QueryReader) -> str | None:
+    """``None`` when the trajectory gives a query, else the filter reason."""
+    found = reader.examine(group, trajectory)
+    return found if isinstance(found, str) else None
+
+
+def draw_label(group: str, query: Query) -> str:
+    """The ranking a query enters: ``needs_tool``, ``normal:general`` or ``normal:agent``."""
+    return "needs_tool" if query.kind == "needs_tool" else f"normal:{group}"
+
+
+def draw_limits(cells: dict[tuple[str, str], int]) -> dict[str, int]:
+    """How many of each ranking's smallest keys the assignment can use."""
+    normal = sum(n for (case, kind), n in cells.items() if kind == "normal" and case != "general_with_tools")
+    general = cells.get(("general_with_tools", "normal"), 0)
+    needs = sum(n for (_, kind), n in cells.items() if kind == "needs_tool")
+    return {"needs_tool": needs, "normal:general": general + normal, "normal:agent": normal}
+
+
+def assign(draws: dict[str, list[tuple[tuple[int, str], str]]], cells: dict[tuple[str, str], int]) -> dict[str, str]:
+    """Selection ``key -> "<case>:<query kind>"`` from the rankings (count, then select):
+
+    needs-tool keys in rank order go to ``no_tools`` then ``irrelevant_tools``; the general
+    inputs' normal keys first fill ``general_with_tools`` (whole conversations come only from
+    general inputs), then all remaining normal keys in rank order fill ``no_tools`` then
+    ``irrelevant_tools``. Each key is assigned at most once."""
+    selection: dict[str, str] = {}
+
+    def fill(keys: list[str], cases: list[str], kind: str) -> list[str]:
+        start = 0
+        for case in cases:
+            quota = cells.get((case, kind), 0)
+            for key in keys[start : start + quota]:
+                selection[key] = f"{case}:{kind}"
+            start += quota
+        return keys[start:]
+
+    fill([k for _, k in sorted(draws.get("needs_tool", []))], list(AGENT_CASES), "needs_tool")
+    general = sorted(draws.get("normal:general", []))
+    taken = cells.get(("general_with_tools", "normal"), 0)
+    fill([k for _, k in general[:taken]], ["general_with_tools"], "normal")
+    rest = sorted(general[taken:] + list(draws.get("normal:agent", [])))
+    fill([k for _, k in rest], list(AGENT_CASES), "normal")
+    return selection
+
+
+def select(records: Iterable[tuple[str, Trajectory]], reader: QueryReader, seed: int, step_id: str) -> dict[str, str]:
+    """:func:`assign` over in-memory records (what the Beam step computes; used by tests and
+    the benchmark's plain loop)."""
+    cells = reader.config.cell_quotas()
+    limits = draw_limits(cells)
+    ranked: dict[str, list[tuple[tuple[int, str], str]]] = {label: [] for label in limits}
+    for group, trajectory in records:
+        found = reader.examine(group, trajectory)
+        if not isinstance(found, str):
+            key = f"{group}:{trajectory.id}"
+            ranked[draw_label(group, found)].append((rank_key(seed, step_id, key), key))
+    return assign({label: heapq.nsmallest(limits[label], keys) for label, keys in ranked.items()}, cells)
 
 
 # --- the processor ------------------------------------------------------------------------------
@@ -246,12 +676,18 @@ class NegativeMaker:
     """Picklable processor: one negative for each selected ``(group, trajectory)``."""
 
     def __init__(
-        self, config: NegativesConfig, context: StepContext, answers: dict[str, list[str]], system: dict[str, list[str]]
+        self,
+        config: NegativesConfig,
+        context: StepContext,
+        answers: dict[str, list[str]],
+        system: dict[str, list[str]],
+        rules: QueryRules,
     ) -> None:
         self.config = config
         self.context = context
         self.answers = PhraseBook(answers, context.seed, context.step_id)
         self.system = PhraseBook(system, context.seed, context.step_id)
+        self.reader = QueryReader(config, rules, book_languages(answers))
         self._pool_source: list[dict[str, Any]] | None = None
         self._pool: list[ToolSpec] = []
 
@@ -267,25 +703,76 @@ class NegativeMaker:
         text = self.system.render("system_tools", f"{key}:system", tools=[_tool_view(t) for t in tools])
         return Message(role=Role.SYSTEM, content=text, loss=False)
 
-    def _answer(self, case: str, trajectory: Trajectory, index: int, tools: list[ToolSpec]) -> str:
-        if self.config.responder == "dataset":
-            reply, _ = first_reply(trajectory, index)
-            return reply or ""
+    def compose(self, case: str, trajectory: Trajectory, query: Query, tools: list[ToolSpec], key: str) -> str:
+        """The phrase-book answer to a needs-tool ``query``, in its language: what is missing
+        (the capability of the tool the source called) and help (the code the source ran, the
+        request's details, or a general offer)."""
+        language = query.language or "en"
+        call = query.calls[0]
+        declared = {t.name: t for t in trajectory.tools}.get(call.name)
+        description = self.reader.rules.description(declared.description) if declared else ""
+        capability = self.answers.render(
+            f"{language}.capability",
+            key,
+            tool=call.name,
+            description=description_in(language, description),
+            task=trajectory.task or "",
+        )
+        code = call_code(list(query.calls))
+        details = call_details(call)
+        if code is not None:
+            help_text = self.answers.render(
+                f"{language}.help_code", key, capability=capability, code=code[0], code_language=code[1]
+            )
+        elif details:
+            help_text = self.answers.render(f"{language}.help_details", key, capability=capability, details=details)
+        else:
+            help_text = self.answers.render(f"{language}.help_general", key, capability=capability)
+        separator = "、" if language == "zh" else ", "
+        return self.answers.render(
+            f"{language}.{case}",
+            key,
+            capability=capability,
+            help=help_text,
+            query=query.text,
+            tool_names=separator.join(t.name for t in tools),
+        )
+
+    def _answer(self, case: str, trajectory: Trajectory, query: Query, tools: list[ToolSpec], key: str) -> str:
+        if query.answer is not None:
+            return query.answer
         if self.config.responder == "model":
             return ""  # filled in by RunInference after this step's ParDo
-        names = ", ".join(t.name for t in tools)
-        return self.answers.render(case, trajectory.id, tool_names=names, query=trajectory.turns[index].text)
+        return self.compose(case, trajectory, query, tools, key)
 
-    def build(self, case: str, trajectory: Trajectory, pool: list[ToolSpec]) -> Sample:
-        index = query_index(trajectory)
-        assert index is not None
+    def _banned(self, query: Query) -> tuple[set[str], set[str]]:
+        names = {call.name for call in query.calls}
+        words: set[str] = set()
+        for name in names:
+            words |= content_words(name) | self.reader.rules.words_of(name)
+        return names, words
+
+    def build(self, case: str, trajectory: Trajectory, pool: list[ToolSpec], query: Query | None = None) -> Sample:
+        """The negative of ``case`` for ``trajectory`` (its query read again when not given)."""
+        if query is None:
+            found = self.reader.examine("general" if case == "general_with_tools" else "agent", trajectory)
+            if isinstance(found, str):
+                raise RecordError("no_query", found)
+            query = found
         key = f"{case}:{trajectory.id}"
-        query = trajectory.turns[index].text
         tools: list[ToolSpec] = []
         if case in ("irrelevant_tools", "general_with_tools"):
-            source_tools = trajectory.tools
+            names, words = self._banned(query)
             tools = pick_irrelevant_tools(
-                query, source_tools, pool, self.config.tools_per_sample, self.context.seed, self.context.step_id, key
+                query.text,
+                trajectory.tools,
+                pool,
+                self.config.tools_per_sample,
+                self.context.seed,
+                self.context.step_id,
+                key,
+                banned_names=names,
+                banned_words=words,
             )
             if not tools:
                 raise RecordError("no_irrelevant_tools", "no pool tool passes the irrelevance check for this query")
@@ -296,12 +783,16 @@ class NegativeMaker:
                 for t in trajectory.turns
                 if t.role is not Role.SYSTEM
             ]
+            responder = "source"
         else:
-            answer = self._answer(case, trajectory, index, tools)
+            answer = self._answer(case, trajectory, query, tools, key)
+            if has_markers(answer):
+                raise RecordError("react_markers_in_answer", answer[:300])
             messages += [
-                Message(role=Role.USER, content=query, loss=False),
+                Message(role=Role.USER, content=query.text, loss=False),
                 Message(role=Role.ASSISTANT, content=answer, loss=True, part="prose"),
             ]
+            responder = "source" if query.kind == "normal" else self.config.responder
         return sample_of(
             trajectory,
             messages,
@@ -311,7 +802,9 @@ class NegativeMaker:
             tools=tools,
             metadata={
                 "case": case,
-                "responder": "dataset" if case == "general_with_tools" else self.config.responder,
+                "query": query.kind,
+                "language": query.language,
+                "responder": responder,
                 "source_tools": [t.name for t in trajectory.tools],
             },
         )
@@ -320,52 +813,40 @@ class NegativeMaker:
         self, element: tuple[str, Trajectory], selection: dict[str, str], pool: list[dict[str, Any]]
     ) -> Iterator[Any]:
         group, trajectory = element
-        reason = eligibility(group, trajectory, self.config.responder)
-        if reason is not None:
-            yield Filtered(reason, f"{group} trajectory cannot give a negative")
+        found = self.reader.examine(group, trajectory)
+        if isinstance(found, str):
+            yield Filtered(found, f"{group} trajectory gives no query for a negative")
             return
-        case = selection.get(f"{group}:{trajectory.id}")
-        if case is None:
-            yield Filtered("not_selected", f"eligible {group} trajectory, not drawn", keep_payload=False)
+        cell = selection.get(f"{group}:{trajectory.id}")
+        if cell is None:
+            yield Filtered("not_selected", f"eligible {group} query ({found.kind}), not drawn", keep_payload=False)
             return
+        case = cell.split(":", 1)[0]
         try:
-            sample = self.build(case, trajectory, self._tools(pool))
+            sample = self.build(case, trajectory, self._tools(pool), found)
         except PhrasingError as exc:
             raise RecordError("template_error", str(exc)) from None
         yield Stat(f"case:{case}", 1)
+        yield Stat(f"query:{found.kind}", 1)
         yield sample
 
 
 # --- the step -----------------------------------------------------------------------------------
 
 
-def _assign(ranked: list[tuple[tuple[int, str], str]], cases: list[tuple[str, int]]) -> dict[str, str]:
-    """First quota of the ranking to the first case, the next to the second, ..."""
-    keys = [key for _, key in sorted(ranked)]
-    selection, start = {}, 0
-    for case, quota in cases:
-        for key in keys[start : start + quota]:
-            selection[key] = case
-        start += quota
-    return selection
+class _SmallestPerLabel:
+    """Combines ``{label: ranked keys}`` dicts into each label's ``limits[label]`` smallest
+    (associative, so Beam may combine partial results in any order)."""
 
+    def __init__(self, limits: dict[str, int]) -> None:
+        self.limits = limits
 
-class _Smallest:
-    """Combines lists of ranked keys into the ``n`` smallest (associative, so Beam may combine
-    partial results in any order)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __call__(self, lists: Iterable[list[Any]]) -> list[Any]:
-        return heapq.nsmallest(self.n, itertools.chain.from_iterable(lists))
-
-
-def _merge(dicts: list[dict[str, str]]) -> dict[str, str]:
-    merged: dict[str, str] = {}
-    for d in dicts:
-        merged.update(d)
-    return merged
+    def __call__(self, dicts: Iterable[dict[str, list[Any]]]) -> dict[str, list[Any]]:
+        merged: dict[str, list[Any]] = {}
+        for d in dicts:
+            for label, keys in d.items():
+                merged.setdefault(label, []).extend(keys)
+        return {label: heapq.nsmallest(self.limits[label], keys) for label, keys in merged.items()}
 
 
 def _pool_entries(element: tuple[str, Trajectory]) -> Iterator[tuple[str, str]]:
@@ -380,6 +861,10 @@ def _fill_answer(keyed: tuple[Sample, Any]) -> Sample:
     messages = list(sample.messages)
     messages[-1] = messages[-1].model_copy(update={"content": result.inference})
     return sample.model_copy(update={"messages": messages, "counts": count_tokens(messages)})
+
+
+def _needs_model(sample: Sample) -> bool:
+    return sample.metadata.get("responder") == "model"
 
 
 class Negatives(Step):
@@ -402,15 +887,15 @@ class Negatives(Step):
         if unassigned:
             raise ValueError(f"inputs {unassigned} are in neither agent_inputs nor general_inputs")
 
-    def books(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-        answers = load_book(
-            "negatives/default.yaml",
-            self.config.templates,
-            self.context.base_dir,
-            {c: {"tool_names": "a, b", "query": "q"} for c in AGENT_CASES},
-        )
+    def books(self) -> tuple[dict[str, list[str]], dict[str, list[str]], QueryRules]:
+        """(answer phrase book, align phrase book for the system prompt, query rules), checked."""
+        answers = load_answer_book(self.config.templates, self.context.base_dir)
         system = load_book("align/default.yaml", None, self.context.base_dir, SLOT_VARIABLES)
-        return answers, system
+        rules = load_rules(self.config.query_rules, self.context.base_dir)
+        return answers, system, rules
+
+    def maker(self) -> NegativeMaker:
+        return NegativeMaker(self.config, self.context, *self.books())
 
     def check(self) -> None:
         self.books()
@@ -424,6 +909,8 @@ class Negatives(Step):
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> dict[str, Any]:
         config, ctx = self.config, self.context
+        maker = self.maker()
+        reader = maker.reader
         groups = [("agent", name) for name in config.agent_inputs] + [
             ("general", name) for name in config.general_inputs
         ]
@@ -436,37 +923,42 @@ class Negatives(Step):
         # Counting runs on each input where it is read; the records wait for the draw on disk.
         records = tuple(tagged) | "Merge" >> Merge(ctx.spill_dir("records"), beam.typehints.Tuple[str, Trajectory])
 
-        quotas = config.quotas()
-        agent_cases = [(c, quotas.get(c, 0)) for c in AGENT_CASES]
-        general_cases = [("general_with_tools", quotas.get("general_with_tools", 0))]
+        cells = config.cell_quotas()
+        limits = draw_limits(cells)
 
-        def ranks(element: tuple[str, Trajectory], group: str) -> Iterator[tuple[tuple[int, str], str]]:
-            g, trajectory = element
-            if g == group and eligibility(g, trajectory, config.responder) is None:
-                key = f"{g}:{trajectory.id}"
-                yield rank_key(ctx.seed, ctx.step_id, key), key
+        def ranks(element: tuple[str, Trajectory]) -> Iterator[tuple[str, tuple[tuple[int, str], str]]]:
+            group, trajectory = element
+            found = reader.examine(group, trajectory)
+            if not isinstance(found, str):
+                key = f"{group}:{trajectory.id}"
+                yield draw_label(group, found), (rank_key(ctx.seed, ctx.step_id, key), key)
 
-        selections = []
-        for group, cases in (("agent", agent_cases), ("general", general_cases)):
-            total = sum(q for _, q in cases)
-            members = [(name, pcoll) for (g, name), pcoll in zip(groups, tagged, strict=True) if g == group]
-            if total == 0 or not members:
-                continue
-            drawn = [
-                pcoll
-                | f"Rank {group} {name}" >> beam.FlatMap(ranks, group)
-                | f"Draw {group} {name}" >> beam.combiners.Top.Smallest(total)
-                for name, pcoll in members
+        drawn = []
+        for (group, name), pcoll in zip(groups, tagged, strict=True):
+            labels = [
+                label
+                for label, limit in sorted(limits.items())
+                if limit and (label == f"normal:{group}" or (label == "needs_tool" and group == "agent"))
             ]
-            selections.append(
-                tuple(drawn)
-                | f"Drawn {group}" >> beam.Flatten()
-                | f"Draw {group}" >> beam.CombineGlobally(_Smallest(total))
-                | f"Assign {group}" >> beam.Map(_assign, cases)
-            )
-        if not selections:
-            selections.append(tagged[0].pipeline | "NoDraw" >> beam.Create([{}]))
-        selection = tuple(selections) | "Selections" >> beam.Flatten() | "Selection" >> beam.CombineGlobally(_merge)
+            if not labels:
+                continue
+            ranked = pcoll | f"Rank {name}" >> beam.FlatMap(ranks)
+            for label in labels:
+                drawn.append(
+                    ranked
+                    | f"Only {label} {name}" >> beam.Filter(lambda kv, lab=label: kv[0] == lab)
+                    | f"Key {label} {name}" >> beam.Map(lambda kv: kv[1])
+                    | f"Draw {label} {name}" >> beam.combiners.Top.Smallest(limits[label])
+                    | f"Label {label} {name}" >> beam.Map(lambda keys, lab=label: {lab: keys})
+                )
+        if not drawn:
+            drawn.append(tagged[0].pipeline | "NoDraw" >> beam.Create([{}]))
+        selection = (
+            tuple(drawn)
+            | "Drawn" >> beam.Flatten()
+            | "Draw" >> beam.CombineGlobally(_SmallestPerLabel(limits))
+            | "Assign" >> beam.Map(assign, cells)
+        )
         tools = [
             pcoll | f"Tools {name}" >> beam.FlatMap(_pool_entries) | f"OnePerName {name}" >> beam.CombinePerKey(min)
             for (g, name), pcoll in zip(groups, tagged, strict=True)
@@ -480,8 +972,6 @@ class Negatives(Step):
             | "Sorted"
             >> beam.Map(lambda entries: [ToolSpec.model_validate_json(j).model_dump() for _, j in sorted(entries)])
         )
-        answers, system = self.books()
-        maker = NegativeMaker(config, ctx, answers, system)
         outputs = records | "Build" >> beam.ParDo(
             RecordDoFn(maker, ctx.step_id),
             selection=beam.pvalue.AsSingleton(selection),
@@ -499,8 +989,7 @@ class Negatives(Step):
             handler = KeyedModelHandler(CausalLMHandler(path, config.max_new_tokens))
             answered = (
                 result[MAIN]
-                | "Prompts"
-                >> beam.Map(lambda s: (s, s.messages[:-1]) if s.metadata["case"] != "general_with_tools" else (s, None))
+                | "Prompts" >> beam.Map(lambda s: (s, s.messages[:-1]) if _needs_model(s) else (s, None))
                 | "Split" >> beam.Partition(lambda kv, n: 0 if kv[1] is None else 1, 2)
             )
             generated = answered[1] | "Generate" >> RunInference(handler) | "Answer" >> beam.Map(_fill_answer)
@@ -513,4 +1002,11 @@ class Negatives(Step):
     def summarize(cls, config: StepConfig, ledger: Any) -> dict[str, Any] | None:
         assert isinstance(config, NegativesConfig)
         achieved = {k.split(":", 1)[1]: v for k, v in ledger.stats.items() if k.startswith("case:")}
-        return {"responder": config.responder, "target": config.quotas(), "achieved": achieved}
+        queries = {k.split(":", 1)[1]: v for k, v in ledger.stats.items() if k.startswith("query:")}
+        return {
+            "responder": config.responder,
+            "target": config.quotas(),
+            "achieved": achieved,
+            "needs_tool_share": config.needs_tool_share,
+            "by_query": queries,
+        }
