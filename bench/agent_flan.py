@@ -41,10 +41,9 @@ from pipelines.run import run_spec
 from schemas import ToolSpec
 from transforms.base import MAIN, Failed, Filtered, Stat
 from transforms.files import common_folder
-from transforms.instruction_pairs import PairMaker, candidate_steps
-from transforms.negatives import AGENT_CASES, NegativeMaker, _assign, eligibility
+from transforms.instruction_pairs import _candidate_ranks, allocate
+from transforms.negatives import select
 from transforms.read import ReadFile
-from transforms.sampling import rank_key
 from transforms.write import EncodeRow, shard_filename, shard_of, shard_schema, write_shard
 
 RECIPE = REPO / "pipelines" / "agent_flan.yaml"
@@ -91,13 +90,14 @@ def apply(processor: Callable[..., Iterable[Any]], record: Any, **side_inputs: A
 
 
 def instruction_pairs(step: Any, trajectories: list[Any]) -> list[Any]:
-    """``InstructionPairs.expand`` without Beam: rank every candidate step, keep the ``count`` smallest."""
+    """``InstructionPairs.expand`` without Beam: rank the eligible trajectories per source, allocate."""
     config, ctx = step.config, step.context
-    ranked = heapq.nsmallest(
-        config.count, (rank_key(ctx.seed, ctx.step_id, key) for t in trajectories for key, _ in candidate_steps(t))
-    )
-    selected = sorted(key for _, key in ranked)
-    maker = PairMaker(config, ctx, step.book())
+    maker = step.maker()
+    ranked: dict[str, list[Any]] = {}
+    for t in trajectories:
+        for group, value in _candidate_ranks(t, ctx.seed, ctx.step_id, maker.cards, config.balance_sources):
+            ranked.setdefault(group, []).append(value)
+    selected = allocate({g: heapq.nsmallest(config.count, keys) for g, keys in ranked.items()}, config.count)
     return [s for t in trajectories for s in apply(maker, t, selected=selected)]
 
 
@@ -108,22 +108,14 @@ def negatives(step: Any, outputs: dict[str, list[Any]]) -> list[Any]:
         raise NotImplementedError("the plain loop does not run RunInference (responder 'model')")
     names = [("agent", n) for n in config.agent_inputs] + [("general", n) for n in config.general_inputs]
     records = [(group, t) for group, name in names for t in outputs[name]]
-    quotas = config.quotas()
-    selection: dict[str, str] = {}
-    for group, cases in (
-        ("agent", [(c, quotas.get(c, 0)) for c in AGENT_CASES]),
-        ("general", [("general_with_tools", quotas.get("general_with_tools", 0))]),
-    ):
-        eligible = (f"{g}:{t.id}" for g, t in records if g == group and eligibility(g, t, config.responder) is None)
-        ranked = heapq.nsmallest(sum(q for _, q in cases), ((rank_key(ctx.seed, ctx.step_id, k), k) for k in eligible))
-        selection.update(_assign(ranked, cases))
+    maker = step.maker()
+    selection = select(records, maker.reader, ctx.seed, ctx.step_id)
     tools: dict[str, str] = {}  # one tool per name: the smallest JSON
     for group, trajectory in records:
         for tool in trajectory.tools if group == "agent" else []:
             text = tool.model_dump_json()
             tools[tool.name] = min(tools.get(tool.name, text), text)
     pool = [ToolSpec.model_validate_json(text).model_dump() for _, text in sorted(tools.items())]
-    maker = NegativeMaker(config, ctx, *step.books())
     return [s for r in records for s in apply(maker, r, selection=selection, pool=pool)]
 
 

@@ -1,58 +1,236 @@
-"""instruction_pairs: exact formats, checked, drawn deterministically."""
+"""instruction_pairs: declared tools + demanded format in the prompt, the real steps as targets
+(single and multi-turn), nothing copied from the prompt, calls that validate, parseable targets,
+even draws across sources."""
 
 from __future__ import annotations
 
+import collections
+import glob
 import json
 
+import jsonschema
 import pytest
 
-from schemas import Role, ToolCall, Trajectory, Turn, trajectory_id
-from transforms.base import RecordError, Stat, StepContext
-from transforms.instruction_pairs import InstructionPairs, PairMaker, candidate_steps, check_format, format_answer
-from transforms.react import ParsedStep, parse_turn
+from schemas import Role, ToolCall, ToolSpec, Trajectory, Turn, trajectory_id
+from tests.helpers import parse_file
+from transforms.base import Filtered, RecordError, Stat, StepContext
+from transforms.instruction_pairs import (
+    InstructionPairs,
+    NotEligible,
+    PairStep,
+    allocate,
+    check_format,
+    read_conversation,
+    render_step,
+)
+from transforms.react import parse_turn
+from transforms.tool_cards import load_cards
+
+WEATHER = ToolSpec(
+    name="get_weather",
+    description="Get the current weather of a city",
+    parameters={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
 
 
-def traj() -> Trajectory:
-    turns = [
-        Turn(role=Role.USER, text="weather?"),
+def traj(turns: list[Turn], tools: list[ToolSpec] | None = None, success: bool | None = None, **kw) -> Trajectory:
+    return Trajectory(
+        id=trajectory_id(kw.get("source", "s"), "1", turns),
+        source=kw.get("source", "s"),
+        source_id="1",
+        task=kw.get("task"),
+        tools=[WEATHER] if tools is None else tools,
+        turns=turns,
+        success=success,
+    )
+
+
+def weather_turns(arguments: dict | None = None, name: str = "get_weather") -> list[Turn]:
+    return [
+        Turn(role=Role.SYSTEM, text="You are a function-calling assistant."),
+        Turn(role=Role.USER, text="Is it cold in Oslo right now?"),
         Turn(
             role=Role.ASSISTANT,
-            text='Thought: need data.\nAction: get_weather\nAction Input: {"city": "Oslo"}',
+            text="",
             loss=True,
+            tool_call=ToolCall(name=name, arguments={"city": "Oslo"} if arguments is None else arguments),
         ),
-        Turn(role=Role.TOOL, text="3 C"),
-        Turn(role=Role.ASSISTANT, text="ACTION: look", loss=True),  # no thought: not a candidate
-        Turn(role=Role.ASSISTANT, text="Thought: example.\nAction: search[x]", loss=False),  # example: not a candidate
+        Turn(role=Role.TOOL, text='{"temperature": -3}'),
+        Turn(role=Role.ASSISTANT, text="Yes, it is -3 degrees in Oslo.", loss=True),
     ]
-    return Trajectory(id=trajectory_id("s", "1", turns), source="s", source_id="1", turns=turns)
 
 
-STEP = ParsedStep(thought="need data.", call=ToolCall(name="get_weather", arguments={"city": "Oslo"}))
+def maker(**config):
+    config.setdefault("count", 5)
+    return InstructionPairs(config, StepContext(step_id="pairs")).maker()
 
 
-def test_candidates_are_supervised_steps_with_thought_and_call():
-    assert [step for _, step in candidate_steps(traj())] == [STEP]
+def pair_of(trajectory: Trajectory, **config):
+    outs = [o for o in maker(**config)(trajectory, selected=[trajectory.id]) if not isinstance(o, Stat)]
+    (sample,) = outs
+    return sample
 
 
 @pytest.mark.parametrize("fmt", ["react", "json"])
-def test_answers_are_exactly_in_format(fmt):
-    answer = format_answer(STEP, fmt)
-    check_format(STEP, fmt, answer)
-    if fmt == "json":
-        assert json.loads(answer) == {"thought": "need data.", "tool": "get_weather", "arguments": {"city": "Oslo"}}
+@pytest.mark.parametrize("placement", ["system", "user"])
+def test_prompt_declares_tools_and_format_and_never_holds_the_target(fmt, placement):
+    sample = pair_of(traj(weather_turns()), formats=[fmt], placements=[placement], multi_turn_share=1.0)
+    system, first_user = sample.messages[0], sample.messages[1]
+    assert system.role is Role.SYSTEM and "get_weather" in system.content and '"city"' in system.content
+    demand = "Action Input" if fmt == "react" else "JSON"
+    assert demand in (system.content if placement == "system" else first_user.content)
+    assert demand not in (first_user.content if placement == "system" else system.content)
+    assert "Is it cold in Oslo right now?" in first_user.content
+    prompt = "\n".join(m.content for m in sample.messages if not m.loss)
+    targets = [m for m in sample.messages if m.loss]
+    assert [m.role for m in sample.messages[2:]] == [Role.ASSISTANT, Role.TOOL, Role.ASSISTANT]  # multi-turn
+    assert len(targets) == 2 and all(m.part == "react" for m in targets)
+    assert '{"city": "Oslo"}' not in prompt and "-3 degrees" not in prompt
+    if fmt == "react":
+        (call,) = parse_turn(Turn(role=Role.ASSISTANT, text=targets[0].content))
+        assert call.call == ToolCall(name="get_weather", arguments={"city": "Oslo"})
+        (final,) = parse_turn(Turn(role=Role.ASSISTANT, text=targets[1].content))
+        assert final.finished and final.answer == "Yes, it is -3 degrees in Oslo."
     else:
-        assert parse_turn(Turn(role=Role.ASSISTANT, text=answer)) == [STEP]
+        assert json.loads(targets[0].content) == {"tool": "get_weather", "arguments": {"city": "Oslo"}}
+        assert json.loads(targets[1].content) == {"answer": "Yes, it is -3 degrees in Oslo."}
+    assert sample.tools == [WEATHER] and sample.kind == "instruction"
+    assert sample.metadata == {"format": fmt, "placement": placement, "shape": "multi"}
+
+
+def test_single_pairs_end_at_the_first_call():
+    sample = pair_of(traj(weather_turns()), multi_turn_share=0.0)
+    assert sample.metadata["shape"] == "single"
+    assert [m.role for m in sample.messages] == [Role.SYSTEM, Role.USER, Role.ASSISTANT]
+
+
+def test_calls_must_name_declared_tools_with_valid_arguments_and_episodes_must_succeed():
+    with pytest.raises(NotEligible) as info:
+        read_conversation(traj(weather_turns(name="get_forecast")))
+    assert info.value.reason == "undeclared_tool"
+    with pytest.raises(NotEligible) as info:
+        read_conversation(traj(weather_turns(arguments={"town": "Oslo"})))
+    assert info.value.reason == "arguments_fail_schema"
+    with pytest.raises(NotEligible) as info:
+        read_conversation(traj(weather_turns(), success=False))
+    assert info.value.reason == "failed_episode"
+    with pytest.raises(NotEligible) as info:
+        read_conversation(traj(weather_turns(), tools=[]))
+    assert info.value.reason == "no_declared_tools"
+    outs = list(maker()(traj(weather_turns(), success=False), selected=[]))
+    assert [o.reason for o in outs if isinstance(o, Filtered)] == ["failed_episode"]
+
+
+@pytest.mark.parametrize("fmt", ["react", "json"])
+def test_targets_parse_back_with_the_format_parser(fmt):
+    steps = [
+        PairStep(thought="need data.", call=ToolCall(name="get_weather", arguments={"city": "Oslo"})),
+        PairStep(thought=None, answer="It is cold."),
+        PairStep(thought="done.", call=ToolCall(name="answer", arguments={"answer": "[3]"})),  # DB/OS final tool
+        PairStep(thought=None, call=ToolCall(name="finish", arguments={"answer": "Badr Hari"})),
+    ]
+    for step in steps:
+        text = render_step(step, fmt)
+        check_format(step, fmt, text)
+    assert render_step(steps[2], "react") == "Thought: done.\nFinal Answer: [3]"
     with pytest.raises(RecordError, match="format_check_failed"):
-        check_format(STEP, fmt, answer.replace("Oslo", "Bergen"))
+        check_format(steps[0], fmt, render_step(steps[0], fmt).replace("Oslo", "Bergen"))
 
 
-def test_pair_samples():
-    step = InstructionPairs({"count": 5}, StepContext(step_id="pairs"))
-    maker = PairMaker(step.config, step.context, step.book())
-    key = next(k for k, _ in candidate_steps(traj()))
-    outs = [o for o in maker(traj(), selected=[key]) if not isinstance(o, Stat)]
-    (pair,) = outs
-    assert pair.kind == "instruction" and pair.messages[1].part == "react" and pair.messages[1].loss
-    assert not pair.messages[0].loss and "get_weather" in pair.messages[0].content
-    (filtered,) = list(maker(traj(), selected=[]))
-    assert filtered.reason == "not_selected"
+def test_text_command_environments_use_their_tool_cards():
+    turns = [
+        Turn(role=Role.USER, text="Who directed the film Alien?"),
+        Turn(role=Role.ASSISTANT, text="Thought: I should search Alien.\nAction: search[Alien (film)]", loss=True),
+        Turn(role=Role.USER, text="Observation: Alien is a 1979 film directed by Ridley Scott."),
+        Turn(role=Role.ASSISTANT, text="Thought: It is Ridley Scott.\nAction: finish[Ridley Scott]", loss=True),
+    ]
+    fireact = traj(turns, tools=[], source="fireact", task="fireact")
+    with pytest.raises(NotEligible, match="no_declared_tools"):
+        read_conversation(fireact)
+    conversation = read_conversation(fireact, load_cards())
+    assert {t.name for t in conversation.tools} == {"search", "lookup", "finish"}
+    kinds = [kind for kind, _ in conversation.events]
+    assert kinds == ["assistant", "tool", "assistant"]  # the observation is the call's result
+    assert conversation.events[0][1].call == ToolCall(name="search", arguments={"entity": "Alien (film)"})
+    assert conversation.events[2][1].call == ToolCall(name="finish", arguments={"answer": "Ridley Scott"})
+    sample = maker(multi_turn_share=1.0)(fireact, selected=[fireact.id])
+    (pair,) = [o for o in sample if not isinstance(o, Stat)]
+    assert conversation.instruction and conversation.instruction in pair.messages[0].content
+
+
+def test_allocate_spreads_the_count_evenly_over_sources_exactly():
+    def ranked(group: str, n: int):
+        return [((i, f"{group}{i}"), f"{group}{i}") for i in range(n)]
+
+    groups = {"big": ranked("big", 100), "mid": ranked("mid", 40), "tiny": ranked("tiny", 3)}
+    chosen = allocate(groups, 60)
+    counts = collections.Counter(key.rstrip("0123456789") for key in chosen)
+    assert counts == {"tiny": 3, "big": 29, "mid": 28} and len(chosen) == 60
+    assert len(allocate(groups, 1000)) == 143  # min(count, candidates)
+    assert allocate(groups, 0) == []
+
+
+# --- real data ----------------------------------------------------------------------------------
+
+
+def real_trajectories(external) -> list[Trajectory]:
+    out = []
+    for path in sorted(glob.glob(str(external("llamafactory_glaive_toolcall") / "*.json"))):
+        out += [t.model_copy(update={"source": "glaive"}) for t in parse_file(path, "sharegpt")[0]]
+    for path in sorted(glob.glob(str(external("toolbench_openbmb", "data_example", "answer") / "*" / "*.json"))):
+        out += [
+            t.model_copy(update={"source": "toolbench"})
+            for t in parse_file(
+                path,
+                "openai",
+                messages_field="answer_generation.train_messages.-1",
+                tools_field="answer_generation.function",
+                success_field="win",
+            )[0]
+        ]
+    for path in sorted(glob.glob(str(external("agentinstruct_thudm") / "*.parquet"))):
+        out += [t.model_copy(update={"source": "agentinstruct"}) for t in parse_file(path, "agentinstruct")[0]]
+    paths = sorted(glob.glob(str(external("fireact", "data", "finetune", "gpt_format") / "*.jsonl")))
+    out += [t.model_copy(update={"source": "fireact", "task": "fireact"}) for t in parse_file(paths[0], "openai")[0]]
+    return out
+
+
+@pytest.mark.real_data
+def test_real_pairs_need_format_skill(external):
+    """The issue's targets: targets copied from the prompt <= 5 %; every call declared and valid;
+    every target parses; glaive and ToolBench represented; multi-turn pairs present."""
+    trajectories = real_trajectories(external)
+    fn = maker(count=400)
+    ranked: dict[str, list] = collections.defaultdict(list)
+    from transforms.instruction_pairs import _candidate_ranks
+
+    for t in trajectories:
+        for group, value in _candidate_ranks(t, 0, "pairs", fn.cards, True):
+            ranked[group].append(value)
+    selected = allocate(ranked, 400)
+    samples = [o for t in trajectories for o in fn(t, selected=selected) if not isinstance(o, Stat | Filtered)]
+    assert len(samples) == 400
+    sources = collections.Counter(s.lineage.source for s in samples)
+    assert sources["glaive"] >= 50 and sources["toolbench"] >= 5 and sources["agentinstruct"] and sources["fireact"]
+    assert {s.metadata["shape"] for s in samples} == {"single", "multi"}
+    copied = 0
+    for sample in samples:
+        tools = {t.name: t for t in sample.tools}
+        prompt = "\n".join(m.content for m in sample.messages if not m.loss)
+        fmt = sample.metadata["format"]
+        is_copied = False
+        for message in (m for m in sample.messages if m.loss):
+            if fmt == "json":
+                value = json.loads(message.content)
+                thought, name, arguments = value.get("thought"), value.get("tool"), value.get("arguments")
+            else:
+                (step,) = parse_turn(Turn(role=Role.ASSISTANT, text=message.content))
+                thought = step.thought
+                name, arguments = (step.call.name, step.call.arguments) if step.call else (None, None)
+            if name is not None:
+                assert name in tools and name in sample.messages[0].content
+                jsonschema.validate(arguments, tools[name].parameters or {"type": "object"})
+            if (thought and thought in prompt) or (arguments and json.dumps(arguments, ensure_ascii=False) in prompt):
+                is_copied = True
+        copied += is_copied
+    assert copied / len(samples) <= 0.05

@@ -1,27 +1,47 @@
-"""Step ``instruction_pairs``: format-following samples built from real agent steps.
+"""Step ``instruction_pairs``: format-following samples that need format skill.
 
 Agent-FLAN keeps the format skill apart from agent reasoning with instruction-following pairs
-that ask for ReAct or JSON output (2,000 in the paper, the default ``count``). Each pair is one
-step drawn from the data (a thought plus a tool call): the user asks for it in a format (wording
-from ``templates/instruction_pairs/default.yaml``), the assistant answers in exactly that format.
+that ask for ReAct or JSON output (2,000 in the paper, the default ``count``). Each pair here is
+a real conversation re-rendered in one format: the prompt declares the tools (names,
+descriptions, JSON Schemas) and demands the format once, in the system message or in the user's
+first turn (wording from ``templates/instruction_pairs/default.yaml``); the user's task follows;
+every assistant turn of the conversation is a target in that format (a tool call, or a reply to
+the user), and tool results come back as tool messages in between. Nothing of a target (its
+thought, tool choice or arguments) is in the prompt: the model must work it out from the task.
 
-Guarantees: exactly ``min(count, available steps)`` pairs, chosen by a keyed hash ranking over
-all steps (count, then select); the format is checked before emitting (the ReAct answer parses
-back to the same thought, tool and arguments; the JSON answer parses to the same values);
-trajectories that give no pair are filtered with the reason (``no_tool_step`` or
-``not_selected``). Samples have kind ``instruction`` and part ``react``.
+Shapes (``metadata.shape``): ``single`` ends at the first tool call; ``multi`` continues the
+conversation to its end (results, further calls, the final answer). ``multi_turn_share`` of the
+pairs whose conversation goes on after the first call are ``multi`` (keyed hash).
+
+Guarantees:
+
+- exactly ``min(count, eligible trajectories)`` pairs, one per trajectory, chosen by a keyed-hash
+  ranking (count, then select);
+- every call names a tool declared in the pair (``sample.tools``, also described in the
+  prompt) and its arguments validate against that tool's JSON Schema (``jsonschema``);
+- every target parses back with the format's parser to the same step (ReAct: ``parse_turn``;
+  JSON: ``json.loads`` to the same object), checked before emitting (a failure is a dead letter);
+- failed episodes (``success is False``) give no pairs;
+- every input trajectory is emitted or filtered with a reason.
+
+Declared tools are the trajectory's own (ToolBench, glaive). Sources whose actions are text
+commands (AgentInstruct, FireAct) have no declared tools until a tool card gives them; without
+one they are filtered ``no_declared_tools``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import apache_beam as beam
+import jsonschema
 from pydantic import Field
 
-from schemas import Message, Role, Sample, Trajectory, Turn
+from schemas import Message, Role, Sample, ToolCall, ToolSpec, Trajectory, Turn
 from transforms.base import (
     LEDGER,
     MAIN,
@@ -35,126 +55,402 @@ from transforms.base import (
     StepContext,
 )
 from transforms.phrasing import PhraseBook, PhrasingError, load_book
-from transforms.react import ParsedStep, StepParseError, has_markers, parse_turn, render_react
+from transforms.react import FINISH_NAMES, ParsedStep, StepParseError, _finish_answer, has_markers, parse_turn
 from transforms.samples import sample_of
-from transforms.sampling import keyed_hash, rank_key
+from transforms.sampling import keyed_fraction, keyed_hash, rank_key
 from transforms.spill import Merge
+from transforms.tool_cards import ToolCardError, ToolCards, load_cards
 
-SLOTS = {"react_request", "json_request"}
-EXAMPLE = {"thought": "I need the weather.", "tool": "get_weather", "arguments_json": '{"city": "Oslo"}'}
+Format = Literal["react", "json"]
+Placement = Literal["system", "user"]
+EXAMPLE_TOOLS = [{"name": "get_weather", "description": "Get the weather.", "parameters_json": '{"type": "object"}'}]
+SLOT_VARIABLES: dict[str, dict[str, Any]] = {
+    "react_rules": {},
+    "json_rules": {},
+    "system_with_format": {"tools": EXAMPLE_TOOLS, "rules": "Reply in JSON.", "instruction": "You answer questions."},
+    "system_tools_only": {"tools": EXAMPLE_TOOLS, "instruction": ""},
+    "user_with_format": {"task": "Weather in Oslo?", "rules": "Reply in JSON."},
+}
+#: A line ToolBench appends to every task ("Begin!"), part of its own protocol, not the task.
+TOOLBENCH_BEGIN = re.compile(r"\n\s*Begin!\s*$")
 
 
 class InstructionPairsConfig(StepConfig):
+    """Config of the ``instruction_pairs`` step (docs/transforms/instruction_pairs.md)."""
+
     count: int = Field(2000, ge=0)
-    formats: list[Literal["react", "json"]] = Field(default_factory=lambda: ["react", "json"], min_length=1)
+    formats: list[Format] = Field(default_factory=lambda: ["react", "json"], min_length=1)
+    placements: list[Placement] = Field(default_factory=lambda: ["system", "user"], min_length=1)
+    multi_turn_share: float = Field(0.5, ge=0.0, le=1.0)
+    balance_sources: bool = True
+    tool_cards: str | None = None
     templates: str | None = None
 
 
-def candidate_steps(trajectory: Trajectory) -> Iterator[tuple[str, ParsedStep]]:
-    """(key, step) for every step with a thought and a tool call; unparseable turns are skipped."""
-    for index, turn in enumerate(trajectory.turns):
-        if turn.role is not Role.ASSISTANT or not turn.loss:
-            continue
-        try:
-            steps = parse_turn(turn)
-        except StepParseError:
-            continue
-        for number, step in enumerate(steps):
-            if step.call is not None and step.thought and not has_markers(step.thought):
-                yield f"{trajectory.id}:{index}.{number}", step
+@dataclass(frozen=True)
+class PairStep:
+    """One assistant turn as a target: a call (``call``) or a reply to the user (``answer``),
+    with an optional thought."""
+
+    thought: str | None
+    call: ToolCall | None = None
+    answer: str | None = None
 
 
-def format_answer(step: ParsedStep, fmt: str) -> str:
-    assert step.call is not None
+@dataclass(frozen=True)
+class Conversation:
+    """A trajectory read for pairs: the task, the declared tools, the turns after the task as
+    ``("user" | "tool", text)`` or ``("assistant", PairStep)``, and where the first call is."""
+
+    task: str
+    tools: tuple[ToolSpec, ...]
+    events: tuple[tuple[str, Any], ...]
+    first_call: int
+    instruction: str = ""
+
+
+class NotEligible(Exception):
+    """A trajectory that gives no pair; ``reason`` is the filter reason."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def task_text(text: str) -> str:
+    return TOOLBENCH_BEGIN.sub("", text).strip()
+
+
+def _parsed(turn: Turn) -> list[ParsedStep]:
+    try:
+        return parse_turn(turn)
+    except StepParseError as exc:
+        raise NotEligible("unparseable_step", str(exc)) from None
+
+
+def _own_step(turn: Turn) -> PairStep:
+    """An assistant turn of a source with its own tool list (glaive, ToolBench)."""
+    steps = _parsed(turn)
+    if turn.tool_call is not None:
+        return PairStep(thought=steps[0].thought if steps else None, call=turn.tool_call)
+    if len(steps) != 1:
+        raise NotEligible("several_steps_in_a_turn", f"{len(steps)} steps in one assistant turn")
+    (step,) = steps
+    if step.call is not None:
+        return PairStep(thought=step.thought, call=step.call)
+    if step.finished:
+        if step.answer is None:
+            raise NotEligible("finished_without_answer", "the step finishes without an answer text")
+        return PairStep(thought=step.thought, answer=step.answer)
+    text = (step.thought or "").strip()
+    if not text:
+        raise NotEligible("empty_reply", "an assistant turn without text or call")
+    return PairStep(thought=None, answer=text)
+
+
+def _card_step(turn: Turn, card: Any, tools: list[ToolSpec]) -> PairStep:
+    """An assistant turn of a text-command environment, its action as a call to a declared tool
+    of the environment's tool card (final steps too, when the card declares a final tool)."""
+    steps = _parsed(turn)
+    if len(steps) != 1:
+        raise NotEligible("several_steps_in_a_turn", f"{len(steps)} steps in one assistant turn")
+    (step,) = steps
+    try:
+        if step.call is not None:
+            return PairStep(thought=step.thought, call=card.to_call(step.call, tools))
+        if step.finished:
+            call = card.final_call(step.answer, tools)
+            if call is not None:
+                return PairStep(thought=step.thought, call=call)
+            if step.answer is None:
+                raise NotEligible("finished_without_answer", "the step finishes without an answer text")
+            return PairStep(thought=step.thought, answer=step.answer)
+    except ToolCardError as exc:
+        raise NotEligible(exc.reason, exc.detail) from None
+    raise NotEligible("step_without_action", "an environment step with a thought and no action")
+
+
+def check_call(call: ToolCall, tools: dict[str, ToolSpec]) -> None:
+    """Raise :class:`NotEligible` unless ``call`` names a declared tool and its arguments
+    validate against the tool's JSON Schema."""
+    tool = tools.get(call.name)
+    if tool is None:
+        raise NotEligible("undeclared_tool", f"call to {call.name!r}, not among {sorted(tools)}")
+    if call.name.lower() in FINISH_NAMES:
+        arguments = call.arguments if isinstance(call.arguments, dict) else {}
+        if ("final_answer" in arguments or "return_type" in arguments) and _finish_answer(arguments) is None:
+            raise NotEligible("gives_up", "the episode ends by giving up")
+    schema = tool.parameters or {"type": "object"}
+    try:
+        validator_class = jsonschema.validators.validator_for(schema)
+        validator_class.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise NotEligible("invalid_tool_schema", f"{call.name}: {exc.message}") from None
+    error = jsonschema.exceptions.best_match(validator_class(schema).iter_errors(call.arguments))
+    if error is not None:
+        raise NotEligible("arguments_fail_schema", f"{call.name}: {error.message}")
+
+
+def _clean(step: PairStep) -> PairStep:
+    if step.thought and has_markers(step.thought):
+        raise NotEligible("markers_in_thought", step.thought[:300])
+    if step.answer is not None and has_markers(step.answer):
+        raise NotEligible("markers_in_answer", step.answer[:300])
+    return step
+
+
+def read_conversation(trajectory: Trajectory, cards: ToolCards | None = None) -> Conversation:
+    """The trajectory as a conversation for pairs, or :class:`NotEligible` with the reason.
+
+    Declared tools: the tool card of the trajectory's environment when it has one that declares
+    tools (AgentInstruct, FireAct; the environment's format prompt is removed with the card's
+    rules), else the trajectory's own tools. The task is the user turn before the first
+    supervised assistant turn (earlier turns, such as in-context examples, are left out); a user
+    turn right after a call is that call's result (a tool message)."""
+    if trajectory.success is False:
+        raise NotEligible("failed_episode", "the source marks the episode as failed")
+    card = cards.card_for(trajectory) if cards is not None else None
+    if card is not None and not card.own_tools:
+        tools = card.tools_for(trajectory, finals=True)
+        turns = card.prompt_turns(list(trajectory.turns))
+        instruction = card.instruction
+    else:
+        card = None
+        tools = list(trajectory.tools)
+        turns = [t for t in trajectory.turns if t.role is not Role.SYSTEM]
+        instruction = ""
+    if not tools:
+        raise NotEligible("no_declared_tools", "the trajectory declares no tools and has no tool card")
+    by_name = {t.name: t for t in tools}
+    first = next((i for i, t in enumerate(turns) if t.role is Role.ASSISTANT and t.loss), None)
+    start = next((i for i in range(first - 1, -1, -1) if turns[i].role is Role.USER), None) if first else None
+    if start is None or not turns[start].text.strip():
+        raise NotEligible("no_task", "no user turn before the first supervised assistant turn")
+    events: list[tuple[str, Any]] = []
+    first_call = -1
+    for turn in turns[start + 1 :]:
+        if turn.role is Role.ASSISTANT:
+            if not turn.loss:
+                raise NotEligible("unsupervised_turn", "an assistant turn the source does not supervise")
+            step = _clean(_card_step(turn, card, tools) if card is not None else _own_step(turn))
+            if step.call is not None:
+                check_call(step.call, by_name)
+                if first_call < 0:
+                    first_call = len(events)
+            events.append(("assistant", step))
+        elif turn.role is Role.TOOL or (
+            turn.role is Role.USER and events and events[-1][0] == "assistant" and events[-1][1].call is not None
+        ):
+            events.append(("tool", turn.observation or turn.text))
+        else:
+            events.append(("user", turn.text))
+    if first_call < 0:
+        raise NotEligible("no_tool_call", "no assistant turn calls a tool")
+    for kind, step in events:
+        if kind == "assistant":
+            for fmt in ("react", "json"):
+                try:
+                    check_format(step, fmt, render_step(step, fmt))
+                except RecordError as exc:
+                    raise NotEligible("format_unparseable", exc.detail) from None
+    while events and events[-1][0] != "assistant":
+        events.pop()
+    return Conversation(task_text(turns[start].text), tuple(tools), tuple(events), first_call, instruction)
+
+
+def render_step(step: PairStep, fmt: str) -> str:
+    """``step`` in ``fmt``: ReAct lines or one JSON object (see the module docstring).
+
+    In ReAct a call to a final tool named ``answer`` (DB, OS cards) is written as the protocol's
+    own ``Final Answer: <text>`` line: ``Action: answer`` is the DB dialect's marker for that
+    line, so the parser would not read it as a call."""
     if fmt == "react":
-        return render_react(step)
-    return json.dumps(
-        {"thought": step.thought, "tool": step.call.name, "arguments": step.call.arguments}, ensure_ascii=False
-    )
+        lines = [f"Thought: {step.thought}"] if step.thought else []
+        final_text = _react_final_text(step)
+        if final_text is not None:
+            lines.append(f"Final Answer: {final_text}")
+        elif step.call is not None:
+            lines += [
+                f"Action: {step.call.name}",
+                f"Action Input: {json.dumps(step.call.arguments, ensure_ascii=False)}",
+            ]
+        else:
+            lines.append(f"Final Answer: {step.answer}")
+        return "\n".join(lines)
+    value: dict[str, Any] = {"thought": step.thought} if step.thought else {}
+    if step.call is not None:
+        value.update(tool=step.call.name, arguments=step.call.arguments)
+    else:
+        value["answer"] = step.answer
+    return json.dumps(value, ensure_ascii=False)
 
 
-def check_format(step: ParsedStep, fmt: str, answer: str) -> None:
-    """Raise RecordError unless ``answer`` holds exactly ``step`` in ``fmt``."""
-    assert step.call is not None
+def _react_final_text(step: PairStep) -> str | None:
+    if step.call is not None and step.call.name.lower() == "answer":
+        return _finish_answer(step.call.arguments)
+    return None
+
+
+def check_format(step: PairStep, fmt: str, text: str) -> None:
+    """Raise RecordError unless ``text`` parses with the format's parser back to ``step``."""
     if fmt == "react":
         try:
-            (parsed,) = parse_turn(Turn(role=Role.ASSISTANT, text=answer, loss=True))
+            parsed = parse_turn(Turn(role=Role.ASSISTANT, text=text, loss=True))
         except (StepParseError, ValueError) as exc:
-            raise RecordError("format_check_failed", f"ReAct answer does not parse: {exc}") from None
-        ok = parsed.thought == step.thought and parsed.call == step.call
+            raise RecordError("format_check_failed", f"ReAct target does not parse: {exc}") from None
+        ok = len(parsed) == 1 and parsed[0].thought == step.thought
+        if ok and step.call is not None and step.call.name.lower() in FINISH_NAMES:
+            expected = _finish_answer(step.call.arguments)
+            ok = parsed[0].finished and parsed[0].answer == (expected.strip() if expected is not None else None)
+        elif ok and step.call is not None:
+            ok = parsed[0].call == step.call
+        elif ok:
+            ok = parsed[0].finished and parsed[0].answer == (step.answer or "").strip()
     else:
         try:
-            value = json.loads(answer)
+            value = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise RecordError("format_check_failed", f"JSON answer does not parse: {exc}") from None
-        ok = value == {"thought": step.thought, "tool": step.call.name, "arguments": step.call.arguments}
+            raise RecordError("format_check_failed", f"JSON target does not parse: {exc}") from None
+        ok = value == json.loads(render_step(step, "json"))
     if not ok:
-        raise RecordError("format_check_failed", f"{fmt} answer does not hold the step: {answer[:300]!r}")
+        raise RecordError("format_check_failed", f"{fmt} target does not hold the step: {text[:300]!r}")
+
+
+def _tool_view(tool: ToolSpec) -> dict[str, str]:
+    return {
+        "name": tool.name,
+        "description": tool.description.strip(),
+        "parameters_json": json.dumps(tool.parameters or {"type": "object"}, ensure_ascii=False),
+    }
 
 
 class PairMaker:
-    """Picklable processor: makes the pairs of the selected steps of one trajectory."""
+    """Picklable processor: the pair of a selected trajectory."""
 
-    def __init__(self, config: InstructionPairsConfig, context: StepContext, book: dict[str, list[str]]) -> None:
+    def __init__(
+        self,
+        config: InstructionPairsConfig,
+        context: StepContext,
+        book: dict[str, list[str]],
+        cards: ToolCards | None = None,
+    ) -> None:
         self.config = config
         self.context = context
         self.phrases = PhraseBook(book, context.seed, context.step_id)
+        self.cards = cards
         self._selected_list: list[str] | None = None
         self._selected: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_selected_list": None, "_selected": set()}
 
-    def _pair(self, trajectory: Trajectory, key: str, step: ParsedStep) -> Sample:
-        assert step.call is not None
-        formats = self.config.formats
-        fmt = formats[keyed_hash(self.context.seed, self.context.step_id, f"format:{key}") % len(formats)]
-        arguments_json = json.dumps(step.call.arguments, ensure_ascii=False)
-        request = self.phrases.render(
-            f"{fmt}_request", key, thought=step.thought, tool=step.call.name, arguments_json=arguments_json
+    def _choice(self, what: str, options: list[str], key: str) -> str:
+        return options[keyed_hash(self.context.seed, self.context.step_id, f"{what}:{key}") % len(options)]
+
+    def pair(self, trajectory: Trajectory, conversation: Conversation) -> Sample:
+        """The pair of ``trajectory`` (format, placement and shape by keyed hash)."""
+        key = trajectory.id
+        fmt = self._choice("format", list(self.config.formats), key)
+        placement = self._choice("placement", list(self.config.placements), key)
+        goes_on = any(kind == "assistant" for kind, _ in conversation.events[conversation.first_call + 1 :])
+        multi = goes_on and keyed_fraction(self.context.seed, self.context.step_id, f"shape:{key}") < (
+            self.config.multi_turn_share
         )
-        answer = format_answer(step, fmt)
-        check_format(step, fmt, answer)
+        events = conversation.events if multi else conversation.events[: conversation.first_call + 1]
+        tools = [_tool_view(t) for t in conversation.tools]
+        rules = self.phrases.render(f"{fmt}_rules", key)
+        if placement == "system":
+            system = self.phrases.render(
+                "system_with_format", key, tools=tools, rules=rules, instruction=conversation.instruction
+            )
+            first_user = conversation.task
+        else:
+            system = self.phrases.render("system_tools_only", key, tools=tools, instruction=conversation.instruction)
+            first_user = self.phrases.render("user_with_format", key, task=conversation.task, rules=rules)
         messages = [
-            Message(role=Role.USER, content=request, loss=False),
-            Message(role=Role.ASSISTANT, content=answer, loss=True, part="react"),
+            Message(role=Role.SYSTEM, content=system, loss=False),
+            Message(role=Role.USER, content=first_user, loss=False),
         ]
+        for kind, value in events:
+            if kind == "assistant":
+                text = render_step(value, fmt)
+                check_format(value, fmt, text)
+                messages.append(Message(role=Role.ASSISTANT, content=text, loss=True, part="react"))
+            elif kind == "tool":
+                messages.append(Message(role=Role.TOOL, content=value, loss=False))
+            else:
+                messages.append(Message(role=Role.USER, content=value, loss=False))
+        shape = "multi" if multi else "single"
         return sample_of(
             trajectory,
             messages,
             kind="instruction",
             derivation=f"instruction_pair:{fmt}",
             context=self.context,
-            metadata={"format": fmt, "step_key": key},
-            id_key=key,
+            tools=list(conversation.tools),
+            metadata={"format": fmt, "placement": placement, "shape": shape},
         )
 
     def __call__(self, trajectory: Trajectory, selected: list[str]) -> Iterator[Any]:
         if selected is not self._selected_list:
             self._selected_list, self._selected = selected, set(selected)
-        candidates = list(candidate_steps(trajectory))
-        if not candidates:
-            yield Filtered("no_tool_step", "no supervised step with a thought and a tool call")
+        try:
+            conversation = read_conversation(trajectory, self.cards)
+        except NotEligible as exc:
+            yield Filtered(exc.reason, exc.detail)
             return
-        chosen = [(key, step) for key, step in candidates if key in self._selected]
-        if not chosen:
-            yield Filtered("not_selected", f"{len(candidates)} candidate step(s), none drawn", keep_payload=False)
+        if trajectory.id not in self._selected:
+            yield Filtered("not_selected", "eligible trajectory, not drawn", keep_payload=False)
             return
-        for key, step in chosen:
-            try:
-                sample = self._pair(trajectory, key, step)
-            except PhrasingError as exc:
-                raise RecordError("template_error", str(exc)) from None
-            yield Stat(f"format:{sample.metadata['format']}", 1)
-            yield sample
+        try:
+            sample = self.pair(trajectory, conversation)
+        except PhrasingError as exc:
+            raise RecordError("template_error", str(exc)) from None
+        metadata = sample.metadata
+        yield Stat(f"format:{metadata['format']}", 1)
+        yield Stat(f"shape:{metadata['shape']}", 1)
+        yield Stat(f"placement:{metadata['placement']}", 1)
+        yield Stat(f"source:{trajectory.source}", 1)
+        yield sample
 
 
-def _candidate_ranks(trajectory: Trajectory, seed: int, step_id: str) -> Iterable[tuple[tuple[int, str], str]]:
-    return ((rank_key(seed, step_id, key), key) for key, _ in candidate_steps(trajectory))
+def eligible(trajectory: Trajectory, cards: ToolCards | None = None) -> bool:
+    try:
+        read_conversation(trajectory, cards)
+    except NotEligible:
+        return False
+    return True
+
+
+def _candidate_ranks(
+    trajectory: Trajectory, seed: int, step_id: str, cards: ToolCards | None, balance: bool
+) -> Iterable[tuple[str, tuple[tuple[int, str], str]]]:
+    if eligible(trajectory, cards):
+        yield (trajectory.source if balance else ""), (rank_key(seed, step_id, trajectory.id), trajectory.id)
+
+
+def allocate(ranked: dict[str, list[tuple[tuple[int, str], str]]], count: int) -> list[str]:
+    """The selected keys: ``count`` split as evenly as possible over the groups (water-filling:
+    a group with fewer candidates than its share gives all it has, the rest go to the others;
+    remainders to groups in name order), each group taking its smallest rank keys. Exactly
+    ``min(count, candidates)`` keys, sorted."""
+    sizes = {group: len(keys) for group, keys in ranked.items()}
+    quota = dict.fromkeys(sizes, 0)
+    left = count
+    active = sorted(group for group, size in sizes.items() if size > 0)
+    while left > 0 and active:
+        per, extra = divmod(left, len(active))
+        for index, group in enumerate(active):
+            give = min(sizes[group] - quota[group], per + (1 if index < extra else 0))
+            quota[group] += give
+            left -= give
+        active = [group for group in active if quota[group] < sizes[group]]
+    return sorted(key for group, keys in ranked.items() for _, key in sorted(keys)[: quota[group]])
 
 
 class InstructionPairs(Step):
-    """Format-following pairs drawn from real steps (see the module docstring)."""
+    """Format-following pairs from real conversations (see the module docstring)."""
 
     type_name = "instruction_pairs"
     config_model = InstructionPairsConfig
@@ -162,25 +458,32 @@ class InstructionPairs(Step):
     output_type = Sample
 
     def book(self) -> dict[str, list[str]]:
-        return load_book(
-            "instruction_pairs/default.yaml", self.config.templates, self.context.base_dir, {s: EXAMPLE for s in SLOTS}
-        )
+        return load_book("instruction_pairs/default.yaml", self.config.templates, self.context.base_dir, SLOT_VARIABLES)
+
+    def cards(self) -> ToolCards:
+        return load_cards(self.config.tool_cards, self.context.base_dir)
+
+    def maker(self) -> PairMaker:
+        return PairMaker(self.config, self.context, self.book(), self.cards())
 
     def check(self) -> None:
         self.book()
+        self.cards()
 
     def expand(self, trajectories: beam.PCollection) -> dict[str, Any]:
         seed, step_id, count = self.context.seed, self.context.step_id, self.config.count
+        maker = self.maker()
         if count == 0:
             selected = trajectories.pipeline | "NoDraw" >> beam.Create([[]])
         else:
             selected = (
                 trajectories
-                | "Candidates" >> beam.FlatMap(_candidate_ranks, seed, step_id)
-                | "Draw" >> beam.combiners.Top.Smallest(count)
-                | "Keys" >> beam.Map(lambda ranked: sorted(key for _, key in ranked))
+                | "Candidates"
+                >> beam.FlatMap(_candidate_ranks, seed, step_id, maker.cards, self.config.balance_sources)
+                | "Draw" >> beam.combiners.Top.SmallestPerKey(count)
+                | "Groups" >> beam.combiners.ToDict()
+                | "Keys" >> beam.Map(allocate, count)
             )
-        maker = PairMaker(self.config, self.context, self.book())
         # The trajectories wait for the draw on disk, not in the runner's memory.
         waiting = trajectories | "AwaitDraw" >> Merge(self.context.spill_dir("records"), Trajectory)
         outputs = waiting | "Pairs" >> beam.ParDo(
@@ -191,5 +494,15 @@ class InstructionPairs(Step):
     @classmethod
     def summarize(cls, config: StepConfig, ledger: Any) -> dict[str, Any] | None:
         assert isinstance(config, InstructionPairsConfig)
-        formats = {k.split(":", 1)[1]: v for k, v in ledger.stats.items() if k.startswith("format:")}
-        return {"target_count": config.count, "emitted": ledger.emitted, "by_format": formats}
+
+        def group(prefix: str) -> dict[str, int]:
+            return {k.split(":", 1)[1]: v for k, v in ledger.stats.items() if k.startswith(prefix)}
+
+        return {
+            "target_count": config.count,
+            "emitted": ledger.emitted,
+            "by_format": group("format:"),
+            "by_shape": group("shape:"),
+            "by_placement": group("placement:"),
+            "by_source": group("source:"),
+        }
