@@ -294,6 +294,27 @@ def test_invalid_actions_per_environment():
         turns = episode_turns(malformed, "Action: done", observations=["No change in state.", "The task is completed."])
         verdict = judge(make("babyai", turns, reward=0.9), RewardFilterConfig(checks=["invalid_action"]))
         assert verdict.violations[0][0] == "invalid_action" and "No change in state" in verdict.violations[0][1]
+    # an output that writes the environment's answers itself holds more than one action
+    invented = make(
+        "textcraft",
+        episode_turns(
+            "> get oak fence\nCould not find oak fence\n\n> get 2 oak log",
+            "> craft 4 oak planks using 1 oak log",
+            observations=["Got 2 oak log", "Crafted 4 minecraft:oak_planks"],
+        ),
+    )
+    verdict = judge(invented)
+    assert verdict.violations[0][0] == "invalid_action" and "output writes 'Could not find'" in verdict.violations[0][1]
+    assert judge(invented, RewardFilterConfig(invalid_output_patterns={"textcraft": []})).kept
+    thinking = make(
+        "textcraft",
+        episode_turns(
+            "> think: my inventory is empty; I got nothing yet.\nOK.\n\n> get 2 oak log",
+            "> craft 4 oak planks using 1 oak log",
+            observations=["Got 2 oak log", "Crafted 4 minecraft:oak_planks"],
+        ),
+    )
+    assert judge(thinking).kept  # thoughts that mention the inventory are no invented answers
     # an empty output is a malformed action in every environment, whatever the answer
     empty = make("webshop", episode_turns("search[shoes]", "  \n", "click[Buy Now]"))
     verdict = judge(empty)
@@ -408,6 +429,14 @@ def test_real_rollouts_that_break_the_rules(external):
     fake = _at(root / "textcraft__gemini-3-pro-preview_20251216_101619.jsonl", 0)
     assert fake.reward == 1.0 and fake.success and _reasons(fake) == ["invalid_action"]
     assert "Could not execute" in judge(fake).violations[0][1]
+    assert (
+        "Could not execute"
+        in judge(fake, RewardFilterConfig(invalid_output_patterns={"textcraft": []})).violations[0][1]
+    )
+    # textcraft: the env ran the last command of an output that invented "Could not find oak fence"
+    invented = _at(root / "textcraft__gemini-3-pro-preview_20251216_101619.jsonl", 305)
+    assert invented.success and _reasons(invented) == ["invalid_action"]
+    assert "output writes 'Could not find'" in judge(invented).violations[0][1]
     assert "Crafted 1 minecraft:slime_block" in episode(fake).raw_outputs[1]  # written by the model
     # webshop: the same thought and click six times in a row, reward 0.857
     paging = _at(root / "webshop__qwen-max_20251127_090652.jsonl", 1)
@@ -517,9 +546,12 @@ def expected_reasons(record: dict) -> list[str]:
         for o, a in answered
         if re.match(r"(?i)\s*No change in state", o) and not re.search(r"(?im)^\s*Action:\s*\S", a)
     ]
+    invented = r"(?im)^\s*(?:Got \d+ |Crafted \d+ minecraft:|Could not (?:find|execute)\b|Inventory: )"
+    raw_outputs = [m["content"] for m in messages if m["role"] == "assistant"]
     if (
         any(re.search("(?i)" + p, o) for o in observations for p in patterns)
         or (task == "babyai" and no_change)
+        or (task == "textcraft" and any(re.search(invented, o) for o in raw_outputs))
         or any(not o.strip() for o in outputs)
     ):
         reasons.append("invalid_action")

@@ -17,7 +17,8 @@ of the first failing check, in this order:
    agent's action was malformed or unknown: it could not be parsed ("No executable function
    found", "Invalid action"), names no command of the environment (TextCraft "Could not
    execute ...", BabyAI "The action is not recognized") or breaks the output format ("Only one
-   'Action' is allowed"). An environment refusing a well-formed action is an observation, not
+   'Action' is allowed"), writes the environment's answers itself (TextCraft "Got 8 glass" in
+   an agent output) or is empty. An environment refusing a well-formed action is an observation, not
    an invalid action: ALFWorld "Nothing happens.", TextCraft "Could not find ...", BabyAI
    "You cannot ...", "No change in state" never count;
 6. ``no_final_answer``: the task defines a final answer and the episode does not end with one.
@@ -71,6 +72,13 @@ DEFAULT_INVALID_ACTION_PATTERNS: dict[str, list[str | dict[str, str]]] = {
     ],
     "textcraft": [r"^\s*Could not execute\b", r"^\s*Could not extract recipe\b", r"^\s*Wrong item format\b"],
     "sciworld": [r"No known action matches that input"],
+}
+
+#: Regexes (case-insensitive, multi-line) that mark an agent output itself as malformed: it writes
+#: the environment's answers (an invented observation), so it holds more than one action. TextCraft
+#: agents imitate the demo and write "Got 8 glass" / "Crafted 1 minecraft:..." themselves.
+DEFAULT_INVALID_OUTPUT_PATTERNS: dict[str, list[str]] = {
+    "textcraft": [r"^\s*(?:Got \d+ |Crafted \d+ minecraft:|Could not (?:find|execute)\b|Inventory: )"],
 }
 
 #: What counts as a final answer, per task (see docs/transforms/reward_filter.md).
@@ -138,6 +146,7 @@ class RewardFilterConfig(StepConfig):
     repeat_limit: int = Field(3, ge=2)
     repeat_scope: Literal["output", "output_and_observation"] = "output"
     invalid_action_patterns: dict[str, list[str | InvalidActionRule]] = Field(default_factory=dict)
+    invalid_output_patterns: dict[str, list[str]] = Field(default_factory=dict)
     empty_output_is_invalid: bool = True
     max_invalid_actions: int = Field(0, ge=0)
     final_answer: dict[str, FinalAnswerRule | None] = Field(default_factory=dict)
@@ -148,6 +157,14 @@ class RewardFilterConfig(StepConfig):
     def _reward_path(cls, value: str) -> str:
         if value not in ("reward", "success") and not (value.startswith("metadata.") and len(value) > 9):
             raise ValueError("reward_field must be 'reward', 'success' or 'metadata.<key>'")
+        return value
+
+    @field_validator("invalid_output_patterns")
+    @classmethod
+    def _output_patterns_compile(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for patterns in value.values():
+            for pattern in patterns:
+                _compile(pattern)
         return value
 
     @field_validator("invalid_action_patterns")
@@ -180,6 +197,9 @@ class RewardFilterConfig(StepConfig):
             ]
             for task, rules in merged.items()
         }
+
+    def output_patterns(self) -> dict[str, list[str]]:
+        return {**DEFAULT_INVALID_OUTPUT_PATTERNS, **self.invalid_output_patterns}
 
     def final_answers(self) -> dict[str, FinalAnswerRule]:
         merged: dict[str, FinalAnswerRule | None] = {
@@ -250,15 +270,27 @@ def longest_repeat(ep: Episode, scope: str = "output") -> tuple[int, str]:
 CompiledRule = tuple[re.Pattern[str], re.Pattern[str] | None]  # (observation, unless_output)
 
 
-def invalid_actions(ep: Episode, rules: list[CompiledRule], empty_is_invalid: bool = False) -> list[str]:
+def invalid_actions(
+    ep: Episode,
+    rules: list[CompiledRule],
+    empty_is_invalid: bool = False,
+    output_patterns: list[re.Pattern[str]] | None = None,
+) -> list[str]:
     """The invalid actions of an episode, described by their first 120 characters: environment
     turns that match a rule's observation (and whose answered output does not match its
-    ``unless_output``), then, with ``empty_is_invalid``, empty agent outputs."""
+    ``unless_output``); agent outputs that match one of ``output_patterns``; then, with
+    ``empty_is_invalid``, empty agent outputs."""
     hits = []
     for text, output in zip(ep.observations, ep.answered, strict=True):
         for observation, unless in rules:
             if observation.search(text) and (unless is None or not unless.search(output)):
                 hits.append(text[:120])
+                break
+    for output in ep.raw_outputs:
+        for pattern in output_patterns or []:
+            found = pattern.search(output)
+            if found:
+                hits.append(f"(output writes {found.group(0).strip()!r})")
                 break
     if empty_is_invalid:
         hits += ["(empty output)" for output in ep.outputs if not output]
@@ -317,6 +349,7 @@ class Rules:
 
     invalid: dict[str, list[CompiledRule]]
     final: dict[str, tuple[str, re.Pattern[str]]]  # task -> (where, pattern)
+    outputs: dict[str, list[re.Pattern[str]]]
 
     @classmethod
     def of(cls, config: RewardFilterConfig) -> Rules:
@@ -325,7 +358,8 @@ class Rules:
             for task, rules in config.invalid_patterns().items()
         }
         final = {task: (rule.where, _compile(rule.pattern)) for task, rule in config.final_answers().items()}
-        return cls(invalid, final)
+        outputs = {task: [_compile(p) for p in patterns] for task, patterns in config.output_patterns().items()}
+        return cls(invalid, final, outputs)
 
 
 def judge(trajectory: Trajectory, config: RewardFilterConfig | None = None, rules: Rules | None = None) -> Verdict:
@@ -360,7 +394,8 @@ def judge(trajectory: Trajectory, config: RewardFilterConfig | None = None, rule
             verdict.add("repeated_output", f"the same output {run} times in a row: {text[:160]!r}")
     if "invalid_action" in checks:
         patterns = rules.invalid.get(ANY_TASK, []) + (rules.invalid.get(task, []) if task else [])
-        hits = invalid_actions(ep, patterns, config.empty_output_is_invalid)
+        written = rules.outputs.get(ANY_TASK, []) + (rules.outputs.get(task, []) if task else [])
+        hits = invalid_actions(ep, patterns, config.empty_output_is_invalid, written)
         if len(hits) > config.max_invalid_actions:
             allowed = config.max_invalid_actions
             verdict.add("invalid_action", f"{len(hits)} invalid action(s), {allowed} allowed; first: {hits[0]!r}")
