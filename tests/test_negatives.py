@@ -197,8 +197,8 @@ def test_answerable_questions_are_answered_not_refused():
 
 def test_needs_tool_answers_say_what_is_missing_in_the_query_language():
     fn = maker()
-    en = traj([user("What's the current stock price of Apple?"), call_turn("get_stock_price", company="Apple")],
-              tools=[STOCK])  # fmt: skip
+    en = traj([user("What's the current stock price of Apple?"),
+               call_turn("get_stock_price", company="Apple", exchange="NASDAQ")], tools=[STOCK])  # fmt: skip
     zh_tool = ToolSpec(name="get_stock_price", description="获取公司当前的股票价格")
     zh = traj([user("你能告诉我苹果公司现在的股价吗？"), call_turn("get_stock_price", company="苹果")], tools=[zh_tool])
     for trajectory, language in ((en, "en"), (zh, "zh")):
@@ -211,6 +211,7 @@ def test_needs_tool_answers_say_what_is_missing_in_the_query_language():
             assert not any(p.lower() in answer.lower() for p in Keywords().general_phrases)
             if language == "en":
                 assert "stock price" in answer and "Apple" in answer  # the capability and the details
+                assert "NASDAQ" not in answer  # an argument the agent chose, the user never said
             else:
                 assert "股票价格" in answer and "苹果" in answer
             if case == "irrelevant_tools":

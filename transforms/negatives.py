@@ -706,7 +706,7 @@ class NegativeMaker:
     def compose(self, case: str, trajectory: Trajectory, query: Query, tools: list[ToolSpec], key: str) -> str:
         """The phrase-book answer to a needs-tool ``query``, in its language: what is missing
         (the capability of the tool the source called) and help (the code the source ran, the
-        request's details, or a general offer)."""
+        request's details that the user actually wrote, or a general offer)."""
         language = query.language or "en"
         call = query.calls[0]
         declared = {t.name: t for t in trajectory.tools}.get(call.name)
@@ -719,7 +719,8 @@ class NegativeMaker:
             task=trajectory.task or "",
         )
         code = call_code(list(query.calls))
-        details = call_details(call)
+        asked = query.text.casefold()
+        details = [d for d in call_details(call) if d["value"].casefold() in asked]  # only what the user said
         if code is not None:
             help_text = self.answers.render(
                 f"{language}.help_code", key, capability=capability, code=code[0], code_language=code[1]
