@@ -379,13 +379,14 @@ def _clean_real_samples(external) -> list[Sample]:
 
 
 def _plant(host: Sample, question: str) -> Sample:
-    """``question`` inserted verbatim at a sentence boundary in the middle of the host's longest
-    message."""
+    """``question`` inserted verbatim in the middle of the host's longest message: at the first
+    sentence boundary after its middle, else the first space, else at its end."""
     longest = max(range(len(host.messages)), key=lambda i: len(host.messages[i].content))
     text = host.messages[longest].content
-    cut = text.find(". ", len(text) // 2)
-    cut = len(text) // 2 if cut < 0 else cut + 2
-    planted = host.messages[longest].model_copy(update={"content": f"{text[:cut]}{question} {text[cut:]}"})
+    middle = len(text) // 2
+    cut = text.find(". ", middle)
+    cut = cut + 2 if cut >= 0 else (text.find(" ", middle) if text.find(" ", middle) >= 0 else len(text))
+    planted = host.messages[longest].model_copy(update={"content": f"{text[:cut]} {question} {text[cut:]}"})
     messages = [*host.messages[:longest], planted, *host.messages[longest + 1 :]]
     return host.model_copy(update={"id": f"planted_{host.id}", "messages": messages})
 
@@ -430,3 +431,14 @@ def test_planted_mt_bench_questions_are_all_caught_and_clean_samples_pass(extern
         training_side_caught += stats.get("dirty", 0)
     assert caught == len(questions)  # 100 %
     assert training_side_caught == 0  # the training-side rule alone misses every one of them
+
+    # the agent side: every 50th indexed BFCL user question planted in a glaive or FireAct conversation
+    bfcl_text = {key: text for name, key, text in fn.index.items if name == "bfcl"}
+    bfcl_items = list(bfcl_text.items())[::50]
+    agent_hosts = [s for s in clean if s.lineage.source.startswith(("glaive", "fireact"))]
+    assert len(bfcl_items) == 76
+    for i, (key, question) in enumerate(bfcl_items):
+        result, _ = _outcome(fn, _plant(agent_hosts[i * 37 % len(agent_hosts)], question))
+        assert isinstance(result, Filtered) and result.detail.startswith("eval side 1.0000 (>= 0.8: True): bfcl item")
+        named = re.search(r"bfcl item (\S+) ", result.detail).group(1)
+        assert named == key or bfcl_text[named] == question  # BFCL repeats some questions across categories
