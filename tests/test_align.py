@@ -67,23 +67,21 @@ def test_react_step_becomes_thought_tool_and_arguments_turns():
         ("system", None, False),
         ("user", None, False),
         ("assistant", "thought", True),
-        ("user", "elicit", False),
-        ("assistant", "tool", True),
-        ("user", "elicit", False),
+        ("assistant", "tool", True),  # the decision, in the same assistant turn as the thought
+        ("user", "elicit", False),  # only the arguments are asked for
         ("assistant", "arguments", True),
         ("tool", None, False),
         ("assistant", "thought", True),
-        ("user", "elicit", False),
         ("assistant", "answer", True),
     ]
     messages = sample.messages
     assert "get_fact" in messages[0].content and "animal (string, required)" in messages[0].content
     assert messages[2].content == "call the API."
-    assert "get_fact" in messages[4].content
-    assert json.loads(messages[6].content) == {"animal": "cat"}
-    assert messages[6].tool_call == ToolCall(name="get_fact", arguments={"animal": "cat"})
-    assert messages[7].content == '{"fact": "cats nap"}'  # observations are untouched
-    assert "cats nap" in messages[10].content
+    assert "get_fact" in messages[3].content
+    assert json.loads(messages[5].content) == {"animal": "cat"}
+    assert messages[5].tool_call == ToolCall(name="get_fact", arguments={"animal": "cat"})
+    assert messages[6].content == '{"fact": "cats nap"}'  # observations are untouched
+    assert "cats nap" in messages[8].content
     assert not any(has_markers(m.content) for m in messages if m.role is Role.ASSISTANT)
     assert sample.lineage.derivation == "align" and sample.kind == "agent"
 
@@ -98,7 +96,7 @@ def test_loss_false_example_turns_stay_unsupervised():
     )
     (sample,) = outputs(aligner(), traj)
     assert sample.messages[0].role is Role.SYSTEM and "bash" in sample.messages[0].content
-    example = sample.messages[2:7]
+    example = sample.messages[2:6]
     assert [m.part for m in example if m.role is Role.ASSISTANT] == ["thought", "tool", "arguments"]
     assert not any(m.loss for m in example)
     assert [m.loss for m in sample.messages if m.role is Role.ASSISTANT][-3:] == [True, True, True]
@@ -168,7 +166,7 @@ def test_user_templates_override_slots(tmp_path):
     (tmp_path / "mine.yaml").write_text('tool: ["TOOL={{ tool }}"]\nelicit_continue: ["more?"]\n')
     traj = trajectory(("user", "q", False), ("assistant", "Thought: t\nAction: search[x]", True), source="fireact")
     (sample,) = outputs(aligner(tmp_path, templates="mine.yaml"), traj)
-    assert [m.content for m in sample.messages[3:5]] == ["more?", "TOOL=search"]
+    assert [m.content for m in sample.messages[3:5]] == ["TOOL=search", "more?"]
 
 
 @pytest.mark.parametrize("slot", ["elicit_tool", "elicit_arguments", "elicit_answer"])
@@ -278,12 +276,30 @@ def test_all_agentinstruct_trajectories_align_and_keep_every_tool_call(external)
 
 
 def user_turn_before_each_decision(sample: Sample) -> list[tuple[str, str]]:
-    """(text of the user turn, 'call' | 'answer') before each assistant decision of a sample."""
+    """(generated user turn or NO_ELICITATION, 'call' | 'answer') before each assistant decision
+    of a sample: the first tool choice or answer of a run of assistant messages after a user turn."""
     out = []
-    for i, message in enumerate(sample.messages):
-        if i and message.part in ("tool", "answer", "prose") and sample.messages[i - 1].role is Role.USER:
-            out.append((sample.messages[i - 1].content, "call" if message.part == "tool" else "answer"))
+    messages = sample.messages
+    for i, message in enumerate(messages):
+        if message.role is not Role.ASSISTANT or messages[i - 1].role is not Role.USER:
+            continue
+        block = []
+        for later in messages[i:]:
+            if later.role is not Role.ASSISTANT:
+                break
+            block.append(later)
+        decision = next((m.part for m in block if m.part in ("tool", "answer", "prose")), None)
+        if decision is not None:
+            before = messages[i - 1]
+            text = before.content if before.part == "elicit" else NO_ELICITATION
+            out.append((text, "call" if decision == "tool" else "answer"))
     return out
+
+
+#: The value of a decision point preceded by the task or an observation rather than a generated
+#: turn (the audit's decision_leak does the same: the environment's state should inform the
+#: decision; only what align writes can give it away).
+NO_ELICITATION = "<no elicitation>"
 
 
 def decision_leak(points: list[tuple[str, str]]) -> float:
@@ -309,21 +325,31 @@ def decision_leak(points: list[tuple[str, str]]) -> float:
 
 
 @pytest.mark.real_data
-def test_elicitation_does_not_give_the_decision_away(external):
-    fn = aligner()
-    points = []
+@pytest.mark.parametrize("decision", ["with_thought", "after_continue"])
+def test_elicitation_does_not_give_the_decision_away(external, decision):
+    fn = aligner(decision=decision)
+    points, samples = [], []
     for path in sorted(glob.glob(str(external("agentinstruct_thudm") / "*.parquet"))):
         for traj in parse_file(path, "agentinstruct")[0]:
             if judge(traj, VALID_ACTIONS).violations:
                 continue  # the recipe filters these first (KG "No executable function found")
             for sample in outputs(fn, traj):
+                samples.append(sample)
                 points += user_turn_before_each_decision(sample)
-    elicited = [(text, d) for text, d in points if text in set(ELICITATIONS)]
-    assert len(elicited) > 1000 and Counter(d for _, d in elicited)["answer"] > 100
-    assert decision_leak(points) <= 0.05 and decision_leak(elicited) <= 0.05
-    # the same wordings precede calls and answers, in about the same proportions
-    for decision in ("call", "answer"):
-        assert {t for t, d in elicited if d == decision} == set(ELICITATIONS)
+    elicited = [(text, d) for text, d in points if text != NO_ELICITATION]
+    assert decision_leak(points) <= 0.05 and Counter(d for _, d in points)["answer"] > 100
+    if decision == "with_thought":
+        # decisions follow the task or an observation, not a prompt (but for a second action in one
+        # source turn, after the first one's arguments)
+        assert len(elicited) <= len(points) / 1000
+        for sample in samples:  # a thought is followed by its decision, in the same assistant turn
+            for i, message in enumerate(sample.messages[:-1]):
+                if message.part == "thought":
+                    assert sample.messages[i + 1].role is Role.ASSISTANT
+    else:  # the same wordings precede calls and answers
+        assert decision_leak(elicited) <= 0.05
+        for d in ("call", "answer"):
+            assert {t for t, x in elicited if x == d} == set(ELICITATIONS)
 
 
 VALID_ACTIONS = RewardFilterConfig(checks=["invalid_action"])

@@ -5,11 +5,15 @@ prose; the tool choice and the arguments are their own assistant turns; a final 
 prose, or a call to the environment's final tool (``answer``, ``finish``, ToolBench's ``Finish``)
 when its tool card declares one; observations stay as they were (user or tool turns).
 
-The model makes every decision. Between two assistant messages comes one short user turn drawn
-from a single neutral pool (``elicit_continue``: "Go on.", "Continue.", ...), chosen by a keyed
-hash of the position, never of what follows: the turn before a thought, a tool choice, the
-arguments or an answer is drawn from the same distribution, so it tells nothing about whether a
-tool call or an answer comes next (decision leak ~ 0). See docs/transforms/align.md for why.
+The model makes every decision. With ``decision: with_thought`` (default) the thought and the
+decision that follows it (a tool choice or an answer) are consecutive assistant messages, one
+assistant turn split by capability: no user turn stands between the thought and the decision,
+so the user or environment turn before every decision is the task or an observation, never a
+prompt that hints at what comes. Only after the model has named its tool does a short user turn
+ask it on, for the arguments. With ``decision: after_continue`` a user turn comes between any
+two assistant messages. Either way those turns come from one neutral pool (``elicit_continue``:
+"Go on.", "Continue.", ...), chosen by a keyed hash of the position, never of what follows. See
+docs/transforms/align.md for why.
 
 Tools are declared by the trajectory's tool card (:mod:`transforms.tool_cards`,
 ``templates/tools/*.yaml``): the system message states the environment's task in words
@@ -26,7 +30,8 @@ Guarantees:
   ``arguments`` turn whose text parses to the call's JSON arguments (and carries the call); the
   call validates against the tool's JSON Schema; otherwise the trajectory is filtered
   (``undeclared_tool``, ``invalid_arguments``) with the offending call;
-- the user turns before the assistant's decisions never depend on what follows;
+- no user turn stands between a thought and its decision (``with_thought``), and every
+  generated user turn is drawn independently of what follows it;
 - no aligned assistant message contains a ReAct marker (``marker_in_output``), and no system or
   user turn of an aligned sample demands a format (filtered as ``format_in_instruction``: ReAct
   markers or a ``format_demands`` phrase); a turn that cannot be parsed dead-letters
@@ -111,6 +116,7 @@ class AlignConfig(StepConfig):
     templates: str | None = None
     tool_cards: str | None = None
     finals: Literal["call", "prose"] = "call"
+    decision: Literal["with_thought", "after_continue"] = "with_thought"
     format_demands: list[str] = Field(default_factory=lambda: list(DEFAULT_FORMAT_DEMANDS))
     on_unparseable: Literal["dead_letter", "keep_unaligned"] = "dead_letter"
     system: Literal["replace", "keep"] = "replace"
@@ -233,7 +239,7 @@ class Aligner:
         """The trajectory rewritten as natural chat; raises RecordError when it cannot be."""
         card = self.cards.card_for(trajectory)
         tools = self.declared_tools(trajectory, card)
-        builder = _ChatBuilder(self.phrases, trajectory.id, card, tools, self.config.finals)
+        builder = _ChatBuilder(self.phrases, trajectory.id, card, tools, self.config.finals, self.config.decision)
         turns = list(trajectory.turns)
         source_system = None
         if turns and turns[0].role is Role.SYSTEM:
@@ -349,23 +355,41 @@ class _LazyJson:
 
 
 class _ChatBuilder:
-    """Appends aligned messages, inserting a neutral user turn between two assistant messages.
+    """Appends aligned messages and the neutral user turns between them (``decision`` mode).
 
-    The neutral turn's variant is a keyed hash of the trajectory and the position only, so it is
+    ``with_thought``: the thought and the decision (tool choice or answer) are consecutive
+    assistant messages of one assistant turn; a neutral turn comes only before the arguments
+    (after the model has named its tool) and between two steps of one source turn.
+    ``after_continue``: a neutral turn comes between any two assistant messages. Either way the
+    neutral turn's variant is a keyed hash of the trajectory and the position only, so it is
     independent of the part that follows."""
 
     def __init__(
-        self, phrases: PhraseBook, trajectory_id: str, card: ToolCard | None, tools: list[ToolSpec], finals: str
+        self,
+        phrases: PhraseBook,
+        trajectory_id: str,
+        card: ToolCard | None,
+        tools: list[ToolSpec],
+        finals: str,
+        decision: str = "with_thought",
     ) -> None:
         self.phrases = phrases
         self.trajectory_id = trajectory_id
         self.card = card
         self.tools = tools
         self.finals = finals
+        self.decision = decision
         self.messages: list[Message] = []
 
+    def _needs_elicitation(self, part: str) -> bool:
+        if not self.messages or self.messages[-1].role is not Role.ASSISTANT:
+            return False
+        if self.decision == "after_continue":
+            return True
+        return part == "arguments" or self.messages[-1].part in ("arguments", "answer")
+
     def _say(self, part: str, content: str, loss: bool, **extra: Any) -> None:
-        if self.messages and self.messages[-1].role is Role.ASSISTANT:
+        if self._needs_elicitation(part):
             key = f"{self.trajectory_id}:{len(self.messages)}"
             question = self.phrases.render("elicit_continue", key)
             self.messages.append(Message(role=Role.USER, content=question, loss=False, part="elicit"))
