@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import yaml
 
 BUILTIN = "quality/identity.yaml"
+#: Maker names the Chinese patterns spell out beyond the ``makers`` list.
+SCREEN_EXTRA = ("清华大学", "智谱", "阿里巴巴", "阿里云", "百度")
 
 
 def _expand(pattern: str, models: list[str], makers: list[str], fragments: dict[str, str] | None = None) -> str:
@@ -31,17 +33,31 @@ class IdentityPatterns:
 
     names: tuple[str, ...]
     sources: tuple[str, ...]
+    #: A regex every match of every pattern contains (``None``: no shortcut); a text without it
+    #: is matched by no pattern, so one scan settles most texts.
+    screen: str | None = None
 
     @functools.cached_property
     def _compiled(self) -> list[re.Pattern[str]]:
         return [re.compile(source, re.IGNORECASE) for source in self.sources]
 
+    @functools.cached_property
+    def _screen(self) -> re.Pattern[str] | None:
+        return re.compile(self.screen, re.IGNORECASE) if self.screen else None
+
+    def _screened_out(self, text: str) -> bool:
+        return self._screen is not None and self._screen.search(text) is None
+
     def find(self, text: str) -> list[str]:
         """Names of the patterns that match ``text``."""
+        if self._screened_out(text):
+            return []
         return [name for name, pattern in zip(self.names, self._compiled, strict=True) if pattern.search(text)]
 
     def first_match(self, text: str) -> tuple[str, str] | None:
         """``(pattern name, matched text)`` of the first matching pattern, else ``None``."""
+        if self._screened_out(text):
+            return None
         for name, pattern in zip(self.names, self._compiled, strict=True):
             found = pattern.search(text)
             if found:
@@ -78,4 +94,6 @@ def identity_patterns(extra: dict[str, str] | None = None, replace: bool = False
             raise ValueError(f"identity pattern {name!r} does not compile: {exc}") from None
         names.append(str(name))
         sources.append(source)
-    return IdentityPatterns(tuple(names), tuple(sources))
+    # The built-in patterns all name a model or a maker: one scan for any name settles most texts.
+    screen = None if extra or replace else "|".join([*models, *makers, *SCREEN_EXTRA])
+    return IdentityPatterns(tuple(names), tuple(sources), screen)

@@ -21,6 +21,8 @@ _LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
 
 MIN_LETTERS = 20
 MIN_CONFIDENCE = 0.9
+#: Characters of a text the model reads (its cost grows with the length; the start decides).
+MAX_CHARS = 300
 
 
 @functools.cache
@@ -38,11 +40,12 @@ def natural_text(text: str) -> str:
 def detect_language(text: str, min_letters: int = MIN_LETTERS, min_confidence: float = MIN_CONFIDENCE) -> str | None:
     """ISO 639-1 code of the language of ``text``, or ``None`` when it cannot be told.
 
-    CJK scripts are decided by script share (``zh``, ``ja``, ``ko``) when they make up at least
+    Only the first ``MAX_CHARS`` characters of natural text are read. CJK scripts are decided by
+    script share (``zh``, ``ja``, ``ko``) when they make up at least
     30 % of the letters; otherwise the langid model decides, and only when the text has at least
     ``min_letters`` letters and the model's normalised probability is at least ``min_confidence``.
     """
-    text = natural_text(text)
+    text = natural_text(text[: 4 * MAX_CHARS])[:MAX_CHARS]
     letters = len(_LETTER.findall(text))
     if letters == 0:
         return None

@@ -33,7 +33,7 @@ def demands_react(text: str) -> bool:
 
 
 def demands_json(text: str) -> bool:
-    return bool(_JSON_DEMAND.search(text))
+    return "json" in text.lower() and bool(_JSON_DEMAND.search(text))
 
 
 def is_react(text: str) -> bool:

@@ -37,9 +37,13 @@ class LanguageMismatch(SampleCheck):
     severity = "warn"
     Options = LanguageOptions
 
+    def setup(self) -> None:
+        detect_language("warm up the model once per worker, before the first sample")
+
     def inspect(self, sample: Sample) -> Verdict | None:
         options: LanguageOptions = self.options  # type: ignore[assignment]
         judged = False
+        asked_of: dict[int, str | None] = {}
         for index, reply in supervised_replies(sample):
             if has_markers(reply.content):
                 continue
@@ -48,7 +52,9 @@ class LanguageMismatch(SampleCheck):
                 continue
             if any(re.search(p, query.content, re.IGNORECASE) for p in options.exempt_patterns):
                 continue
-            asked = detect_language(query.content, options.min_letters, options.min_confidence)
+            if id(query) not in asked_of:
+                asked_of[id(query)] = detect_language(query.content, options.min_letters, options.min_confidence)
+            asked = asked_of[id(query)]
             if asked is None:
                 continue
             answered = detect_language(reply.content, options.min_letters, options.min_confidence)

@@ -53,6 +53,9 @@ class NearDuplicate(Check):
     severity = "warn"
     Options = NearDuplicateOptions
 
+    def setup(self) -> None:
+        signature("warm up the permutations once per worker", self.options.num_perm)  # type: ignore[attr-defined]
+
     def new_state(self) -> NearState:
         return NearState()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import Role, Sample
@@ -12,8 +14,13 @@ from transforms.quality.ngrams import word_tokens
 FORMAT_WORDS = {"thought", "think", "action", "act", "input", "final", "answer", "name", "arguments", "observation"}
 
 
+#: JSON object keys (``"query":``): the shape of a call, not its content.
+_JSON_KEY = re.compile(r'"[^"\n]{1,40}"\s*:')
+
+
 def content_grams(text: str, n: int) -> set[tuple[str, ...]]:
-    words = [w for w in word_tokens(text) if w not in FORMAT_WORDS]
+    """Word ``n``-grams of ``text`` without JSON keys and format words."""
+    words = [w for w in word_tokens(_JSON_KEY.sub(" ", text)) if w not in FORMAT_WORDS]
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
@@ -40,16 +47,16 @@ class PromptCopy(SampleCheck):
     def inspect(self, sample: Sample) -> Verdict | None:
         options: PromptCopyOptions = self.options  # type: ignore[assignment]
         target: set[tuple[str, ...]] = set()
-        prompt: set[tuple[str, ...]] = set()
         for message in sample.messages:
-            grams = content_grams(message.content, options.n)
             if message.role is Role.ASSISTANT and message.loss:
-                target |= grams
-            else:
-                prompt |= grams
+                target |= content_grams(message.content, options.n)
         if len(target) < options.min_grams:
             return None
-        copied = len(target & prompt) / len(target)
+        found: set[tuple[str, ...]] = set()
+        for message in sample.messages:
+            if not (message.role is Role.ASSISTANT and message.loss):
+                found |= target & content_grams(message.content, options.n)
+        copied = len(found) / len(target)
         if copied >= options.min_copied:
             excerpt = next((m.content for m in sample.messages if m.role is Role.ASSISTANT and m.loss), "")
             return Verdict(True, f"{copied:.0%} of target 4-grams in the prompt: {excerpt}", "copied")

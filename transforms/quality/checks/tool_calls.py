@@ -9,6 +9,7 @@ calls). Declared tools are ``sample.tools``: a tool described only in prose is n
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,9 +19,21 @@ from schemas import Role, Sample, ToolCall, Turn
 from transforms.quality.check import SampleCheck, Verdict
 from transforms.react import StepParseError, has_markers, parse_turn
 
+_last = threading.local()
 
-def supervised_calls(sample: Sample) -> Iterator[ToolCall]:
-    """Every call the sample supervises, in order."""
+
+def supervised_calls(sample: Sample) -> list[ToolCall]:
+    """Every call the sample supervises, in order (both checks of this module ask for the same
+    sample in turn: the last answer is kept per thread)."""
+    memo = getattr(_last, "memo", None)
+    if memo is not None and memo[0] is sample:
+        return memo[1]
+    calls = list(_calls(sample))
+    _last.memo = (sample, calls)
+    return calls
+
+
+def _calls(sample: Sample) -> Iterator[ToolCall]:
     for message in sample.messages:
         if message.role is not Role.ASSISTANT or not message.loss:
             continue
@@ -46,7 +59,7 @@ class UndeclaredTool(SampleCheck):
     severity = "block"
 
     def inspect(self, sample: Sample) -> Verdict | None:
-        calls = list(supervised_calls(sample))
+        calls = supervised_calls(sample)
         if not calls:
             return None
         declared = {tool.name for tool in sample.tools}
