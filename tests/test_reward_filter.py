@@ -333,6 +333,24 @@ def test_invalid_actions_per_environment():
         invalid_action_patterns={"alfworld": [{"observation": "^Nothing happens", "unless_output": "^(go to|open) "}]}
     )
     assert judge(nothing, paired).kept  # both actions were well-formed
+    unknown_command = make(
+        "alfworld",
+        episode_turns(
+            "THOUGHT: done.\n ACTION: Task succeeded.",
+            "ACTION: put fork 1 in/on drawer 2",
+            observations=["Nothing happens.", "You put the fork 1 in/on the drawer 2."],
+        ),
+    )
+    assert judge(unknown_command).violations[0][0] == "invalid_action"
+    refused = make(
+        "alfworld",
+        episode_turns(
+            "THOUGHT: maybe drawer 9.\n ACTION: open drawer 9",
+            "ACTION: go to desk 1",
+            observations=["Nothing happens.", "On the desk 1, you see a pen 1."],
+        ),
+    )
+    assert judge(refused).kept
     odd = make("alfworld", episode_turns("opne drawer 9", observations=["Nothing happens."]))
     assert judge(odd, paired).violations[0][0] == "invalid_action"
     with pytest.raises(ValidationError):
@@ -455,11 +473,16 @@ def test_real_agentinstruct_trajectories_that_break_the_rules(external):
     alfworld = {
         t.source_id: t for t in _read(external("agentinstruct_thudm", "alfworld.shared80.parquet"), "agentinstruct")
     }
-    # four "Nothing happens." answers to well-formed ALFWorld actions: observations, kept
-    nothing = alfworld["alfworld_67"]
-    assert sum("Nothing happens" in t.text for t in nothing.turns) >= 4
-    assert judge(nothing, RewardFilterConfig(missing_reward="keep")).kept
-    # with the reward check alone, everything passes; all checks (the recipe's) drop 20
+    # "Nothing happens." answers "ACTION: end task" here: no ALFWorld command, an unknown action
+    ended = alfworld["alfworld_67"]
+    assert sum("Nothing happens" in t.text for t in ended.turns) >= 4
+    verdict = judge(ended, RewardFilterConfig(missing_reward="keep"))
+    assert [r for r, _ in verdict.violations] == ["invalid_action"] and "Nothing happens" in verdict.violations[0][1]
+    # "ACTION: Task succeeded." before the task was done, then the agent went on and finished it
+    premature = alfworld["alfworld_37"]
+    assert any("ACTION: Task succeeded." in t.text for t in premature.turns if t.loss)
+    assert _reasons(premature, RewardFilterConfig(missing_reward="keep")) == ["invalid_action"]
+    # with the reward check alone, everything passes; all checks (the recipe's) drop 32
     released = RewardFilterConfig(missing_reward="keep", checks=["reward"])
     everything = [
         t for path in sorted(external("agentinstruct_thudm").glob("*.parquet")) for t in _read(path, "agentinstruct")
@@ -469,10 +492,13 @@ def test_real_agentinstruct_trajectories_that_break_the_rules(external):
     all_checks = RewardFilterConfig(missing_reward="keep")
     first_reasons = [_reasons(t, all_checks)[:1] for t in everything]
     strict = Counter(reasons[0] for reasons in first_reasons if reasons)
-    assert strict == {"invalid_action": 11, "no_final_answer": 6, "repeated_output": 3}
+    assert strict == {"invalid_action": 23, "no_final_answer": 6, "repeated_output": 3}
     dropped = {t.source_id for t, reasons in zip(everything, first_reasons, strict=True) if reasons}
     unparsed = {t.source_id for t in everything if any("No executable function found" in u.text for u in t.turns)}
     assert unparsed <= dropped  # every episode with an unparseable action is dropped
+    # every released "Nothing happens." answers a text that is no ALFWorld command
+    nothing = {t.source_id for t in everything if any(u.text.startswith("Nothing happens") for u in t.turns)}
+    assert len(nothing) == 12 and nothing <= dropped
 
 
 @pytest.mark.real_data

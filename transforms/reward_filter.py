@@ -18,9 +18,10 @@ of the first failing check, in this order:
    found", "Invalid action"), names no command of the environment (TextCraft "Could not
    execute ...", BabyAI "The action is not recognized") or breaks the output format ("Only one
    'Action' is allowed"), writes the environment's answers itself (TextCraft "Got 8 glass" in
-   an agent output) or is empty. An environment refusing a well-formed action is an observation, not
-   an invalid action: ALFWorld "Nothing happens.", TextCraft "Could not find ...", BabyAI
-   "You cannot ...", "No change in state" never count;
+   an agent output) or is empty. An environment refusing a well-formed action is an
+   observation, not an invalid action: ALFWorld "Nothing happens." after a well-formed command, TextCraft "Could
+   not find ...", BabyAI "You cannot ...", "No change in state" after a well-formed action
+   never count;
 6. ``no_final_answer``: the task defines a final answer and the episode does not end with one.
 
 "Agent outputs" are the supervised (``loss=true``) assistant turns; "environment turns" are the
@@ -53,6 +54,11 @@ REJECTED_PORT = "rejected"
 #: ``1 - 0.9 * steps / max_steps`` on success and 0 on failure, so success is reward >= 0.1).
 DEFAULT_THRESHOLDS: dict[str, float] = {"mind2web": 2 / 3, "babyai": 0.1}
 
+#: ALFWorld's commands (its admissible-command templates); other text sent as an action is unknown.
+ALFWORLD_COMMAND = (
+    r"^\s*(?:ACTION:\s*)?(?:go to|take|put|open|close|toggle|clean|heat|cool|use|examine|look|inventory)\b"
+)
+
 #: Rules (regexes, case-insensitive, multi-line) that mark an environment turn as "your action
 #: was malformed or unknown" (never "your well-formed action did not work"). ``*`` applies to
 #: every task. A rule is a regex on the environment turn, or ``{observation, unless_output}``:
@@ -62,9 +68,17 @@ DEFAULT_THRESHOLDS: dict[str, float] = {"mind2web": 2 / 3, "babyai": 0.1}
 #: matches none of its commands (craft / get <n> / inventory; AgentGym's
 #: agentenv_textcraft/environment.py), and "Could not extract recipe" / "Wrong item format" when a
 #: craft command cannot be parsed. BabyAI answers "No change in state" both to an output it
-#: cannot parse (``**Action:** turn left``, an empty output) and to a valid no-op.
+#: cannot parse (``**Action:** turn left``, an empty output) and to a valid no-op; ALFWorld
+#: answers "Nothing happens." both to a command the world refuses (``open drawer 9`` when there
+#: is none: an observation) and to a text that is no command (``ACTION: Task succeeded.``).
 DEFAULT_INVALID_ACTION_PATTERNS: dict[str, list[str | dict[str, str]]] = {
     ANY_TASK: [r"^\s*Invalid action\b", r"No executable function found"],
+    "alfworld": [
+        {
+            "observation": r"^\s*Nothing happens\b",
+            "unless_output": ALFWORLD_COMMAND,
+        }
+    ],
     "babyai": [
         r"The action is not recognized",
         r"Only one 'Action' is allowed",
