@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import Message, Role, Sample
-from transforms.quality.check import Check, Example, Finding, clip, record_key
+from transforms.quality.check import Check, Example, Finding, clip, is_call, record_key
 from transforms.react import MARKER_PATTERN
 
 CALL, ANSWER = 0, 1
@@ -98,6 +98,7 @@ def decision_points(sample: Sample) -> Iterator[tuple[str | None, int]]:
                     and after is not None
                     and after.role is Role.ASSISTANT
                     and decision_of(after) is None
+                    and not is_call(after)
                 )
                 yield (before.content if elicited else None), decision
         i = j
