@@ -124,6 +124,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     )
     if out.by_kind:
         stdout.print("by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(out.by_kind.items())))
+    if manifest.audit is not None:
+        flagged = [f"{r.name} {r.share:.4g} ({r.status})" for r in manifest.audit.checks.values() if r.status != "pass"]
+        checks = len(manifest.audit.checks)
+        stdout.print(
+            f"audit: {checks - len(flagged)} of {checks} checks pass" + ("; " + ", ".join(flagged) if flagged else "")
+        )
     import pyarrow as pa
 
     if out.shards:
