@@ -316,9 +316,18 @@ def test_near_mode_collapses_the_repeated_real_prompts(tmp_path, external):
     assert firsts.count("what is up?") == 1
     summary = manifest.ratios["near"]
     assert summary["in"] == manifest.steps["exact"].passed == 1485
-    assert summary["near_duplicates"] == summary["in"] - summary["kept"] == 449
-    assert summary["clusters"] == 51
-    # no first user turn is left twice (the exact first-turn repeats were 448 of the 449)
+    # no first user turn is left twice: the 448 exact first-turn repeats (in 51 groups) all go
     assert len(set(firsts)) == len(firsts)
+    removed = summary["near_duplicates"]
+    assert removed == summary["in"] - summary["kept"] and summary["cluster_members"] == summary["clusters"] + removed
+    # beyond them only LSH candidates at Jaccard 0.75 ("Are you based on davinci?" beside
+    # "... davinci-001?", "... davinci-003?": each such group of 8 joins with probability 0.2,
+    # depending on the hash function; measured: 449 / 51 with SHA-1, 450 / 50 with xxHash32)
+    assert 448 <= removed <= 448 + 8 * 6 and 51 - 6 <= summary["clusters"] <= 51
+    kept_first = {s.id: near_text(s, "first_user").lower() for s in samples}
     rejected = [json.loads(line) for line in (out / "rejected" / "near.jsonl").read_text().splitlines()]
     assert all(r["reason"] == "near_duplicate" and r["record_id"] > r["detail"].split()[3] for r in rejected)
+    for r in rejected:  # a removed prompt is its kept prompt, or a davinci variant of it
+        dropped = near_text(Sample.model_validate_json(r["payload"]), "first_user").lower()
+        kept = kept_first[r["detail"].split()[3]]
+        assert dropped == kept or ("davinci" in dropped and "davinci" in kept)
