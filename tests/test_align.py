@@ -582,6 +582,13 @@ def test_tool_cards_remove_the_environments_format_prompt():
         task="os",
     )
     assert [t.text for t in load_cards().card_for(os_traj).prompt_turns(os_traj.turns)] == ["count files in /etc?"]
+    toolbench = trajectory(
+        ("system", "You are AutoGPT ... ALWAYS call Finish ...", False),
+        ("user", "Find a cocktail.\nBegin!\n", False),
+        ("user", "This is not the first time you try this task, all previous trails failed.", False),
+        source="toolbench",
+    )
+    assert [t.text for t in load_cards().card_for(toolbench).prompt_turns(toolbench.turns)] == ["Find a cocktail."]
 
 
 def test_user_tool_cards_replace_builtins_and_bad_cards_are_clear_errors(tmp_path):

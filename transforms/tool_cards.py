@@ -28,7 +28,8 @@ Public API (stable; other steps import it):
   the card has no final tool of that kind (the answer is then prose).
 - :meth:`ToolCard.prompt_turns` ``(turns) -> list[Turn]``: the trajectory's turns with the
   environment's format prompt removed (its format rules, ``Action:`` demands and the assistant's
-  "Ok." acknowledgement); the task itself is kept. In-context examples stay as turns.
+  "Ok." acknowledgement, and user turns that are the collection harness's, not the task's); the
+  task itself is kept. In-context examples stay as turns.
 - :attr:`ToolCard.instruction`: the environment's task in natural language, without format rules.
 - :func:`validate_call` ``(call, tools) -> None``: the check every aligned call passes.
 
@@ -45,6 +46,7 @@ Card format (see ``templates/tools/os.yaml``)::
         keep: regex               # optional: group ``task`` is kept as the user turn; absent: drop
         drop_reply: true          # also drop a loss=false acknowledgement right after it
       strip: [regex, ...]         # removed from every user turn
+      drop_user: [regex, ...]     # user turns that match are dropped (not the task's text)
     tools:
       - name: go_to
         description: ...
@@ -118,8 +120,9 @@ class PromptRules(_Model):
     system: Literal["drop", "keep"] = "drop"
     first_user: FirstUserRule | None = None
     strip: list[str] = Field(default_factory=list)
+    drop_user: list[str] = Field(default_factory=list)
 
-    @field_validator("strip")
+    @field_validator("strip", "drop_user")
     @classmethod
     def _compiles(cls, value: list[str]) -> list[str]:
         return [_regex(v) for v in value]
@@ -305,6 +308,7 @@ class ToolCard:
         first_user_done = False
         drop_next_reply = False
         strip = [re.compile(p) for p in rules.strip]
+        drop = [re.compile(p) for p in rules.drop_user]
         for turn in turns:
             if turn.role is Role.SYSTEM and rules.system == "drop":
                 continue
@@ -321,6 +325,8 @@ class ToolCard:
                     if kept is None or not kept.group("task").strip():
                         continue
                     turn = turn.model_copy(update={"text": kept.group("task").strip()})
+            if turn.role is Role.USER and any(p.search(turn.text) for p in drop):
+                continue
             if turn.role is Role.USER and strip:
                 text = turn.text
                 for pattern in strip:
