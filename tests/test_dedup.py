@@ -202,12 +202,16 @@ def test_clusters_keep_the_smallest_node_and_skip_texts_without_words():
     assert sorted(cluster_assignments(list(reversed(pairs)))) == sorted(rows)
 
 
+DRAGON = (
+    "Write a short story for children about a young dragon who lives in a small fishing village by the sea, "
+    "is afraid of fire, and learns from the baker's daughter how to bake bread in the old stone oven every"
+)  # 41 word tokens
 NEAR_TEXTS = [
     "What is up?",  # 0
     "what is up",  # 1: the same words
     "What is up?",  # 2
-    "Are you based on davinci?",  # 3
-    "Are you based on davinci-001?",  # 4: 3 of 4 shingles shared (Jaccard 0.75)
+    DRAGON + " morning.",  # 3
+    DRAGON + " evening.",  # 4: 39 of 41 distinct shingles shared (Jaccard 0.95: LSH candidates with probability 0.998)
     "Write a haiku about the sea at dawn, with a seagull in it.",  # 5
     "Write a limerick about a cat who learned to play chess in Paris.",  # 6
     "Summarise the French revolution in three sentences for a child.",  # 7
@@ -229,7 +233,7 @@ def test_near_pipeline_ledger_detail_and_kept_ids(tmp_path):
     kept = {s.id: s.messages[0].content for s in samples}
     assert sorted({t.lower().rstrip("?") for t in kept.values()}) == sorted(
         {NEAR_TEXTS[i].lower().rstrip("?") for i in (0, 5, 6, 7)}
-        | {next(t for t in kept.values() if "davinci" in t).lower().rstrip("?")}
+        | {next(t for t in kept.values() if "dragon" in t).lower().rstrip("?")}
     )
     clusters: dict[str, list[str]] = {}
     for r in rejected:
@@ -238,10 +242,10 @@ def test_near_pipeline_ledger_detail_and_kept_ids(tmp_path):
         assert kept_id in kept and kept_id <= r["record_id"]  # equal: the same conversation twice
         assert "first_user text; MinHash/LSH, Jaccard threshold 0.8; cluster of" in r["detail"]
         clusters.setdefault(kept_id, []).append(json.loads(r["payload"])["messages"][1]["content"])
-    # each cluster keeps its smallest id: one "what is up", one "davinci" prompt, one French revolution
+    # each cluster keeps its smallest id: one "what is up", one dragon story, one French revolution
     up = [k for k, text in kept.items() if text.lower().startswith("what is up")]
-    davinci = [k for k, text in kept.items() if "davinci" in text]
-    assert len(up) == 1 and len(davinci) == 1
+    dragon = [k for k, text in kept.items() if "dragon" in text]
+    assert len(up) == 1 and len(dragon) == 1
     assert sorted(len(v) for v in clusters.values()) == [1, 1, 2] and len(clusters[up[0]]) == 2
 
 
