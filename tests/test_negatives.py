@@ -148,8 +148,10 @@ def test_requests_are_read_out_of_task_turns():
         ],
         task="kg",
     )
-    found = reader.examine("agent", kg)
-    assert isinstance(found, Query) and found.kind == "needs_tool"
+    # a knowledge question is answerable: never refused by a template; the model responder answers it
+    assert reader.examine("agent", kg) == "answerable_without_answer"
+    found = maker(responder="model", model="unused").reader.examine("agent", kg)
+    assert isinstance(found, Query) and found.kind == "normal" and found.answer is None
     assert found.text == "dave eiland coached which baseball teams?"
     os_task = traj(
         [
@@ -372,7 +374,8 @@ def test_not_selected_and_ineligible_inputs_are_filtered_with_reasons():
     fn = maker()
     outcomes = [o for t in trajs for o in fn(("agent", t), selection={}, pool=[]) if not isinstance(o, Stat)]
     assert all(isinstance(o, Filtered) for o in outcomes) and len(outcomes) == len(trajs)
-    assert {o.reason for o in outcomes} <= {"not_selected", "excluded_task", "no_tool_call", "react_markers_in_answer"}
+    allowed = {"not_selected", "excluded_task", "no_tool_call", "react_markers_in_answer", "answerable_without_answer"}
+    assert {o.reason for o in outcomes} <= allowed
 
 
 def test_demo_pipeline_emits_every_case_exactly(tmp_path):

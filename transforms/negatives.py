@@ -236,6 +236,7 @@ class QueryRules(BaseModel):
     observation_patterns: list[str]
     query_patterns: list[str]
     answerable_tools: list[str]
+    answerable_tasks: list[str] = Field(default_factory=list)
     decline_patterns: list[str]
     description_patterns: list[str]
     related_words: dict[str, list[str]]
@@ -579,11 +580,13 @@ class QueryReader:
         made = source_calls(trajectory, index)
         if not made:
             return "no_tool_call"
-        if self.rules.answerable(made[0].name):
+        if self.rules.answerable(made[0].name) or (trajectory.task or "") in self.rules.answerable_tasks:
             answer = answer_after_call(trajectory, index)
-            if answer is None:
-                return "answerable_without_answer"
-            return self._plain_query(group, text, answer)
+            if answer is not None:
+                return self._plain_query(group, text, answer)
+            if self.config.responder == "model":  # the model answers it as it would
+                return Query("normal", text, query_language(text))
+            return "answerable_without_answer"  # never refused: without a real answer, not used
         if group != "agent":
             return "no_plain_answer"
         if self.config.responder == "dataset":
@@ -793,7 +796,8 @@ class NegativeMaker:
                 Message(role=Role.USER, content=query.text, loss=False),
                 Message(role=Role.ASSISTANT, content=answer, loss=True, part="prose"),
             ]
-            responder = "source" if query.kind == "normal" else self.config.responder
+            real = query.kind == "normal" and query.answer is not None
+            responder = "source" if real else self.config.responder
         return sample_of(
             trajectory,
             messages,
