@@ -11,7 +11,7 @@ from transforms.quality.check import SampleCheck, Verdict, first_supervised
 
 #: ReAct format words that, opening lines of an instruction, demand ReAct output.
 _REACT_LINE = re.compile(
-    r"^[ \t>*-]*(?:Thought|THOUGHT|Think|Action|ACTION|Act|Action Input|Final Answer)[ \t]*:", re.MULTILINE
+    r"^[ \t>*\-\"'`]*(?:Thought|THOUGHT|Think|Action|ACTION|Act|Action Input|Final Answer)[ \t]*:", re.MULTILINE
 )
 _JSON_DEMAND = re.compile(
     r"\b(?:respond|reply|answer|output|format)\w*\s+(?:\w+\s+){0,4}?(?:only\s+)?(?:in|with|as)\s+"

@@ -2,9 +2,10 @@
 
 A sample's *answer* is its last supervised reply (no tool call, not a thought, tool choice,
 arguments or elicitation) with at least ``min_words`` (8) words (short factual answers such as
-"The answer is no." legitimately repeat), whitespace collapsed and lowercased.
-Per kind, ``count`` adds up the samples whose answer another sample of that kind already gave
-(``total - distinct``); ``share = count / total``. The check also fails when, in a kind with at
+"The answer is no." legitimately repeat), whitespace collapsed and lowercased. Answers count once
+per source record (a record repeated on purpose, e.g. by ``mix`` to reach eta, or derived
+several times, gives one answer). Per kind, ``count`` adds up the answers that another record of
+that kind already gave (``total - distinct``); ``share = count / total``. The check also fails when, in a kind with at
 least ``min_kind_samples`` answers, one answer text covers more than ``max_top_share`` of them.
 """
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import Sample
-from transforms.quality.check import Check, Example, Finding, clip, supervised_replies
+from transforms.quality.check import Check, Example, Finding, clip, record_key, supervised_replies
 
 
 class RepeatOptions(BaseModel):
@@ -41,9 +42,9 @@ def answer_key(text: str) -> int:
 
 @dataclass
 class RepeatState:
-    """Per kind: answer key -> [count, smallest sample id]."""
+    """Per kind: (answer key, source record key) -> smallest sample id."""
 
-    kinds: dict[str, dict[int, list]] = field(default_factory=dict)
+    kinds: dict[str, dict[tuple[int, int], str]] = field(default_factory=dict)
 
 
 class RepeatedResponse(Check):
@@ -64,21 +65,17 @@ class RepeatedResponse(Check):
         text = answer_of(sample, self.options.min_words)  # type: ignore[attr-defined]
         if text is None:
             return
-        entry = state.kinds.setdefault(sample.kind, {}).setdefault(answer_key(text), [0, sample.id])
-        entry[0] += 1
-        if sample.id < entry[1]:
-            entry[1] = sample.id
+        answers = state.kinds.setdefault(sample.kind, {})
+        key = (answer_key(text), record_key(sample))
+        if key not in answers or sample.id < answers[key]:
+            answers[key] = sample.id
 
     def merge(self, state: RepeatState, other: RepeatState) -> RepeatState:
         for kind, answers in other.kinds.items():
             mine = state.kinds.setdefault(kind, {})
-            for key, (count, first) in answers.items():
-                entry = mine.get(key)
-                if entry is None:
-                    mine[key] = [count, first]
-                else:
-                    entry[0] += count
-                    entry[1] = min(entry[1], first)
+            for key, first in answers.items():
+                if key not in mine or first < mine[key]:
+                    mine[key] = first
         return state
 
     def finish(self, state: RepeatState) -> Finding:
@@ -88,7 +85,11 @@ class RepeatedResponse(Check):
         tops = []
         over_top = False
         for kind in sorted(state.kinds):
-            answers = state.kinds[kind]
+            answers: dict[int, list] = {}  # answer key -> [source records, smallest sample id]
+            for (key, _), first in state.kinds[kind].items():
+                entry = answers.setdefault(key, [0, first])
+                entry[0] += 1
+                entry[1] = min(entry[1], first)
             n = sum(count for count, _ in answers.values())
             top_count = max(count for count, _ in answers.values())
             total += n
