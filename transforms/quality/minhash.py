@@ -1,7 +1,7 @@
 """Near-duplicate texts by MinHash and banded LSH (``datasketch``).
 
 A text's shingles are its lowercased word ``shingle``-grams (the whole text when it is shorter),
-over its first ``MAX_CHARS`` characters, hashed with xxHash32.
+hashed with xxHash32 (optionally over its first ``max_chars`` characters only).
 Its signature is a ``datasketch.MinHash`` with a fixed seed, so signatures are the same on every
 worker and run. The signature is cut into ``bands`` bands of ``rows`` values (chosen by
 datasketch's optimiser for a Jaccard ``threshold``); texts that share any band are candidates,
@@ -30,10 +30,6 @@ def lsh_shape(threshold: float, num_perm: int) -> tuple[int, int]:
     return _optimal_param(threshold, num_perm, 0.5, 0.5)
 
 
-#: Characters of a text that are shingled (a prompt's start identifies it; long observations cost).
-MAX_CHARS = 4000
-
-
 def _hash32(data: bytes) -> int:
     """xxHash32 of a shingle: C speed (datasketch's default, SHA-1, is a Python call per shingle
     into hashlib and 2x slower) and the same value in every process."""
@@ -56,11 +52,12 @@ def shingles(text: str, size: int = 3) -> list[bytes]:
     return [" ".join(words[i : i + size]).encode("utf-8") for i in range(len(words) - size + 1)]
 
 
-def signature(text: str, num_perm: int = 64, shingle: int = 3) -> np.ndarray | None:
-    """MinHash values of ``text`` (uint32), or ``None`` for a text without words."""
+def signature(text: str, num_perm: int = 64, shingle: int = 3, max_chars: int | None = None) -> np.ndarray | None:
+    """MinHash values of ``text`` (uint32), or ``None`` for a text without words. With
+    ``max_chars``, only the text's first ``max_chars`` characters are shingled."""
     from datasketch import MinHash
 
-    grams = shingles(text[:MAX_CHARS], shingle)
+    grams = shingles(text if max_chars is None else text[:max_chars], shingle)
     if not grams:
         return None
     template = _template(num_perm)

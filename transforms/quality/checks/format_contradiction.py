@@ -13,6 +13,11 @@ from transforms.quality.check import SampleCheck, Verdict, first_supervised
 _REACT_LINE = re.compile(
     r"^[ \t>*\-\"'`]*(?:Thought|THOUGHT|Think|Action|ACTION|Act|Action Input|Final Answer)[ \t]*:", re.MULTILINE
 )
+#: In instructions, a marker may also follow a quote mid-line (format:"THOUGHT: your thoughts.).
+_REACT_SHOWN = re.compile(
+    r"(?:^[ \t>*\-\"'`]*|[\"'`])(?:Thought|THOUGHT|Think|Action|ACTION|Act|Action Input|Final Answer)[ \t]*:",
+    re.MULTILINE,
+)
 _JSON_DEMAND = re.compile(
     r"\b(?:respond|reply|answer|output|format)\w*\s+(?:\w+\s+){0,4}?(?:only\s+)?(?:in|with|as)\s+"
     r"(?:a\s+|valid\s+|the\s+following\s+)*JSON\b|\b(?:your|the)\s+(?:response|reply|answer|output)\s+"
@@ -25,11 +30,11 @@ _REACT_NAMED = re.compile(r"\bReAct\b")
 
 
 def demands_react(text: str) -> bool:
-    """``text`` names the ReAct format, or ReAct markers open at least two of its lines (a format
-    demand or an example)."""
+    """``text`` names the ReAct format, or ReAct markers open at least two of its lines or quotes
+    (a format demand or an example)."""
     if _REACT_NAMED.search(text):
         return True
-    return sum(1 for _ in zip(range(2), _REACT_LINE.finditer(text), strict=False)) >= 2
+    return sum(1 for _ in zip(range(2), _REACT_SHOWN.finditer(text), strict=False)) >= 2
 
 
 def demands_json(text: str) -> bool:

@@ -2,7 +2,7 @@
 
 A sample's *prompt* is the last user message before its first supervised assistant message (the
 request the first target answers). Prompts are compared by MinHash (``datasketch``, word
-3-gram shingles, 64 permutations) with banded LSH tuned to a Jaccard ``similarity`` (0.8).
+3-gram shingles of the first ``max_chars`` (4,000) characters, 64 permutations) with banded LSH tuned to a Jaccard ``similarity`` (0.8).
 Samples of one source record (same source and source id: several derivations or deliberate
 repeats of one trajectory) count once. ``count`` is the number of source records that are a
 near duplicate of another one (cluster size - 1, summed); ``share = count / records``.
@@ -25,6 +25,9 @@ class NearDuplicateOptions(BaseModel):
 
     similarity: float = Field(0.8, gt=0.0, lt=1.0)
     num_perm: int = Field(64, ge=16)
+    #: Characters of a prompt that are shingled: a prompt's start identifies it, and long
+    #: environment descriptions would cost time for nothing.
+    max_chars: int = Field(4000, ge=1)
 
 
 def prompt_of(sample: Sample) -> str | None:
@@ -62,7 +65,7 @@ class NearDuplicate(Check):
     def observe(self, state: NearState, sample: Sample) -> None:
         options: NearDuplicateOptions = self.options  # type: ignore[assignment]
         prompt = prompt_of(sample)
-        values = signature(prompt, options.num_perm) if prompt else None
+        values = signature(prompt, options.num_perm, max_chars=options.max_chars) if prompt else None
         if values is None:
             return
         state.records.append(record_key(sample))
