@@ -26,6 +26,7 @@ EXPECTED = {
     "dedup",
     "decontaminate",
     "audit",
+    "identity_filter",
 }
 
 
