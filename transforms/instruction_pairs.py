@@ -73,6 +73,9 @@ SLOT_VARIABLES: dict[str, dict[str, Any]] = {
 }
 #: A line ToolBench appends to every task ("Begin!"), part of its own protocol, not the task.
 TOOLBENCH_BEGIN = re.compile(r"\n\s*Begin!\s*$")
+#: ToolBench's depth-first search talks to the model in user turns ("This is not the first time
+#: you try this task ..., previous actions candidates"): a search protocol, not a user.
+SEARCH_PROTOCOL = re.compile(r"This is not the first time you try this task|previous actions candidates")
 
 
 class InstructionPairsConfig(StepConfig):
@@ -244,6 +247,8 @@ def read_conversation(trajectory: Trajectory, cards: ToolCards | None = None) ->
         ):
             events.append(("tool", turn.observation or turn.text))
         else:
+            if SEARCH_PROTOCOL.search(turn.text):
+                raise NotEligible("search_protocol_turn", "a user turn of ToolBench's tree search, not of the user")
             events.append(("user", turn.text))
     if first_call < 0:
         raise NotEligible("no_tool_call", "no assistant turn calls a tool")
