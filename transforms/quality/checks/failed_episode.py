@@ -21,6 +21,10 @@ class FailedEpisodeOptions(BaseModel):
 
     kinds: list[str] = Field(default_factory=lambda: ["agent"])
     failure_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_FAILURE_PATTERNS))
+    #: Tasks (``lineage.task``) whose success flag is documented as meaningless in their source
+    #: (AgentGym BabyAI: 0 on every episode, reward 0.99 included); their reward and final
+    #: observation are still checked.
+    ignore_success_flag: list[str] = Field(default_factory=list)
 
 
 class FailedEpisode(SampleCheck):
@@ -45,7 +49,7 @@ class FailedEpisode(SampleCheck):
         if sample.kind not in self._kinds:
             return None
         metadata = sample.metadata if isinstance(sample.metadata, dict) else {}
-        if metadata.get("success") is False:
+        if metadata.get("success") is False and sample.lineage.task not in self.options.ignore_success_flag:  # type: ignore[attr-defined]
             return Verdict(True, "success = false", "success_false")
         reward = metadata.get("reward")
         if reward is False or (isinstance(reward, int | float) and not isinstance(reward, bool) and reward <= 0):

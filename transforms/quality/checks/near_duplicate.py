@@ -2,7 +2,8 @@
 
 A sample's *prompt* is the last user message before its first supervised assistant message (the
 request the first target answers). Prompts are compared by MinHash (``datasketch``, word
-3-gram shingles of the first ``max_chars`` (4,000) characters, 64 permutations) with banded LSH tuned to a Jaccard ``similarity`` (0.8).
+3-gram shingles of the first ``max_chars`` (4,000) characters, 64 permutations) with banded LSH
+tuned to a Jaccard ``similarity`` (0.8).
 Samples of one source record (same source and source id: several derivations or deliberate
 repeats of one trajectory) count once. ``count`` is the number of source records that are a
 near duplicate of another one (cluster size - 1, summed); ``share = count / records``.
