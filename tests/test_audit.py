@@ -132,6 +132,11 @@ def test_failed_episode_reads_success_reward_and_the_final_observation():
     assert verdict("failed_episode", by_flag).reason == "success_false"
     assert verdict("failed_episode", by_reward).reason == "reward"
     assert verdict("failed_episode", general) is None
+    broken_flag = by_flag.model_copy(update={"lineage": Lineage(source="agentgym", source_id="b", task="babyai")})
+    assert verdict("failed_episode", broken_flag).reason == "success_false"
+    assert verdict("failed_episode", broken_flag, ignore_success_flag=["babyai"]).flagged is False
+    zero = by_reward.model_copy(update={"lineage": Lineage(source="agentgym", source_id="c", task="babyai")})
+    assert verdict("failed_episode", zero, ignore_success_flag=["babyai"]).reason == "reward"
 
 
 def test_prompt_copy_flags_transcription_not_answers():
