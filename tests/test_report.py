@@ -48,7 +48,7 @@ def test_report_holds_dag_ledger_reasons_and_ratios(demo):
         ledger = manifest.steps[step["id"]]
         assert f"in {ledger.in_:,} → out {ledger.emitted:,}" in page
     reasons = {r for ledger in manifest.steps.values() for r in (*ledger.filtered, *ledger.dead_letter)}
-    assert reasons == {"not_selected", "no_tool_call", "excluded_task", "declines_request"}
+    assert reasons == {"not_selected", "no_tool_call", "excluded_task", "declines_request", "answerable_without_answer"}
     for reason in reasons:
         assert f"<b>{reason}</b>" in page
     example = rejected(demo, "negatives")[0]
