@@ -250,6 +250,31 @@ def test_dataset_responder_uses_the_source_decline():
     assert fn.build("no_tools", decline, POOL).metadata["responder"] == "dataset"
 
 
+def test_dataset_responder_uses_the_users_answers(tmp_path):
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(
+        '{"query": "What\'s the current   stock price of Apple?", "answer": "I have no market data here; '
+        'a finance site shows the live price of AAPL, and I can help you read it."}\n'
+        '{"query": "你能告诉我苹果公司现在的股价吗？", "answer": "I cannot check prices."}\n'
+    )
+    fn = maker(responder="dataset", answers=str(answers))
+    en = traj([user("What's the current stock price of Apple?"), call_turn("get_stock_price", company="Apple")],
+              tools=[STOCK])  # fmt: skip
+    found = fn.reader.examine("agent", en)
+    assert found.kind == "needs_tool" and found.answer.startswith("I have no market data")  # matched, spacing aside
+    assert fn.build("irrelevant_tools", en, POOL).messages[-1].content == found.answer
+    zh = traj([user("你能告诉我苹果公司现在的股价吗？"), call_turn("get_stock_price", company="苹果")], tools=[STOCK])
+    assert fn.reader.examine("agent", zh) == "answer_language_mismatch"  # an English answer to a Chinese query
+    other = traj([user("What's the weather in Oslo?"), call_turn("get_weather", city="Oslo")], tools=[WEATHER])
+    assert fn.reader.examine("agent", other) == "no_supplied_answer"
+    with pytest.raises(ValueError, match="dataset"):
+        NegativesConfig(agent_inputs=["a"], answers=str(answers))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q", "answer": "a"}\n{"query": "q", "answer": "b"}\n')
+    with pytest.raises(PhrasingError, match="second time"):
+        maker(responder="dataset", answers=str(bad))
+
+
 def test_select_fills_each_cell_exactly_and_general_conversations_come_from_general_inputs():
     agent = [traj([user(f"Stock price of company {i}?"), call_turn("get_stock_price", company=f"C{i}")], [STOCK])
              for i in range(6)]  # fmt: skip

@@ -18,8 +18,9 @@ Queries are things people ask, of two kinds (``metadata.query``):
 - ``needs_tool``: a request whose source agent called a tool (glaive, ToolBench, AgentInstruct
   DB/KG/OS questions). The target says what is missing and still helps: from the phrase book of
   the query's language (``templates/negatives/default.yaml``, keyed to the needed capability and
-  the request's details or the code the source ran), or from the ``model`` responder, or the
-  source's own decline (``dataset``).
+  the request's details or the code the source ran), or from the ``model`` responder, or from the
+  ``dataset`` responder: the user's own answers (``answers:`` file, matched by query text) or,
+  without that file, the source's own decline.
 
 Environment observations are never queries: tasks in ``exclude_tasks`` (ALFWorld, WebShop,
 Mind2Web by default) and turns matching the observation patterns of
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import json
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -178,6 +180,7 @@ class NegativesConfig(StepConfig):
     shares: dict[Case, float] = Field(default_factory=lambda: {"no_tools": 0.5, "irrelevant_tools": 0.5})
     needs_tool_share: float = Field(0.5, ge=0.0, le=1.0)
     responder: Literal["dataset", "template", "model"] = "template"
+    answers: str | None = None
     templates: str | None = None
     query_rules: str | None = None
     exclude_tasks: list[str] = Field(default_factory=lambda: ["alfworld", "webshop", "mind2web"])
@@ -193,6 +196,8 @@ class NegativesConfig(StepConfig):
             raise ValueError("case 'general_with_tools' needs 'general_inputs'")
         if self.responder == "model" and not self.model:
             raise ValueError("responder 'model' needs 'model': a local model directory")
+        if self.answers and self.responder != "dataset":
+            raise ValueError("'answers' (a file of your answers) goes with responder 'dataset'")
         return self
 
     def quotas(self) -> dict[str, int]:
@@ -364,6 +369,36 @@ def load_answer_book(user_path: str | None, base_dir: str) -> dict[str, list[str
 def load_book_from(book: dict[str, list[str]], variables: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
     PhraseBook(book, samples=variables)
     return book
+
+
+def answer_key(query: str) -> str:
+    """How a supplied answer is matched to a query: whitespace collapsed, case folded."""
+    return " ".join(query.split()).casefold()
+
+
+def load_answers(path: str, base_dir: str) -> dict[str, str]:
+    """A user's answers for the ``dataset`` responder: JSON Lines or a JSON list of
+    ``{"query": ..., "answer": ...}`` objects, keyed by :func:`answer_key` of the query. Read when
+    the pipeline is built, so workers receive the answers, not the path. A malformed file, entry or
+    a query given twice with different answers fails before the run."""
+    text = read_text(path, base_dir)
+    try:
+        stripped = text.lstrip()
+        entries = (
+            json.loads(text) if stripped.startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
+        )
+    except json.JSONDecodeError as exc:
+        raise PhrasingError(f"{path}: not JSON Lines or a JSON list: {exc}") from None
+    answers: dict[str, str] = {}
+    for number, entry in enumerate(entries, 1):
+        query, answer = (entry.get("query"), entry.get("answer")) if isinstance(entry, dict) else (None, None)
+        if not isinstance(query, str) or not isinstance(answer, str) or not query.strip() or not answer.strip():
+            raise PhrasingError(f"{path}: entry {number} needs non-empty string 'query' and 'answer'")
+        key = answer_key(query)
+        if answers.get(key, answer.strip()) != answer.strip():
+            raise PhrasingError(f"{path}: entry {number} answers query {query[:80]!r} a second time, differently")
+        answers[key] = answer.strip()
+    return answers
 
 
 # --- pure helpers ---------------------------------------------------------------------------------
@@ -553,10 +588,13 @@ class Query:
 class QueryReader:
     """Reads the query of a trajectory (:meth:`examine`), with the step's rules and languages."""
 
-    def __init__(self, config: NegativesConfig, rules: QueryRules, languages: set[str]) -> None:
+    def __init__(
+        self, config: NegativesConfig, rules: QueryRules, languages: set[str], supplied: dict[str, str] | None = None
+    ) -> None:
         self.config = config
         self.rules = rules
         self.languages = languages
+        self.supplied = supplied
 
     def examine(self, group: str, trajectory: Trajectory) -> Query | str:
         """The trajectory's :class:`Query`, or the reason it gives none (a filter reason)."""
@@ -590,16 +628,29 @@ class QueryReader:
         if group != "agent":
             return "no_plain_answer"
         if self.config.responder == "dataset":
-            return "no_plain_answer"
+            return self._supplied_query(text, made) if self.supplied is not None else "no_plain_answer"
         language = query_language(text)
         if self.config.responder == "template" and language not in self.languages:
             return "no_phrase_book_language"
         return Query("needs_tool", text, language, calls=tuple(made))
 
+    def _supplied_query(self, text: str, made: list[ToolCall]) -> Query | str:
+        """A needs-tool query answered from the user's ``answers`` file."""
+        assert self.supplied is not None
+        answer = self.supplied.get(answer_key(text))
+        if answer is None:
+            return "no_supplied_answer"
+        language, answer_language = query_language(text), query_language(answer)  # script decides short texts
+        if language is not None and answer_language is not None and language != answer_language:
+            return "answer_language_mismatch"
+        if has_markers(answer):
+            return "react_markers_in_answer"
+        return Query("needs_tool", text, language, answer=answer, calls=tuple(made))
+
     def _plain_query(self, group: str, text: str, reply: str) -> Query | str:
         language = detect_language(text)
         if self.rules.declines(reply):
-            if self.config.responder == "dataset" and group == "agent":
+            if self.config.responder == "dataset" and group == "agent" and self.supplied is None:
                 return Query("needs_tool", text, language, answer=reply.strip())
             return "declines_request"
         if has_markers(reply):
@@ -685,12 +736,13 @@ class NegativeMaker:
         answers: dict[str, list[str]],
         system: dict[str, list[str]],
         rules: QueryRules,
+        supplied: dict[str, str] | None = None,
     ) -> None:
         self.config = config
         self.context = context
         self.answers = PhraseBook(answers, context.seed, context.step_id)
         self.system = PhraseBook(system, context.seed, context.step_id)
-        self.reader = QueryReader(config, rules, book_languages(answers))
+        self.reader = QueryReader(config, rules, book_languages(answers), supplied)
         self._pool_source: list[dict[str, Any]] | None = None
         self._pool: list[ToolSpec] = []
 
@@ -899,11 +951,16 @@ class Negatives(Step):
         rules = load_rules(self.config.query_rules, self.context.base_dir)
         return answers, system, rules
 
+    def supplied(self) -> dict[str, str] | None:
+        """The user's answers for the ``dataset`` responder (``answers:``), or ``None``."""
+        return load_answers(self.config.answers, self.context.base_dir) if self.config.answers else None
+
     def maker(self) -> NegativeMaker:
-        return NegativeMaker(self.config, self.context, *self.books())
+        return NegativeMaker(self.config, self.context, *self.books(), self.supplied())
 
     def check(self) -> None:
         self.books()
+        self.supplied()
         if self.config.responder == "model":
             import os
 

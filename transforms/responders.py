@@ -1,8 +1,14 @@
 """Responders: where the plain-text answers of negative samples come from.
 
-- ``dataset``: the answer already in the data: the first assistant reply to the query that makes
-  no tool call (e.g. glaive turns where the assistant declines a request its tools cannot serve).
-- ``template``: a phrase from ``templates/negatives/default.yaml`` (or a user's file).
+Normal queries (the source answered them in plain text) always keep that real answer; the
+responder answers the queries that need a tool nobody gave:
+
+- ``dataset``: answers a user supplies (config ``answers:``, JSON Lines or a JSON list of
+  ``{"query", "answer"}``, matched by query text with whitespace collapsed and case folded; see
+  :func:`transforms.negatives.load_answers`); without that file, the source's own plain reply
+  when it declines the request (glaive).
+- ``template``: composed from the phrase book of the query's language,
+  ``templates/negatives/default.yaml`` (or a user's file): what is missing and help.
 - ``model``: a local Hugging Face causal LM, run through Beam's RunInference
   (:class:`CausalLMHandler`), so the same step runs on Dataflow GPUs.
 """
