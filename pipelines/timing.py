@@ -13,10 +13,12 @@ from collections import defaultdict
 from typing import Any
 
 TOTAL_MSECS = "beam:metric:ptransform_execution_time:total_msecs:v1"
+PUBLISH_AUDIT_LABEL = "Run/Audit"
 
 
 def step_seconds(result: Any, step_ids: list[str]) -> dict[str, float]:
-    """Seconds spent in each step (``step_ids``), plus ``run`` for the run's own artifacts."""
+    """Seconds spent in each step (``step_ids``), plus ``run`` for the run's own artifacts and
+    ``publish_audit`` for the audit of what ``write`` publishes (the run's ``Run/Audit``)."""
     try:
         infos = result.monitoring_infos()
     except (AttributeError, NotImplementedError):
@@ -31,7 +33,9 @@ def step_seconds(result: Any, step_ids: list[str]) -> dict[str, float]:
         label = info.labels.get("PTRANSFORM", "")
         top = label.split("/", 1)[0]
         name = top if top in known else "run" if top == "Run" else None
+        if name == "run" and label.startswith(PUBLISH_AUDIT_LABEL):
+            name = "publish_audit"
         if name is None:
             continue
         totals[name] += extract_counter_value(info) / 1000.0
-    return {step: round(totals[step], 1) for step in [*step_ids, "run"] if step in totals}
+    return {step: round(totals[step], 1) for step in [*step_ids, "run", "publish_audit"] if step in totals}

@@ -33,20 +33,19 @@ class IdentityPatterns:
 
     names: tuple[str, ...]
     sources: tuple[str, ...]
-    #: A regex every match of every pattern contains (``None``: no shortcut); a text without it
-    #: is matched by no pattern, so one scan settles most texts.
-    screen: str | None = None
+    #: Lowercase words of which every match of every pattern contains one (empty: no shortcut); a
+    #: text without any is matched by no pattern, so a few substring scans settle most texts.
+    screen: tuple[str, ...] = ()
 
     @functools.cached_property
     def _compiled(self) -> list[re.Pattern[str]]:
         return [re.compile(source, re.IGNORECASE) for source in self.sources]
 
-    @functools.cached_property
-    def _screen(self) -> re.Pattern[str] | None:
-        return re.compile(self.screen, re.IGNORECASE) if self.screen else None
-
     def _screened_out(self, text: str) -> bool:
-        return self._screen is not None and self._screen.search(text) is None
+        if not self.screen:
+            return False
+        lowered = text.lower()
+        return not any(word in lowered for word in self.screen)
 
     def find(self, text: str) -> list[str]:
         """Names of the patterns that match ``text``."""
@@ -94,6 +93,19 @@ def identity_patterns(extra: dict[str, str] | None = None, replace: bool = False
             raise ValueError(f"identity pattern {name!r} does not compile: {exc}") from None
         names.append(str(name))
         sources.append(source)
-    # The built-in patterns all name a model or a maker: one scan for any name settles most texts.
-    screen = None if extra or replace else "|".join([*models, *makers, *SCREEN_EXTRA])
+    # The built-in patterns all name a model or a maker: a scan for their names settles most texts.
+    screen = () if extra or replace else literal_heads([*models, *makers, *SCREEN_EXTRA])
     return IdentityPatterns(tuple(names), tuple(sources), screen)
+
+
+def literal_heads(alternatives: list[str]) -> tuple[str, ...]:
+    """The literal start of each regex alternative, lowercased ("GPT-?4o?" -> "gpt"); empty when
+    one has no literal start of 3 characters or more (then no screen is safe)."""
+    heads = []
+    for alternative in alternatives:
+        head = re.match(r"[^\\()\[\]?*+{}|.^$-]*", alternative)
+        literal = head.group(0).strip().lower() if head else ""
+        if len(literal) < 3 and not re.search(r"[\u4e00-\u9fff]", literal):
+            return ()
+        heads.append(literal)
+    return tuple(sorted(set(heads)))

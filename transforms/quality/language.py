@@ -22,7 +22,7 @@ _LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
 MIN_LETTERS = 20
 MIN_CONFIDENCE = 0.9
 #: Characters of a text the model reads (its cost grows with the length; the start decides).
-MAX_CHARS = 300
+MAX_CHARS = 200
 
 
 @functools.cache

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import re
+import string
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import Role, Sample
 from transforms.quality.check import SampleCheck, Verdict
-from transforms.quality.ngrams import word_tokens
 
 #: Format words that say nothing about content (ReAct markers, JSON keys of calls).
 FORMAT_WORDS = {"thought", "think", "action", "act", "input", "final", "answer", "name", "arguments", "observation"}
 
 
+#: ASCII punctuation to spaces: with ``str.split`` the words of ``\w+`` at C speed.
+_PUNCTUATION = str.maketrans({c: " " for c in string.punctuation if c != "_"})
 #: JSON object keys (``"query":``): the shape of a call, not its content.
 _JSON_KEY = re.compile(r'"[^"\n]{1,40}"\s*:')
 
 
-def content_grams(text: str, n: int) -> set[tuple[str, ...]]:
-    """Word ``n``-grams of ``text`` without JSON keys and format words."""
-    words = [w for w in word_tokens(_JSON_KEY.sub(" ", text)) if w not in FORMAT_WORDS]
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+def content_grams(text: str, n: int, starts: set[str] | None = None) -> set[tuple[str, ...]]:
+    """Word ``n``-grams of ``text`` without JSON keys and format words (only those whose first
+    word is in ``starts``, when given)."""
+    words = [w for w in _JSON_KEY.sub(" ", text).lower().translate(_PUNCTUATION).split() if w not in FORMAT_WORDS]
+    if starts is None:
+        return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1) if words[i] in starts}
 
 
 class PromptCopyOptions(BaseModel):
@@ -53,9 +58,10 @@ class PromptCopy(SampleCheck):
         if len(target) < options.min_grams:
             return None
         found: set[tuple[str, ...]] = set()
+        starts = {gram[0] for gram in target}
         for message in sample.messages:
             if not (message.role is Role.ASSISTANT and message.loss):
-                found |= target & content_grams(message.content, options.n)
+                found |= target & content_grams(message.content, options.n, starts)
         copied = len(found) / len(target)
         if copied >= options.min_copied:
             excerpt = next((m.content for m in sample.messages if m.role is Role.ASSISTANT and m.loss), "")

@@ -87,8 +87,8 @@ class ArgumentSchema(SampleCheck):
     definition = (
         "Share of samples with a supervised call to a declared tool that has a parameter schema, "
         "where a call's arguments fail that JSON Schema (required keys, types, enums; extra keys "
-        "too unless the schema allows them), validated with the jsonschema library; a schema that "
-        "is itself invalid fails as 'invalid_schema'."
+        "too unless the schema allows them), validated with the jsonschema library (draft 7 unless "
+        "the schema names its $schema); a schema that is itself invalid fails as 'invalid_schema'."
     )
     threshold = 0.0
     severity = "block"
@@ -107,7 +107,7 @@ class ArgumentSchema(SampleCheck):
             schema = parameters
             if self.options.forbid_extra and isinstance(schema, dict):  # type: ignore[attr-defined]
                 schema = _strict(schema)
-            cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+            cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
             try:
                 cls.check_schema(schema)
                 self._validators[key] = cls(schema)
