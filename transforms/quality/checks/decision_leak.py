@@ -22,7 +22,8 @@ the *other* points with the same value (ties and unused values: the overall majo
 ``acc`` the share predicted right and ``base`` the share of the majority decision, the leak of a
 feature is ``max(0, (acc - base) / (1 - base))``: 0 is no better than the base rate, 1 is always
 given away. The check's share is the largest leak over the features; ``count`` is the number of
-decision points that feature predicts right through a value seen more than once.
+decision points it gives away beyond the base rate (the leak times the points the base rate
+gets wrong).
 """
 
 from __future__ import annotations
@@ -195,9 +196,9 @@ class DecisionLeak(Check):
             return Finding(0, 0, 0.0)
         majority = CALL if state.totals[CALL] >= state.totals[ANSWER] else ANSWER
         base = state.totals[majority] / total
-        leaks, counts = [], []
+        leaks = []
         for values in state.keyed:
-            correct = given_away = 0
+            correct = 0
             unkeyed_majority = state.totals[majority]
             for calls, answers, _, _, several in values.values():
                 if not several:
@@ -206,11 +207,8 @@ class DecisionLeak(Check):
                 for decision, own, other in ((CALL, calls, answers), (ANSWER, answers, calls)):
                     if own and _loo_correct(own, other, majority, decision):
                         correct += own
-                        if own + other > 1:
-                            given_away += own
             accuracy = (correct + unkeyed_majority) / total
             leaks.append(max(0.0, (accuracy - base) / (1 - base)) if base < 1 else 0.0)
-            counts.append(given_away)
         best = max(range(len(FEATURES)), key=lambda f: (leaks[f], -f))
         examples = []
         ranked = sorted(
@@ -232,7 +230,8 @@ class DecisionLeak(Check):
             "leak_by_feature": {FEATURES[f]: round(leaks[f], 6) for f in range(len(FEATURES))},
             "feature": FEATURES[best],
         }
-        return Finding(counts[best], total, round(leaks[best], 6), examples, details)
+        given_away = round(leaks[best] * (total - state.totals[majority]))
+        return Finding(given_away, total, round(leaks[best], 6), examples, details)
 
     def excerpt(self, sample: Sample, hint: str) -> str:
         feature, key, decision, n = hint.split(":")
