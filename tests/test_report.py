@@ -54,7 +54,7 @@ def test_report_holds_dag_ledger_reasons_and_ratios(demo):
     example = rejected(demo, "negatives")[0]
     assert example["record_id"] in page
     seconds = manifest.run["step_seconds"]
-    assert seconds and set(seconds) <= {*manifest.steps, "run"}
+    assert seconds and set(seconds) <= {*manifest.steps, "run", "publish_audit"}
     assert '<th class="num">step s</th>' in page
     for case in manifest.ratios["negatives"]["target"]:
         assert case in page
