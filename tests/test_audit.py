@@ -403,12 +403,60 @@ def planted_dataset(path: Path) -> None:
             ]
         },
     ]
+    question = "Compose an engaging travel blog post about a recent trip to Hawaii, highlighting cultural experiences"
+    records += [
+        # failed episode: the source's own success flag
+        {
+            "success": False,
+            "messages": [
+                {"role": "user", "content": "Open the door of the red house."},
+                {"role": "assistant", "content": "I opened the blue door instead."},
+            ],
+        },
+        # transcription: the target re-types its prompt
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": "Copy this exactly: the quick brown fox jumps over the lazy dog near the river bank",
+                },
+                {
+                    "role": "assistant",
+                    "content": "the quick brown fox jumps over the lazy dog near the river bank",
+                },
+            ]
+        },
+        # an evaluation question inside a long request
+        {
+            "messages": [
+                {"role": "user", "content": "Some context first. " * 50 + question + ". Thanks!"},
+                {"role": "assistant", "content": "Aloha! Here is a post about my trip to Hawaii and its culture."},
+            ]
+        },
+    ]
+    # elicitations that give the decision away: ReAct thoughts, then "Which tool?" / "Your answer?"
+    for i in range(6):
+        decides = 'Action: get_weather\nAction Input: {"city": "Oslo"}' if i % 2 else "Final Answer: it is sunny"
+        elicit = "Which tool will you use?" if i % 2 else "So what is your answer?"
+        records.append(
+            {
+                "tools": [weather],
+                "messages": [
+                    {"role": "system", "content": "Reply in the ReAct format."},
+                    {"role": "user", "content": f"Weather question number {i} about city {i}?"},
+                    {"role": "assistant", "content": f"Thought: I should think about city {i}."},
+                    {"role": "user", "content": elicit},
+                    {"role": "assistant", "content": f"Thought: decided for city {i}.\n{decides}"},
+                ],
+            }
+        )
     records += [
         {
             "messages": [
                 {
                     "role": "user",
-                    "content": f"Please book a table for two people tonight at the small Italian place on Main Street near the old station, booking {i}",
+                    "content": "Please book a table for two people tonight at the small Italian place on Main "
+                    f"Street near the old station, booking {i}",
                 },
                 {"role": "assistant", "content": canned},
             ]
@@ -426,10 +474,20 @@ def agentmill(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
 
 def test_the_command_catches_every_planted_defect_in_raw_input(tmp_path: Path):
     planted_dataset(tmp_path / "mine.jsonl")
-    done = agentmill("audit", str(tmp_path / "mine.jsonl"), "--format", "openai", "--json")
+    (tmp_path / "eval.jsonl").write_text(
+        json.dumps({"turns": ["Compose an engaging travel blog post about a recent trip to Hawaii, highlighting "
+                              "cultural experiences"]}) + "\n"
+    )  # fmt: skip
+    (tmp_path / "policy.yaml").write_text(
+        "audit:\n  eval_sets:\n    - {name: mt_bench, paths: eval.jsonl, fields: [turns]}\n"
+        "  checks:\n    prompt_copy: {threshold: 0}\n"
+    )
+    done = agentmill(
+        "audit", str(tmp_path / "mine.jsonl"), "--format", "openai", "--json", "--policy", str(tmp_path / "policy.yaml")
+    )
     assert done.returncode == 1, done.stderr  # block checks fail
     report = json.loads(done.stdout)
-    assert report["_samples"] == 17
+    assert report["_samples"] == 26
     for name, count in {
         "identity_claim": 1,
         "undeclared_tool": 1,
@@ -437,11 +495,16 @@ def test_the_command_catches_every_planted_defect_in_raw_input(tmp_path: Path):
         "language_mismatch": 1,
         "format_contradiction": 1,
         "repeated_response": 11,
+        "failed_episode": 1,
+        "prompt_copy": 1,
+        "eval_overlap": 1,
     }.items():
         assert report[name]["count"] == count, (name, report[name])
         assert report[name]["status"] in ("fail", "warn") and report[name]["examples"], name
         assert {"count", "share", "status", "examples"} <= set(report[name])
     assert report["near_duplicate"]["count"] == 11  # one request, 12 times with a number
+    assert report["decision_leak"]["share"] > 0.5 and report["decision_leak"]["status"] == "fail"
+    assert "which tool will you use?" in json.dumps(report["decision_leak"]["examples"])
 
 
 def test_a_run_records_its_audit_and_a_blocking_check_stops_publishing(tmp_path: Path):
@@ -461,17 +524,20 @@ def test_a_run_records_its_audit_and_a_blocking_check_stops_publishing(tmp_path:
 
     data = yaml.safe_load(spec.read_text())
     data["audit"] = {
-        "checks": {n: {"severity": "warn"} for n in ("identity_claim", "undeclared_tool", "argument_schema")},
+        "checks": {
+            n: {"severity": "warn"}
+            for n in ("identity_claim", "undeclared_tool", "argument_schema", "decision_leak", "failed_episode")
+        },
     }
     spec.write_text(yaml.safe_dump(data, sort_keys=False))
     summary = run(spec, tmp_path / "out")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["audit"]["samples"] == summary.manifest.output.num_rows == 17
+    assert manifest["audit"]["samples"] == summary.manifest.output.num_rows == 26
     assert manifest["audit"]["checks"]["identity_claim"]["status"] == "warn"
     assert manifest["audit"]["checks"]["identity_claim"]["examples"][0]["excerpt"].startswith("I am Vicuna")
     step_report = manifest["audits"]["audit_chat"]
-    assert step_report["samples"] == 17 and step_report["blocking"]  # the step's own policy: defaults
-    assert manifest["steps"]["audit_chat"]["passed"] == 17
+    assert step_report["samples"] == 26 and step_report["blocking"]  # the step's own policy: defaults
+    assert manifest["steps"]["audit_chat"]["passed"] == 26
     assert "Data-quality audit" in (tmp_path / "out" / "report.html").read_text()
     # The command on the output agrees with the run.
     done = agentmill("audit", str(tmp_path / "out"), "--json")
