@@ -212,7 +212,9 @@ class Aligner:
         )
 
     def original_form(self, trajectory: Trajectory, derivation: str) -> Sample:
-        """The trajectory as chat with its text untouched; formatted assistant turns are ``react``."""
+        """The trajectory as chat with its text untouched; formatted assistant turns are ``react``.
+        The sample declares the environment's tool card (or the trajectory's own tools), so the
+        text commands it supervises are calls to declared tools."""
         messages = []
         for turn in trajectory.turns:
             part = None
@@ -221,7 +223,9 @@ class Aligner:
             messages.append(
                 Message(role=turn.role, content=turn.text, loss=turn.loss, tool_call=turn.tool_call, part=part)
             )
-        return self._sample(trajectory, messages, derivation)
+        card = self.cards.card_for(trajectory)
+        tools = card.tools_for(trajectory) if card is not None else None
+        return self._sample(trajectory, messages, derivation, tools)
 
     def declared_tools(self, trajectory: Trajectory, card: ToolCard | None) -> list[ToolSpec]:
         """The tools an aligned sample declares: the card's (or the trajectory's own), without
