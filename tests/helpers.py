@@ -14,10 +14,25 @@ from pipelines.run import RunSummary, run_spec
 from transforms.base import Failed
 from transforms.read import ReadConfig, ReadFile
 
+#: Specs that test mechanics (ledgers, runners, determinism) on data picked for that purpose turn
+#: the publish audit off; tests/test_audit.py and the shipped recipes' tests keep it on.
+NO_AUDIT: dict[str, Any] = {"enabled": False}
 
-def write_spec(directory: Path, steps: list[dict[str, Any]], name: str = "test", seed: int = 0) -> Path:
+
+def write_spec(
+    directory: Path,
+    steps: list[dict[str, Any]],
+    name: str = "test",
+    seed: int = 0,
+    audit: dict[str, Any] | None = NO_AUDIT,
+) -> Path:
+    """Write a spec; ``audit`` is its ``audit:`` block (``None``: none, so every check at its
+    default)."""
     path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "seed": seed, "steps": steps}, sort_keys=False))
+    body: dict[str, Any] = {"name": name, "seed": seed, "steps": steps}
+    if audit is not None:
+        body["audit"] = audit
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
     return path
 
 

@@ -515,7 +515,7 @@ def test_a_run_records_its_audit_and_a_blocking_check_stops_publishing(tmp_path:
     steps = read_chat_write("openai", "mine.jsonl")
     steps.insert(2, {"id": "audit_chat", "type": "audit", "inputs": ["chat"], "config": {}})
     steps[3]["inputs"] = ["audit_chat"]
-    spec = write_spec(tmp_path, steps)
+    spec = write_spec(tmp_path, steps, audit=None)
     with pytest.raises(RunError, match=r"identity_claim: .* examples: "):
         run(spec, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -554,7 +554,7 @@ def test_spec_audit_block_is_validated(tmp_path: Path):
     from pipelines.graph import load_plan
     from tests.helpers import read_chat_write, write_spec
 
-    spec = write_spec(tmp_path, read_chat_write("openai", "x.jsonl"))
+    spec = write_spec(tmp_path, read_chat_write("openai", "x.jsonl"), audit=None)
     data = yaml.safe_load(spec.read_text())
     data["audit"] = {"checks": {"decision_leek": {"threshold": 0.1}}}
     spec.write_text(yaml.safe_dump(data))
