@@ -167,7 +167,7 @@ def _spec(tmp_path: Path, model: str, trajectories: list[Trajectory], score: dic
         {"id": "write", "type": "write", "inputs": ["chat"]},
     ]
     spec = tmp_path / "spec.yaml"
-    spec.write_text(json.dumps({"name": "score", "steps": steps}))
+    spec.write_text(json.dumps({"name": "score", "steps": steps, "audit": {"enabled": False}}))  # mechanics only
     return spec
 
 
