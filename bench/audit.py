@@ -35,11 +35,9 @@ from bench.common import (
     snapshot_packages,
     work_dir,
 )
+from bench.scale import PACKAGES, RECIPES, REPLICATED, REPO
 
-REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("bench", "pipelines", "schemas", "templates", "transforms")
-RECIPE = REPO / "pipelines" / "agent_flan.yaml"
-REPLICATED = "read_agentinstruct"
+RECIPE = RECIPES["agent_flan"]
 
 
 def child(spec: str, output: str, result: str) -> None:
