@@ -323,6 +323,7 @@ class ToolCard:
                     drop_next_reply = rule.drop_reply
                     kept = re.search(rule.keep, turn.text, re.DOTALL) if rule.keep else None
                     if kept is None or not kept.group("task").strip():
+                        drop_next_reply = True  # the prompt is gone: so is its acknowledgement ("Ok.")
                         continue
                     turn = turn.model_copy(update={"text": kept.group("task").strip()})
             if turn.role is Role.USER and any(p.search(turn.text) for p in drop):
