@@ -156,6 +156,8 @@ def recipe_copy(recipe: Path, work: str, data: str, replicated: str, name: str) 
         if step["id"] == replicated:
             sources = resolve_paths(step["config"]["paths"], str(recipe.parent))
             step["config"]["paths"] = [os.path.join(data, "*.parquet")]
+    if isinstance(spec.get("audit"), dict):  # the audit's evaluation sets
+        spec["audit"] = absolute(spec["audit"])
     with open(os.path.join(work, name), "w", encoding="utf-8") as handle:
         json.dump(spec, handle, indent=2)  # JSON is YAML
     return sources
