@@ -29,7 +29,9 @@ class CheckPolicy(BaseModel):
 
 
 class EvalSetSpec(BaseModel):
-    """An evaluation set for ``eval_overlap``: files and the fields that hold its items' text."""
+    """An evaluation set for ``eval_overlap``: files, the fields that hold its items' text, the
+    field that names an item, and (``item_roles``) which messages of a ``{role, content}`` list
+    count; read exactly as ``decontaminate`` reads its sets."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -38,6 +40,8 @@ class EvalSetSpec(BaseModel):
     fields: list[str] = Field(
         default_factory=lambda: ["text", "prompt", "question", "turns", "instruction", "input", "content"], min_length=1
     )
+    id_field: str | None = None
+    item_roles: list[str] | None = None
 
     @field_validator("paths", mode="before")
     @classmethod

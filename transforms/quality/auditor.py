@@ -27,8 +27,7 @@ class AuditConfigError(ValueError):
 
 
 def _env(policy: AuditPolicy, base_dir: str) -> AuditEnv:
-    sets = tuple((s.name, tuple(s.paths), tuple(s.fields)) for s in policy.eval_sets)
-    return AuditEnv(base_dir=base_dir, eval_sets=sets)
+    return AuditEnv(base_dir=base_dir, eval_sets=tuple(policy.eval_sets))
 
 
 class Auditor:

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from schemas import Message, Role, Sample
-from schemas.audit import EXCERPT_CHARS, MAX_EXAMPLES, Severity
+from schemas.audit import EXCERPT_CHARS, MAX_EXAMPLES, EvalSetSpec, Severity
 
 #: Message parts that are not a reply of their own (see ``schemas.sample.MessagePart``).
 NON_REPLY_PARTS = {"thought", "tool", "arguments", "elicit"}
@@ -38,10 +38,10 @@ class NoOptions(BaseModel):
 @dataclass(frozen=True)
 class AuditEnv:
     """What checks may need besides their options: where relative paths start, and the
-    evaluation sets named in the spec (name, files, fields)."""
+    evaluation sets named in the spec."""
 
     base_dir: str = "."
-    eval_sets: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = ()
+    eval_sets: tuple[EvalSetSpec, ...] = ()
 
 
 @dataclass(frozen=True)

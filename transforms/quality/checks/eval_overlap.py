@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import Role, Sample
-from schemas.audit import MAX_EXAMPLES
+from schemas.audit import MAX_EXAMPLES, EvalSetSpec
 from transforms.quality.check import Example, Finding, Flags, SampleCheck, Verdict, clip, keep_smallest
 from transforms.quality.ngrams import EvalIndex
 
@@ -35,21 +35,17 @@ class OverlapState(Flags):
     items: set[tuple[str, str]] = field(default_factory=set)
 
 
-def build_eval_index(eval_sets, base_dir: str, n: int, min_tokens: int, max_record_bytes: int) -> EvalIndex:
-    """An :class:`EvalIndex` of every item of ``eval_sets`` ((name, paths, fields) triples)."""
-    from transforms.base import Failed
-    from transforms.decontaminate import eval_texts
-    from transforms.files import iter_records, resolve_paths
+def build_eval_index(
+    eval_sets: tuple[EvalSetSpec, ...], base_dir: str, n: int, min_tokens: int, max_record_bytes: int
+) -> EvalIndex:
+    """An :class:`EvalIndex` of every item of ``eval_sets``, read by ``decontaminate``'s reader
+    (so both see the same items; a set that gives no item is an error)."""
+    from transforms.decontaminate import DecontaminateConfig, EvalSet, build_index
+    from transforms.files import resolve_paths
 
-    index = EvalIndex(n=n, min_tokens=min_tokens)
-    for name, paths, fields in eval_sets:
-        for path in resolve_paths(list(paths), base_dir):
-            for raw in iter_records(path, max_record_bytes):
-                if isinstance(raw, Failed):
-                    raise ValueError(f"eval set {name!r}: cannot read {raw.location}: {raw.reason}")
-                for k, text in enumerate(eval_texts(raw.obj, list(fields))):
-                    index.add(name, f"{raw.location}#{k}", text)
-    return index
+    sets = [EvalSet.model_validate(s.model_dump()) for s in eval_sets]
+    config = DecontaminateConfig(eval_sets=sets, n=n, min_tokens=min_tokens, max_record_bytes=max_record_bytes)
+    return build_index(config, [resolve_paths(s.paths, base_dir) for s in sets])
 
 
 class EvalOverlap(SampleCheck):
