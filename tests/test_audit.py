@@ -346,6 +346,13 @@ def test_policy_sets_thresholds_severities_and_switches_checks_off():
         Auditor(AuditPolicy(checks={"nope": CheckPolicy()}))
     with pytest.raises(AuditConfigError, match="invalid options"):
         Auditor(AuditPolicy(checks={"prompt_copy": CheckPolicy(options={"n": "many"})}))
+    for name, options in (
+        ("failed_episode", {"failure_patterns": ["("]}),
+        ("language_mismatch", {"exempt_patterns": ["["]}),
+        ("identity_claim", {"patterns": {"broken": "("}}),
+    ):  # a pattern that does not compile is a policy error, not a crash in a worker
+        with pytest.raises(AuditConfigError, match=r"does not compile|invalid regex"):
+            Auditor(AuditPolicy(checks={name: CheckPolicy(options=options)}))
 
 
 # --- runs, the step and the command ------------------------------------------------------------

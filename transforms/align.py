@@ -65,6 +65,7 @@ from transforms.base import (
     Stat,
     StepConfig,
     StepContext,
+    check_regexes,
 )
 from transforms.phrasing import PhraseBook, PhrasingError, load_book, parse_book, read_text
 from transforms.react import FINISH_NAMES, ParsedStep, StepParseError, has_markers, parse_turn
@@ -133,12 +134,7 @@ class AlignConfig(StepConfig):
     @field_validator("format_demands")
     @classmethod
     def _compiles(cls, value: list[str]) -> list[str]:
-        for pattern in value:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
-        return value
+        return check_regexes(value)
 
     def keep_share_of(self, source: str) -> float:
         """The kept-format share of ``source`` (a number applies to every source; in a mapping,

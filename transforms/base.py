@@ -13,6 +13,7 @@ rejected-record outputs wired in.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
@@ -38,6 +39,18 @@ STAT = "stat"
 PORT = "port"
 
 LedgerKey = tuple[str, str, str]  # (step id, category, reason or stat name)
+
+
+def check_regexes(patterns: Iterable[str]) -> list[str]:
+    """``patterns`` unchanged once each compiles; a ``ValueError`` naming the first that does not
+    (for config validators, so a bad pattern is an error before the run, not in a worker)."""
+    patterns = list(patterns)
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+    return patterns
 
 
 class StepConfig(BaseModel):

@@ -64,6 +64,7 @@ from transforms.base import (
     Step,
     StepConfig,
     StepContext,
+    check_regexes,
 )
 from transforms.phrasing import PhraseBook, PhrasingError, builtin_text, load_book, parse_book, read_text
 from transforms.quality.language import detect_language
@@ -249,12 +250,7 @@ class QueryRules(BaseModel):
     @field_validator("observation_patterns", "query_patterns", "answerable_tools", "decline_patterns")
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
-        return patterns
+        return check_regexes(patterns)
 
     @field_validator("query_patterns")
     @classmethod

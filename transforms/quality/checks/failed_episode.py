@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas import Role, Sample
+from transforms.base import check_regexes
 from transforms.quality.check import SampleCheck, Verdict
 
 DEFAULT_FAILURE_PATTERNS = [
@@ -25,6 +26,11 @@ class FailedEpisodeOptions(BaseModel):
     #: (AgentGym BabyAI: 0 on every episode, reward 0.99 included); their reward and final
     #: observation are still checked.
     ignore_success_flag: list[str] = Field(default_factory=list)
+
+    @field_validator("failure_patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        return check_regexes(patterns)
 
 
 class FailedEpisode(SampleCheck):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas import Role, Sample
 from transforms.quality.check import SampleCheck, Verdict
@@ -14,6 +14,11 @@ class IdentityOptions(BaseModel):
 
     patterns: dict[str, str] = Field(default_factory=dict)
     replace: bool = False
+
+    @model_validator(mode="after")
+    def _compiles(self) -> IdentityOptions:
+        identity_patterns(self.patterns, self.replace)  # a pattern that does not compile is named
+        return self
 
 
 class IdentityClaim(SampleCheck):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas import Sample
+from transforms.base import check_regexes
 from transforms.quality.check import SampleCheck, Verdict, preceding_query, supervised_replies
 from transforms.quality.language import MIN_CONFIDENCE, MIN_LETTERS, detect_language
 from transforms.react import has_markers
@@ -23,6 +24,11 @@ class LanguageOptions(BaseModel):
     exempt_patterns: list[str] = Field(
         default_factory=lambda: [r"translat", r"翻译", r"翻譯", r"\bin (?:english|chinese)\b"]
     )
+
+    @field_validator("exempt_patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        return check_regexes(patterns)
 
 
 class LanguageMismatch(SampleCheck):
