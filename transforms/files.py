@@ -2,15 +2,26 @@
 
 All file access goes through Beam's ``FileSystems``, so local paths, ``gs://``, ``s3://`` and
 ``hdfs://`` work alike, and ``.gz`` files are decompressed on the fly.
+
+Input integrity: a ``.gz`` stream is checked to its end (end-of-stream marker and CRC of every
+member), so a truncated or corrupt file is never read as complete: the records read before the
+damage are kept and the file adds one dead letter (``truncated_input`` / ``corrupt_input``) that
+says how many were read. A damaged parquet row group costs only its rows (``corrupt_row_group``).
+JSON is decoded strictly: ``NaN``, ``Infinity`` and numbers that overflow a float (``1e400``)
+are a dead letter ``non_finite_number`` (they cannot be written as JSON again); a UTF-8 byte
+order mark at the start of a file is skipped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import json
+import math
 import posixpath
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -96,8 +107,63 @@ class RawRecord:
     index: int
 
 
+#: Dead-letter reasons that mean a whole input file (or part of it) could not be read as written:
+#: the run summary names them apart from record-level dead letters.
+INPUT_INTEGRITY_REASONS = ("truncated_input", "corrupt_input", "corrupt_row_group")
+BOM = b"\xef\xbb\xbf"
+
+
+class NonFiniteNumber(ValueError):
+    """A JSON number that has no JSON form once parsed (``NaN``, ``Infinity``, ``1e400``)."""
+
+
+def _no_constant(name: str) -> float:
+    raise NonFiniteNumber(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise NonFiniteNumber(f"{text} does not fit a 64-bit float")
+    return value
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads`` that refuses non-finite numbers (raises :class:`NonFiniteNumber`)."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+
+
+def _integrity_failure(exc: BaseException) -> str | None:
+    """``truncated_input`` / ``corrupt_input`` for an error of a damaged compressed stream."""
+    if isinstance(exc, EOFError):
+        return "truncated_input"
+    if isinstance(exc, (gzip.BadGzipFile, zlib.error)):
+        return "corrupt_input"
+    return None
+
+
 def _open(path: str):
+    """``path`` for reading, decompressed; ``.gz`` through :mod:`gzip`, which checks the
+    end-of-stream marker and each member's CRC and length (raising ``EOFError`` /
+    ``BadGzipFile``), where Beam's reader stops quietly at a truncated end."""
+    if CompressionTypes.detect_compression_type(path) == CompressionTypes.GZIP:
+        raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        return _ClosingGzip(raw)
     return FileSystems.open(path, compression_type=CompressionTypes.AUTO)
+
+
+class _ClosingGzip(gzip.GzipFile):
+    """A ``GzipFile`` that also closes the raw handle it reads from."""
+
+    def __init__(self, raw: Any) -> None:
+        super().__init__(fileobj=raw, mode="rb")
+        self._raw = raw
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._raw.close()
 
 
 def _iter_jsonl_lines(name: str, lines: Iterator[bytes], max_bytes: int) -> Iterator[RawRecord | Failed]:
@@ -118,10 +184,15 @@ def _iter_jsonl_lines(name: str, lines: Iterator[bytes], max_bytes: int) -> Iter
         except UnicodeDecodeError as exc:
             yield Failed("invalid_utf8", str(exc), location, raw.decode("utf-8", "replace"))
             continue
+        if number == 1 and text.startswith("\ufeff"):
+            text = text[1:]  # a UTF-8 byte order mark
         try:
-            obj = json.loads(text)
+            obj = loads(text)
         except json.JSONDecodeError as exc:
             yield Failed("invalid_json", str(exc), location, text)
+            continue
+        except NonFiniteNumber as exc:
+            yield Failed("non_finite_number", str(exc), location, text)
             continue
         except RecursionError:
             yield Failed(
@@ -169,8 +240,10 @@ def iter_records(path: str, max_record_bytes: int, label: str | None = None) -> 
         with _open(path) as handle:
             data = handle.read()
     except Exception as exc:
-        yield Failed("unreadable_file", f"{type(exc).__name__}: {exc}", name)
+        reason = _integrity_failure(exc) or "unreadable_file"
+        yield Failed(reason, f"{type(exc).__name__}: {exc}; 0 records were read", name)
         return
+    data = data.removeprefix(BOM)
     if not data.strip():
         yield Failed("empty_file", "the file has no records", name)
         return
@@ -179,8 +252,13 @@ def iter_records(path: str, max_record_bytes: int, label: str | None = None) -> 
     except UnicodeDecodeError as exc:
         yield Failed("invalid_utf8", str(exc), name, data[:2000].decode("utf-8", "replace"))
         return
+    strict = True
     try:
-        obj = json.loads(text)
+        try:
+            obj = loads(text)
+        except NonFiniteNumber:  # find the items that hold one; the others are read
+            strict = False
+            obj = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # JSON Lines under a .json name (e.g. BFCL)
             yield from _iter_jsonl_lines(name, iter(data.splitlines()), max_record_bytes)
@@ -190,11 +268,33 @@ def iter_records(path: str, max_record_bytes: int, label: str | None = None) -> 
     except RecursionError:
         yield Failed("too_deeply_nested", "JSON nested deeper than the parser's recursion limit", name, text[:2000])
         return
-    if isinstance(obj, list):
-        for index, item in enumerate(obj):
-            yield RawRecord(item, f"{name}:item {index}", index)
-    else:
-        yield RawRecord(obj, name, 0)
+    items = enumerate(obj) if isinstance(obj, list) else [(0, obj)]
+    for index, item in items:
+        location = f"{name}:item {index}" if isinstance(obj, list) else name
+        where = None if strict else non_finite_path(item)
+        if where is not None:
+            yield Failed("non_finite_number", f"{where} is not a finite number", location, _clip_json(item))
+        else:
+            yield RawRecord(item, location, index)
+
+
+def non_finite_path(value: Any, path: str = "$") -> str | None:
+    """The JSON path of the first NaN or infinite float in ``value``, or ``None``."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if (found := non_finite_path(item, f"{path}.{key}")) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := non_finite_path(item, f"{path}[{index}]")) is not None:
+                return found
+    return None
+
+
+def _clip_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)[:2000]
 
 
 def _iter_jsonl_file(path: str, name: str, max_bytes: int) -> Iterator[RawRecord | Failed]:
@@ -207,18 +307,33 @@ def _iter_jsonl_file(path: str, name: str, max_bytes: int) -> Iterator[RawRecord
                 seen[0] = seen[0] or bool(line.strip())
                 yield line
 
+    read = 0
     try:
         with _open(path) as handle:
-            yield from _iter_jsonl_lines(name, lines(handle), max_bytes)
+            for outcome in _iter_jsonl_lines(name, lines(handle), max_bytes):
+                read += 1
+                yield outcome
     except Exception as exc:
-        yield Failed("unreadable_file", f"{type(exc).__name__}: {exc}", name)
+        reason = _integrity_failure(exc)
+        if reason is None:
+            yield Failed("unreadable_file", f"{type(exc).__name__}: {exc}", name)
+        else:
+            yield Failed(reason, f"{type(exc).__name__}: {exc}; {_records(read)} read before it", name)
         return
     if not seen[0]:
         yield Failed("empty_file", "the file has no records", name)
 
 
+def _records(n: int) -> str:
+    return "1 record was" if n == 1 else f"{n} records were"
+
+
 def _iter_parquet(path: str, name: str) -> Iterator[RawRecord | Failed]:
-    """The rows of a parquet file, read a batch at a time (a compressed file is read whole)."""
+    """The rows of a parquet file, read a batch at a time (a compressed file is read whole).
+
+    Row groups are read one by one: a row group that cannot be decoded is one dead letter
+    (``corrupt_row_group``, located ``file:row group N``) with the number of its rows lost, and
+    the other row groups are read; row indices stay those of the file."""
     import pyarrow.parquet as pq
 
     try:
@@ -227,13 +342,31 @@ def _iter_parquet(path: str, name: str) -> Iterator[RawRecord | Failed]:
                 raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
                 source: Any = stack.enter_context(raw)
             else:
-                with _open(path) as handle:
-                    source = io.BytesIO(handle.read())
+                try:
+                    with _open(path) as handle:
+                        source = io.BytesIO(handle.read())
+                except Exception as exc:
+                    if (reason := _integrity_failure(exc)) is None:
+                        raise
+                    yield Failed(reason, f"{type(exc).__name__}: {exc}; 0 records were read", name)
+                    return
             parquet = stack.enter_context(pq.ParquetFile(source))
-            index = 0
-            for batch in parquet.iter_batches(batch_size=256):
-                for row in batch.to_pylist():
-                    yield RawRecord(row, f"{name}:row {index}", index)
-                    index += 1
+            start = 0
+            for group in range(parquet.num_row_groups):
+                rows = parquet.metadata.row_group(group).num_rows
+                done = 0
+                try:
+                    for batch in parquet.iter_batches(batch_size=256, row_groups=[group]):
+                        for row in batch.to_pylist():
+                            yield RawRecord(row, f"{name}:row {start + done}", start + done)
+                            done += 1
+                except Exception as exc:
+                    yield Failed(
+                        "corrupt_row_group",
+                        f"{type(exc).__name__}: {exc}; {rows - done} of the row group's {rows} rows "
+                        f"(rows {start + done}-{start + rows - 1}) were lost",
+                        f"{name}:row group {group}",
+                    )
+                start += rows
     except Exception as exc:
         yield Failed("unreadable_file", f"{type(exc).__name__}: {exc}", name)
