@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 Disposition = Literal["filtered", "dead_letter"]
 PAYLOAD_LIMIT = 20_000
@@ -28,9 +28,25 @@ class Rejected(BaseModel):
     location: str | None = None
     payload: str = ""
 
+    @field_validator("step", "reason", "detail", "record_id", "location", "payload")
+    @classmethod
+    def _encodable(cls, value: str | None) -> str | None:
+        """Lone surrogates (from a ``\\ud800`` escape in the input) spelled as escapes, so the
+        dead letter of a record that holds one can itself be written."""
+        return None if value is None else utf8_safe(value)
+
 
 def clip(text: str, limit: int = PAYLOAD_LIMIT) -> str:
     """``text`` cut to ``limit`` characters, with a note of how much was cut."""
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... [{len(text) - limit} more characters]"
+
+
+def utf8_safe(text: str) -> str:
+    """``text`` with each lone surrogate written as its ``\\udXXX`` escape (valid UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

@@ -21,6 +21,7 @@ import io
 import json
 import math
 import posixpath
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -105,12 +106,16 @@ class RawRecord:
     obj: Any
     location: str
     index: int
+    #: Whether a string of ``obj`` may hold a lone surrogate (its JSON text has a ``\\udXXX``
+    #: surrogate escape); parquet strings are UTF-8, so never.
+    surrogates: bool = True
 
 
 #: Dead-letter reasons that mean a whole input file (or part of it) could not be read as written:
 #: the run summary names them apart from record-level dead letters.
 INPUT_INTEGRITY_REASONS = ("truncated_input", "corrupt_input", "corrupt_row_group")
 BOM = b"\xef\xbb\xbf"
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class NonFiniteNumber(ValueError):
@@ -199,7 +204,7 @@ def _iter_jsonl_lines(name: str, lines: Iterator[bytes], max_bytes: int) -> Iter
                 "too_deeply_nested", "JSON nested deeper than the parser's recursion limit", location, text[:2000]
             )
             continue
-        yield RawRecord(obj, location, number - 1)
+        yield RawRecord(obj, location, number - 1, _SURROGATE_ESCAPE.search(text) is not None)
 
 
 def common_folder(paths: list[str]) -> str:
@@ -268,6 +273,7 @@ def iter_records(path: str, max_record_bytes: int, label: str | None = None) -> 
     except RecursionError:
         yield Failed("too_deeply_nested", "JSON nested deeper than the parser's recursion limit", name, text[:2000])
         return
+    surrogates = _SURROGATE_ESCAPE.search(text) is not None
     items = enumerate(obj) if isinstance(obj, list) else [(0, obj)]
     for index, item in items:
         location = f"{name}:item {index}" if isinstance(obj, list) else name
@@ -275,7 +281,7 @@ def iter_records(path: str, max_record_bytes: int, label: str | None = None) -> 
         if where is not None:
             yield Failed("non_finite_number", f"{where} is not a finite number", location, _clip_json(item))
         else:
-            yield RawRecord(item, location, index)
+            yield RawRecord(item, location, index, surrogates)
 
 
 def non_finite_path(value: Any, path: str = "$") -> str | None:
@@ -358,7 +364,7 @@ def _iter_parquet(path: str, name: str) -> Iterator[RawRecord | Failed]:
                 try:
                     for batch in parquet.iter_batches(batch_size=256, row_groups=[group]):
                         for row in batch.to_pylist():
-                            yield RawRecord(row, f"{name}:row {start + done}", start + done)
+                            yield RawRecord(row, f"{name}:row {start + done}", start + done, False)
                             done += 1
                 except Exception as exc:
                     yield Failed(

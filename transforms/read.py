@@ -2,21 +2,31 @@
 
 Guarantees: every record of every matched file ends as one Trajectory or one dead letter whose
 location names the file and the line, row or item; an empty or unreadable file is one dead
-letter; a pattern that matches nothing is an error before the run starts.
+letter; a truncated or corrupt compressed file keeps the records read before the damage and adds
+one dead letter that counts them (see :mod:`transforms.files`); a pattern that matches nothing
+is an error before the run starts.
+
+Every Trajectory the step emits can be encoded and decoded again by the stages after it: a lone
+surrogate (``\\ud800``) in any text, id or metadata value is a dead letter ``invalid_unicode``;
+tool parameters or call arguments nested deeper than ``MAX_JSON_DEPTH`` levels are
+``too_deeply_nested``; a NaN or infinite reward, metadata value, parameter or argument is
+``non_finite_number`` (JSON text has no form for it), all with the file and line.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from typing import Any, Literal
 
 import apache_beam as beam
 from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticSerializationError
 
 from schemas import Role, Trajectory, clip
 from transforms.base import LEDGER, MAIN, REJECTED, Failed, RecordError, SourceDoFn, Step, StepConfig
-from transforms.files import RawRecord, common_folder, iter_records, label_of, resolve_paths
+from transforms.files import RawRecord, common_folder, iter_records, label_of, non_finite_path, resolve_paths
 from transforms.formats import PARSERS, FieldNames, ParseContext, jsonl
 
 Format = Literal["agentinstruct", "agent_flan", "sharegpt", "openai", "jsonl"]
@@ -100,15 +110,69 @@ class ReadFile:
                 yield raw
                 continue
             try:
-                yield self.parse(raw, file_name)
+                trajectory = self.parse(raw, file_name)
+                check_encodable(trajectory, serialize=raw.surrogates)
+                yield trajectory
             except RecordError as exc:
                 yield Failed(exc.reason, exc.detail, raw.location, _dump(raw.obj))
             except ValidationError as exc:
                 yield Failed("invalid_record", str(exc), raw.location, _dump(raw.obj))
             except RecursionError:
                 yield Failed("too_deeply_nested", "record nested too deeply to process", raw.location, "")
+            except UnicodeEncodeError as exc:  # e.g. an id hashed for the trajectory id
+                yield Failed("invalid_unicode", _surrogate_detail(exc), raw.location, _dump(raw.obj))
             except Exception as exc:  # a parser bug must not take the pipeline down or lose the record
                 yield Failed("unexpected_error", f"{type(exc).__name__}: {exc}", raw.location, _dump(raw.obj))
+
+
+#: Deepest nesting of tool parameters and call arguments a Trajectory may carry: the JSON
+#: decoder of the coders between stages stops at 200 levels of the whole record, and a Sample
+#: wraps arguments a few levels deeper than a Trajectory does.
+MAX_JSON_DEPTH = 100
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), counted up to ``limit + 1``."""
+    if isinstance(value, dict):
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return 0
+    if limit <= 0:
+        return 1
+    return 1 + max((json_depth(child, limit - 1) for child in children), default=0)
+
+
+def check_encodable(trajectory: Trajectory, serialize: bool = True) -> None:
+    """Raise :class:`RecordError` unless the stages after ``read`` can encode ``trajectory``
+    (see the module docstring): nesting, non-finite numbers, then lone surrogates, by encoding
+    it once (``serialize``; a reader skips that when the record's text has no surrogate escape)."""
+    values: list[tuple[str, Any]] = [(f"tool {t.name!r} parameters", t.parameters) for t in trajectory.tools]
+    for index, turn in enumerate(trajectory.turns):
+        values += [(f"turn {index}, call {c.name!r} arguments", c.arguments) for c in turn.tool_calls]
+    for where, value in values:
+        depth = json_depth(value, MAX_JSON_DEPTH)
+        if depth > MAX_JSON_DEPTH:
+            raise RecordError("too_deeply_nested", f"{where} nest more than {MAX_JSON_DEPTH} levels deep")
+        if (path := non_finite_path(value)) is not None:
+            raise RecordError("non_finite_number", f"{where}: {path} is not a finite number")
+    if trajectory.reward is not None and not math.isfinite(trajectory.reward):
+        raise RecordError("non_finite_number", f"reward is {trajectory.reward}")
+    if (path := non_finite_path(trajectory.metadata, "metadata")) is not None:
+        raise RecordError("non_finite_number", f"{path} is not a finite number")
+    if not serialize:
+        return
+    try:
+        trajectory.model_dump_json()
+    except PydanticSerializationError as exc:
+        if "surrogates not allowed" in str(exc):
+            raise RecordError("invalid_unicode", _surrogate_detail(exc)) from None
+        raise RecordError("unencodable_record", str(exc)) from None
+
+
+def _surrogate_detail(exc: Exception) -> str:
+    return f"{exc} (a lone surrogate escape such as \\ud800 has no UTF-8 form)"
 
 
 def _dump(obj: Any) -> str:
