@@ -18,6 +18,8 @@ from pipelines.errors import SpecError
 from pipelines.registry import UnknownStepType, resolve_step_type
 from pipelines.yaml_loader import safe_load
 from schemas import AuditPolicy, PipelineSpec, StepSpec, content_hash
+from schemas.rejected import clip
+from schemas.spec import PublishPolicy
 from transforms.base import MAIN, Step, StepConfig, StepContext
 from transforms.quality.auditor import AuditConfigError, Auditor
 
@@ -67,17 +69,26 @@ class Plan:
         return next(s for s in self.steps if s.spec.type == "write")
 
 
+#: Errors listed in one message (the rest are counted), and the longest location or message shown.
+MAX_ERRORS_SHOWN = 5
+MAX_PART_CHARS = 200
+
+
 def format_errors(errors: list[Any]) -> str:
-    """One line from pydantic error dicts: unknown and missing keys named plainly."""
+    """One line from pydantic error dicts: unknown and missing keys named plainly; at most
+    :data:`MAX_ERRORS_SHOWN` errors, each part clipped, and how many more there are."""
     parts = []
-    for error in errors:
-        loc = ".".join(str(p) for p in error["loc"])
+    for error in errors[:MAX_ERRORS_SHOWN]:
+        loc = clip(".".join(str(p) for p in error["loc"]), MAX_PART_CHARS)
+        error = {**error, "msg": clip(str(error["msg"]), MAX_PART_CHARS)}
         if error["type"] == "extra_forbidden":
             parts.append(f"unknown key {loc!r}")
         elif error["type"] == "missing":
             parts.append(f"missing key {loc!r}")
         else:
             parts.append(f"{loc}: {error['msg']}" if loc else error["msg"])
+    if len(errors) > MAX_ERRORS_SHOWN:
+        parts.append(f"and {len(errors) - MAX_ERRORS_SHOWN} more error(s)")
     return "; ".join(parts)
 
 
@@ -96,6 +107,8 @@ def load_spec(path: str) -> PipelineSpec:
         raw = safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError(path, f"invalid YAML: {exc}") from None
+    except RecursionError:
+        raise SpecError(path, "invalid YAML: nested too deeply") from None
     if not isinstance(raw, dict):
         raise SpecError(path, "a spec must be a mapping with 'name' and 'steps'")
     try:
@@ -107,7 +120,9 @@ def load_spec(path: str) -> PipelineSpec:
             if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
                 steps = raw.get("steps") or []
                 step = steps[loc[1]] if loc[1] < len(steps) and isinstance(steps[loc[1]], dict) else {}
-                step_id = step.get("id", f"#{loc[1] + 1}")
+                step_id = step.get("id")
+                if not isinstance(step_id, str):  # a missing id, or a list or mapping given as one
+                    step_id = f"#{loc[1] + 1}"
                 step_errors.setdefault(step_id, []).append(format_errors([{**error, "loc": loc[2:]}]))
         if step_errors:
             step_id, messages = next(iter(step_errors.items()))
@@ -226,11 +241,13 @@ def plan_spec(spec: PipelineSpec, path: str, base_dir: str) -> Plan:
 
 
 def spec_hash(spec: PipelineSpec) -> str:
-    """Hash of the spec; an ``audit:`` block left at its defaults is not part of it, so specs
-    written before the audit existed keep their hash."""
+    """Hash of the spec; ``audit:`` and ``publish:`` blocks left at their defaults are not part
+    of it, so specs written before those blocks existed keep their hash."""
     dumped = spec.model_dump(mode="json")
     if spec.audit == AuditPolicy():
         dumped.pop("audit")
+    if spec.publish == PublishPolicy():
+        dumped.pop("publish")
     return content_hash(dumped, 16)
 
 

@@ -1,15 +1,21 @@
 """Running a plan: inputs fingerprinted, Beam pipeline run, ledger checked, output published.
 
 A run never publishes unless every step's ledger balances (``in == passed + filtered +
-dead_letter``), every step received exactly what its inputs emitted, and the shards hold exactly
-what the ``write`` step accepted.
+dead_letter``), every step received exactly what its inputs emitted, the shards hold exactly
+what the ``write`` step accepted, and the publish guard passes (:func:`check_publishable`: rows
+to publish, dead letters within bounds). It holds the output's lock from before it touches the
+output until it has published (:func:`pipelines.publish.lock_output`), refuses an output that
+its own inputs would read back (:func:`check_output_not_read`), and turns an ``OSError`` while
+publishing (disk full, read-only) into an :class:`OutputError` with the previous output kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -19,14 +25,24 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import beam_workarounds, storage
 from pipelines.build import AUDIT_FILE, LEDGER_FILE, REJECTED_DIR, SHARDS_FILE, build
-from pipelines.errors import RunError, SpecError
+from pipelines.errors import OutputError, RunError, SpecError
 from pipelines.graph import Plan, load_plan
-from pipelines.publish import MANIFEST, prepare, publish
+from pipelines.publish import (
+    MANIFEST,
+    OWN_FILES,
+    REJECTED,
+    check_output_path,
+    lock_output,
+    prepare,
+    publish,
+    work_dir_for,
+)
 from pipelines.report import write_report
 from pipelines.timing import step_seconds
 from schemas import AuditReport, InputFile, Manifest, OutputInfo, ShardInfo, StepLedger
@@ -120,6 +136,99 @@ def _input_files(step_id: str, paths: list[str], fingerprints: bool) -> list[Inp
         else:
             inputs.append(InputFile(step=step_id, path=path, bytes=0, sha256=""))
     return inputs
+
+
+def _patterns(node: Any) -> list[str]:
+    """Every value of a ``paths`` key in a (dumped) config, at any depth."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "paths" and isinstance(value, str):
+                found.append(value)
+            elif key == "paths" and isinstance(value, list):
+                found.extend(v for v in value if isinstance(v, str))
+            else:
+                found.extend(_patterns(value))
+    elif isinstance(node, list):
+        for item in node:
+            found.extend(_patterns(item))
+    return found
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def check_output_not_read(plan: Plan, output: str, inputs: list[InputFile]) -> None:
+    """Refuse, before anything runs, an output that the plan's inputs would read back: an input
+    file already inside the output (or its working folders), or an input pattern that matches a
+    file a run publishes there (``manifest.json``, ``rejected/<step>.jsonl``, ...)."""
+    remote = storage.is_remote(output)
+    out = output.rstrip("/") if remote else os.path.abspath(output)
+    work = work_dir_for(output)
+    roots = [out, work, f"{work}.old"]
+    for item in inputs:
+        path = item.path if storage.is_remote(item.path) else os.path.abspath(item.path)
+        if any(_inside(path, root) for root in roots):
+            raise SpecError(
+                plan.path,
+                f"input file {item.path!r} lies inside the output {out!r}: the run would read its own output; "
+                "write the output elsewhere",
+                step_id=item.step,
+            )
+    names = [*sorted(OWN_FILES), *(f"{REJECTED}/{s.id}.jsonl" for s in plan.steps)]
+    published = [f"{root}/{name}" for root in roots for name in names]
+    checked = [(s.id, s.config.model_dump(mode="json")) for s in plan.steps]
+    if plan.spec.audit.enabled:
+        checked.append(("audit", plan.spec.audit.model_dump(mode="json")))
+    for step_id, config in checked:
+        for pattern in _patterns(config):
+            absolute = pattern if "://" in pattern or os.path.isabs(pattern) else os.path.join(plan.base_dir, pattern)
+            absolute = absolute if "://" in absolute else os.path.normpath(absolute)
+            regex = re.compile(FileSystem.translate_pattern(absolute))
+            hit = next((p for p in published if regex.match(p)), None)
+            if hit is not None:
+                raise SpecError(
+                    plan.path,
+                    f"input pattern {pattern!r} matches {hit!r}, a file this run publishes: the next run would "
+                    "read its own output; write the output elsewhere or narrow the pattern",
+                    step_id=step_id if step_id != "audit" else None,
+                )
+
+
+def check_publishable(
+    plan: Plan,
+    ledgers: dict[str, StepLedger],
+    rows: int,
+    allow_empty: bool,
+    max_dead_letter_share: float,
+    work: str | None = None,
+) -> None:
+    """The publish guard: raise :class:`RunError` (nothing published, the previous output kept)
+    when there are no rows to publish and ``allow_empty`` is off, or when a step turned more than
+    ``max_dead_letter_share`` of the records it received into dead letters."""
+    problems = []
+    if rows == 0 and not allow_empty:
+        problems.append(f"the write step {plan.sink.id!r} has no rows to publish")
+    for planned in plan.steps:
+        ledger = ledgers[planned.id]
+        dead = sum(ledger.dead_letter.values())
+        if ledger.in_ and dead / ledger.in_ > max_dead_letter_share:
+            reasons = ", ".join(
+                f"{reason} {n}" for reason, n in sorted(ledger.dead_letter.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+            )
+            problems.append(
+                f"step {planned.id!r}: {dead} of {ledger.in_} records are dead letters "
+                f"({dead / ledger.in_:.0%} > max_dead_letter_share {max_dead_letter_share:g}; {reasons})"
+            )
+    if problems:
+        raise RunError(
+            "nothing was published, the previous output is kept:\n  "
+            + "\n  ".join(problems)
+            + "\n(to publish such a run anyway: the spec's 'publish:' block, allow_empty / max_dead_letter_share, "
+            "or --allow-empty / --max-dead-letter-share"
+            + (f"; its dead letters are in {FileSystems.join(work, REJECTED)} until the next run)" if work else ")")
+        )
 
 
 def read_ledger(plan: Plan, work: str) -> dict[str, StepLedger]:
@@ -257,13 +366,58 @@ def run_plan(
     beam_args: list[str] | None = None,
     on_stage: Callable[[str], None] = lambda stage: None,
     spill: bool | None = None,
+    allow_empty: bool | None = None,
+    max_dead_letter_share: float | None = None,
 ) -> RunSummary:
     """Run ``plan`` and publish its output to ``output``. ``spill`` forces spilling stage
-    crossings to disk on or off; ``None`` decides by runner (:func:`spills`)."""
+    crossings to disk on or off; ``None`` decides by runner (:func:`spills`). ``allow_empty`` and
+    ``max_dead_letter_share`` override the spec's ``publish:`` block (:func:`check_publishable`).
+
+    The output is locked for the whole run; a second run to it raises :class:`OutputError`
+    before touching anything. An ``OSError`` (disk full, read-only location) becomes an
+    :class:`OutputError`; on it, and on Ctrl-C, the working directory is removed and nothing is
+    published."""
     beam_args = list(beam_args or [])
+    check_output_path(output)
     on_stage("fingerprinting inputs")
     inputs = collect_inputs(plan)
-    work = prepare(output)
+    check_output_not_read(plan, output, inputs)
+    policy = plan.spec.publish
+    guard = (
+        policy.allow_empty if allow_empty is None else allow_empty,
+        policy.max_dead_letter_share if max_dead_letter_share is None else max_dead_letter_share,
+    )
+    with lock_output(output):
+        work = prepare(output)
+        try:
+            return _run_and_publish(plan, output, work, inputs, beam_args, on_stage, spill, guard)
+        except KeyboardInterrupt:
+            _discard(work)
+            raise
+        except OSError as exc:
+            _discard(work)
+            where = exc.filename or work
+            raise OutputError(
+                f"cannot write {where!r}: {exc.strerror or exc}; nothing was published, the previous output is kept"
+            ) from None
+
+
+def _discard(work: str) -> None:
+    """Remove a run's working directory after it failed (best effort: the next run also does)."""
+    with contextlib.suppress(Exception):
+        storage.remove_tree(work)
+
+
+def _run_and_publish(
+    plan: Plan,
+    output: str,
+    work: str,
+    inputs: list[InputFile],
+    beam_args: list[str],
+    on_stage: Callable[[str], None],
+    spill: bool | None,
+    guard: tuple[bool, float],
+) -> RunSummary:
     options, runner = make_options(beam_args)
     started = time.monotonic()
     on_stage("running pipeline")
@@ -291,6 +445,7 @@ def run_plan(
     shards = finish_shards(plan, work)
     ledgers = read_ledger(plan, work)
     check_ledger(plan, ledgers, sum(s.rows for s in shards))
+    check_publishable(plan, ledgers, sum(s.rows for s in shards), *guard, work=work)
     FileSystems.delete([FileSystems.join(work, SHARDS_FILE), FileSystems.join(work, LEDGER_FILE)])
     on_stage("auditing")
     audit, audits = read_audits(plan, work)

@@ -32,10 +32,34 @@ class StepSpec(BaseModel):
     def _single_input(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("inputs")
+    @classmethod
+    def _distinct_inputs(cls, value: list[str]) -> list[str]:
+        """An input named twice would feed every one of its records in twice."""
+        twice = sorted({name for name in value if value.count(name) > 1})
+        if twice:
+            raise ValueError(f"input {', '.join(map(repr, twice))} is named more than once")
+        return value
+
     @field_validator("config", mode="before")
     @classmethod
     def _null_config(cls, value: Any) -> Any:
         return {} if value is None else value
+
+
+class PublishPolicy(BaseModel):
+    """When a finished run may replace its output (the publish guard; docs/concepts.md).
+
+    By default a run whose ``write`` step gets no rows, or in which any step turns more than
+    ``max_dead_letter_share`` of the records it received into dead letters, is not published:
+    the previous output stays and the run exits 1. ``allow_empty: true`` publishes an empty
+    output; ``max_dead_letter_share: 1`` turns the share check off.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    allow_empty: bool = False
+    max_dead_letter_share: float = Field(0.5, ge=0.0, le=1.0)
 
 
 class PipelineSpec(BaseModel):
@@ -48,3 +72,4 @@ class PipelineSpec(BaseModel):
     seed: int = 0
     steps: list[StepSpec] = Field(min_length=1)
     audit: AuditPolicy = Field(default_factory=AuditPolicy)
+    publish: PublishPolicy = Field(default_factory=PublishPolicy)

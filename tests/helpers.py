@@ -14,6 +14,10 @@ from pipelines.run import RunSummary, run_spec
 from transforms.base import Failed
 from transforms.read import ReadConfig, ReadFile
 
+#: The ``publish:`` block of a spec whose test wants a run published however many records fail
+#: (the publish guard off: empty outputs and any dead-letter share allowed).
+PUBLISH_ANYWAY: dict[str, Any] = {"allow_empty": True, "max_dead_letter_share": 1.0}
+
 #: Specs that test mechanics (ledgers, runners, determinism) on data picked for that purpose turn
 #: the publish audit off; tests/test_audit.py and the shipped recipes' tests keep it on.
 NO_AUDIT: dict[str, Any] = {"enabled": False}
@@ -25,13 +29,16 @@ def write_spec(
     name: str = "test",
     seed: int = 0,
     audit: dict[str, Any] | None = NO_AUDIT,
+    publish: dict[str, Any] | None = None,
 ) -> Path:
     """Write a spec; ``audit`` is its ``audit:`` block (``None``: none, so every check at its
-    default)."""
+    default); ``publish`` its ``publish:`` block (``None``: none, the publish guard's defaults)."""
     path = directory / f"{name}.yaml"
     body: dict[str, Any] = {"name": name, "seed": seed, "steps": steps}
     if audit is not None:
         body["audit"] = audit
+    if publish is not None:
+        body["publish"] = publish
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     return path
 

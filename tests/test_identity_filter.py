@@ -161,6 +161,7 @@ def test_fastchat_dummy_set_is_all_identity_claims(external, tmp_path):
             {"id": "identity", "type": "identity_filter", "inputs": ["chat"]},
             {"id": "write", "type": "write", "inputs": ["identity"]},
         ],
+        publish={"allow_empty": True},  # every sample is dropped, on purpose
     )
     summary = run(spec, tmp_path / "out")
     ledger = summary.manifest.steps["identity"]

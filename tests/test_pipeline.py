@@ -15,6 +15,7 @@ from tests.helpers import (
     MULTI_PROCESS,
     PORTABLE,
     PORTABLE_PROCESS,
+    PUBLISH_ANYWAY,
     read_chat_write,
     rejected,
     run,
@@ -141,7 +142,8 @@ def test_missing_input_path_fails_before_running(tmp_path):
 def test_empty_input_still_writes_a_loadable_dataset(tmp_path):
     data = tmp_path / "only_bad.jsonl"
     data.write_text("{nope\n")
-    summary = run(write_spec(tmp_path, read_chat_write("agentinstruct", str(data))), tmp_path / "out")
+    steps = read_chat_write("agentinstruct", str(data))
+    summary = run(write_spec(tmp_path, steps, publish=PUBLISH_ANYWAY), tmp_path / "out")
     assert summary.manifest.output.num_rows == 0
     assert datasets.load_from_disk(str(tmp_path / "out")).num_rows == 0
 

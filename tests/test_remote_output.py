@@ -47,10 +47,16 @@ def test_a_run_publishes_to_a_remote_output_like_a_local_one(tmp_path):
     work.mkdir()
     (work / ".agentmill-incomplete").write_text("crashed\n")
     (work / "data-00000-of-00001.arrow").write_bytes(b"partial")
-    (published / "stale.txt").write_text("from an earlier run\n")
     run_spec(str(SPEC), remote, [])
     assert shard_hashes(published) == shard_hashes(tmp_path / "local")
-    assert not (published / "stale.txt").exists() and not work.exists()
+    assert not work.exists()
+
+    # A file agentmill did not write is never deleted: the run refuses and names it.
+    (published / "notes.txt").write_text("the user's\n")
+    with pytest.raises(OutputError, match=r"notes\.txt"):
+        run_spec(str(SPEC), remote, [])
+    assert (published / "notes.txt").read_text() == "the user's\n"
+    assert shard_hashes(published) == shard_hashes(tmp_path / "local")
 
 
 def test_a_remote_output_that_is_not_ours_is_never_overwritten(tmp_path):
