@@ -188,7 +188,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_hallucination(args: argparse.Namespace) -> int:
-    from train import hallucination as h
+    from evals import hallucination as h
 
     if not args.model and not args.responses:
         raise UsageError("give --model (to generate answers) or --responses (answers made elsewhere)")

@@ -9,10 +9,10 @@ import glob
 import datasets
 import pytest
 
+from evals.hallucination import Keywords
 from schemas import Role, ToolCall, ToolSpec, Trajectory, Turn, trajectory_id
 from tests.conftest import DEMO_DATA, REPO
 from tests.helpers import parse_file, rejected, run, write_spec
-from train.hallucination import Keywords
 from transforms.base import Filtered, Stat, StepContext
 from transforms.negatives import (
     NegativeMaker,

@@ -20,31 +20,16 @@ from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from schemas import Message, Role
-
-
-def render_prompt(tokenizer: Any, messages: Sequence[Message]) -> str:
-    """Chat-template text of ``messages`` ending with the assistant's turn to speak."""
-    chat = [{"role": m.role.value if m.role is not Role.TOOL else "user", "content": m.content} for m in messages]
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-    lines = [f"{m['role']}: {m['content']}" for m in chat]
-    return "\n".join([*lines, "assistant:"])
-
-
-class LoadedModel:
-    """A model and its tokenizer (a class, since RunInference keeps a weak reference to it)."""
-
-    def __init__(self, model: Any, tokenizer: Any) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
+from inference.generation import LoadedModel, generate_one, load_causal_lm
+from schemas import Message
 
 
 class CausalLMHandler(ModelHandler[list[Message], PredictionResult, LoadedModel]):
     """RunInference handler: greedy generation with a local causal LM (no network access).
 
     Examples are message lists; the inference is the generated text, decoded without special
-    tokens. Deterministic: greedy decoding, fixed ``max_new_tokens``.
+    tokens. Deterministic: greedy decoding, fixed ``max_new_tokens``. The generation itself is
+    :mod:`inference.generation`, which ``agentmill eval`` shares.
     """
 
     def __init__(self, model_path: str, max_new_tokens: int = 128, device: str = "cpu") -> None:
@@ -53,38 +38,13 @@ class CausalLMHandler(ModelHandler[list[Message], PredictionResult, LoadedModel]
         self.device = device
 
     def load_model(self) -> LoadedModel:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, local_files_only=True).to(self.device).eval()
-        return LoadedModel(model, tokenizer)
+        return load_causal_lm(self.model_path, self.device)
 
     def run_inference(
         self, batch: Sequence[list[Message]], model: LoadedModel, inference_args: dict[str, Any] | None = None
     ) -> Iterable[PredictionResult]:
-        import torch
-
-        lm, tokenizer = model.model, model.tokenizer
         for messages in batch:
-            prompt = render_prompt(tokenizer, messages)
-            inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
-            with torch.no_grad():
-                output = lm.generate(
-                    **inputs,
-                    max_new_tokens=self.max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id
-                    if tokenizer.pad_token_id is not None
-                    else tokenizer.eos_token_id,
-                )
-            text = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            yield PredictionResult(messages, text.strip())
+            yield PredictionResult(messages, generate_one(model, messages, self.max_new_tokens, self.device))
 
     def share_model_across_processes(self) -> bool:
         return False
-
-
-def generate_texts(handler: CausalLMHandler, prompts: Sequence[list[Message]]) -> list[str]:
-    """The handler's answers without Beam (used by the evaluation command)."""
-    model = handler.load_model()
-    return [result.inference for result in handler.run_inference(prompts, model)]

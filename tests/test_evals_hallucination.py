@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
+from evals.hallucination import Keywords, items_from_dir, score
 from tests.conftest import REPO
 from tests.helpers import run
-from train.hallucination import Keywords, items_from_dir, score
 
 RESPONSES = [
     # plain-text cases: 4 items

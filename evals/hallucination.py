@@ -88,7 +88,7 @@ def item_of(sample: Sample) -> EvalItem | None:
     if sample.kind == "agent" and sample.lineage.derivation == "align" and sample.tools:
         target = messages[first_assistant]
         following = messages[first_assistant : first_assistant + 5]
-        tool = next((m.tool_call.name for m in following if m.part == "arguments" and m.tool_call), None)
+        tool = next((m.tool_calls[0].name for m in following if m.part == "arguments" and m.tool_calls), None)
         if tool and target.part in ("thought", "tool"):
             return EvalItem(sample.id, POSITIVE, prompt, tool)
     return None
@@ -208,7 +208,10 @@ def pairs_from_responses(
 
 
 def generate(model_path: str, items: Sequence[EvalItem], max_new_tokens: int = 64, device: str = "cpu") -> list[str]:
-    """Greedy answers of a local model to every item's prompt (with its chat template)."""
-    from transforms.responders import CausalLMHandler, generate_texts
+    """Greedy answers of a local model to every item's prompt (with its chat template), in item order.
 
-    return generate_texts(CausalLMHandler(model_path, max_new_tokens, device), [item.prompt for item in items])
+    The same generation as the ``negatives`` step's ``model`` responder (:mod:`inference.generation`).
+    """
+    from inference.generation import generate_texts
+
+    return generate_texts(model_path, [item.prompt for item in items], max_new_tokens, device)
