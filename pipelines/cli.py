@@ -20,7 +20,7 @@ from rich.table import Table
 
 from pipelines.errors import AgentmillError, OutputError, RunError
 from pipelines.publish import MANIFEST, is_agentmill_output
-from pipelines.report import ledger_rows
+from pipelines.report import input_integrity_lines, ledger_rows
 from schemas import Manifest
 
 console = Console(stderr=True)
@@ -83,6 +83,8 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     out = summary.manifest.output
     if not args.quiet:
         console.print(_ledger_table(summary.manifest))
+    for line in input_integrity_lines(summary.manifest):
+        console.print(f"[yellow]warning:[/] {line}", highlight=False)
     console.print(
         f"[green]wrote[/] {out.num_rows} samples in {len(out.shards)} shard(s) to {summary.output} "
         f"({out.tokens} tokens, {out.supervised_tokens} supervised) in {summary.seconds:.1f}s"

@@ -49,6 +49,23 @@ def ledger_rows(manifest: Manifest) -> list[tuple[str, str, int, int, str, str, 
     ]
 
 
+def input_integrity_lines(manifest: Manifest) -> list[str]:
+    """One line per step whose input files were truncated or corrupt (the records read before
+    the damage are in the output; the rest are lost): for the run summary and ``report.md``."""
+    from transforms.files import INPUT_INTEGRITY_REASONS
+
+    lines = []
+    for step_id, ledger in manifest.steps.items():
+        damaged = {r: n for r, n in sorted(ledger.dead_letter.items()) if r in INPUT_INTEGRITY_REASONS}
+        if damaged:
+            counts = ", ".join(f"{reason} {n}" for reason, n in damaged.items())
+            lines.append(
+                f"input integrity: step {step_id!r} read damaged input ({counts}); what could not be read "
+                f"is counted in rejected/{step_id}.jsonl"
+            )
+    return lines
+
+
 def render_markdown(manifest: Manifest) -> str:
     out = manifest.output
     lines = [
@@ -67,6 +84,7 @@ def render_markdown(manifest: Manifest) -> str:
     ]
     lines += [f"| {s} | {t} | {i} | {p} | {f} | {d} | {e} |" for s, t, i, p, f, d, e in ledger_rows(manifest)]
     lines += ["", "Rejected records, with reasons, are under `rejected/<step>.jsonl`.", ""]
+    lines += [f"**{line}**\n" for line in input_integrity_lines(manifest)]
     if manifest.audit is not None:
         lines += [
             "## Data-quality audit",

@@ -27,9 +27,10 @@ Guarantees:
 - generated assistant turns keep the loss flag of the source turn (the in-context example and
   other loss=false turns stay loss=false); elicitation turns are never supervised;
 - every source tool call appears as a ``tool`` turn naming a declared tool followed by an
-  ``arguments`` turn whose text parses to the call's JSON arguments (and carries the call); the
-  call validates against the tool's JSON Schema; otherwise the trajectory is filtered
-  (``undeclared_tool``, ``invalid_arguments``) with the offending call;
+  ``arguments`` turn whose text parses to the call's JSON arguments (and carries the call;
+  checked for every call, a phrase book that words it otherwise dead-letters the trajectory as
+  ``arguments_not_json``); the call validates against the tool's JSON Schema; otherwise the
+  trajectory is filtered (``undeclared_tool``, ``invalid_arguments``) with the offending call;
 - no user turn stands between a thought and its decision (``with_thought``), and every
   generated user turn is drawn independently of what follows it;
 - no aligned assistant message contains a ReAct marker (``marker_in_output``), and no system or
@@ -354,6 +355,25 @@ class _LazyJson:
         return json.dumps(self.value, ensure_ascii=False, indent=self.indent)
 
 
+def check_arguments_text(content: str, call: ToolCall) -> None:
+    """The run-time check of the guarantee that an ``arguments`` message's text parses to its
+    call's arguments (a user phrase book can word the slot otherwise): raise ``RecordError``
+    ``arguments_not_json`` when it does not."""
+    try:
+        parsed = json.loads(content)
+    except (json.JSONDecodeError, RecursionError):
+        parsed = _NOT_JSON
+    if parsed is _NOT_JSON or parsed != call.arguments:
+        raise RecordError(
+            "arguments_not_json",
+            f"the 'arguments' phrase rendered {content[:300]!r} for {call.name!r}, which does not parse to the "
+            "call's arguments; an arguments variant must print only {{ arguments_json }} or {{ arguments_pretty }}",
+        )
+
+
+_NOT_JSON = object()
+
+
 class _ChatBuilder:
     """Appends aligned messages and the neutral user turns between them (``decision`` mode).
 
@@ -422,6 +442,7 @@ class _ChatBuilder:
             arguments_json=_LazyJson(call.arguments),
             arguments_pretty=_LazyJson(call.arguments, indent=2),
         )
+        check_arguments_text(content, call)
         self._say("arguments", content, loss, tool_call=call)
 
     def add_step(self, step: ParsedStep, turn: Turn, key: str) -> None:

@@ -180,11 +180,30 @@ class _Accounting:
 
 
 class RecordDoFn(beam.DoFn):
-    """Runs a processor on each record and routes its outcomes (see :class:`RecordStep`)."""
+    """Runs a processor on each record and routes its outcomes (see :class:`RecordStep`).
 
-    def __init__(self, processor: Callable[[Any], Iterable[Any]], step_id: str) -> None:
+    ``ports`` are the extra outputs the step declares: a record the processor routes
+    (:class:`Routed`, or :class:`Filtered` with a ``port``) anywhere else would vanish, as Beam
+    drops outputs to undeclared tags, so its input becomes a dead letter ``undeclared_port``
+    naming the step and the port instead. ``None`` leaves ports unchecked (a step that wires
+    its own outputs)."""
+
+    def __init__(
+        self, processor: Callable[[Any], Iterable[Any]], step_id: str, ports: Iterable[str] | None = None
+    ) -> None:
         self.processor = processor
         self.step_id = step_id
+        self.ports = None if ports is None else frozenset(ports)
+
+    def _undeclared(self, outcomes: list[Any]) -> str | None:
+        """The first port an outcome is routed to that the step does not declare, or None."""
+        if self.ports is None:
+            return None
+        for outcome in outcomes:
+            port = outcome.port if isinstance(outcome, (Routed, Filtered)) else None
+            if port is not None and port not in self.ports:
+                return port
+        return None
 
     def setup(self) -> None:
         setup = getattr(self.processor, "setup", None)
@@ -207,6 +226,12 @@ class RecordDoFn(beam.DoFn):
             return
         except Exception as exc:  # a bug or an unexpected input: never lose the record
             yield acct.rejected(DEAD_LETTER, "unexpected_error", f"{type(exc).__name__}: {exc}", record)
+            return
+        port = self._undeclared(outcomes)
+        if port is not None:
+            declared = ", ".join(sorted(self.ports or ())) or "none"
+            detail = f"step {self.step_id!r} routed a record to port {port!r}, which it does not declare ({declared})"
+            yield acct.rejected(DEAD_LETTER, "undeclared_port", detail, record)
             return
         outputs = []
         filtered = None
@@ -351,7 +376,7 @@ class RecordStep(Step):
         raise NotImplementedError
 
     def expand(self, pcoll: beam.PCollection) -> dict[str, Any]:
-        outputs = pcoll | "Process" >> beam.ParDo(RecordDoFn(self.processor(), self.step_id)).with_outputs(
-            REJECTED, LEDGER, *self.extra_outputs, main=MAIN
-        )
+        outputs = pcoll | "Process" >> beam.ParDo(
+            RecordDoFn(self.processor(), self.step_id, ports=self.extra_outputs)
+        ).with_outputs(REJECTED, LEDGER, *self.extra_outputs, main=MAIN)
         return self._typed(outputs)

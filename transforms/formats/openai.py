@@ -101,6 +101,11 @@ def parse_turns(messages: list[Any], ctx: ParseContext, extra_keys: tuple[str, .
         thought = message.get("reasoning_content")
         thought = thought if isinstance(thought, str) and thought else reasoning
         loss = resolve_loss(message.get("loss"), role, where)
+        if role is Role.ASSISTANT and not calls and message.get("content", message.get("value")) is None:
+            raise RecordError(
+                "empty_assistant_message",
+                f"{where}: an assistant message with content null and no tool call has nothing to learn",
+            )
         if not calls:
             turns.append(Turn(role=role, text=text, loss=loss, thought=thought))
             continue
