@@ -68,7 +68,8 @@ from transforms.base import (
     StepContext,
     check_regexes,
 )
-from transforms.phrasing import PhraseBook, PhrasingError, load_book, parse_book, read_text
+from transforms.json_text import dumps_indented
+from transforms.phrasing import Deferred, PhraseBook, PhrasingError, load_book, parse_book, read_text
 from transforms.react import FINISH_NAMES, ParsedStep, StepParseError, has_markers, parse_turn
 from transforms.samples import sample_of
 from transforms.sampling import RankKey, keyed_fraction, prefix_threshold, rank_key
@@ -342,17 +343,14 @@ def quota_threshold(keys: Iterable[RankKey], share: float) -> RankKey | None:
     return prefix_threshold(ranked, share * len(ranked))[0]
 
 
-class _LazyJson:
-    """JSON text made only if a template prints it (each variant uses one of the two forms)."""
+def _arguments_json(arguments: Any) -> Deferred:
+    """Compact JSON of a call's arguments, made only if the chosen variant prints it."""
+    return Deferred(lambda: json.dumps(arguments, ensure_ascii=False))
 
-    __slots__ = ("indent", "value")
 
-    def __init__(self, value: Any, indent: int | None = None) -> None:
-        self.value = value
-        self.indent = indent
-
-    def __str__(self) -> str:
-        return json.dumps(self.value, ensure_ascii=False, indent=self.indent)
+def _arguments_pretty(arguments: Any) -> Deferred:
+    """Indented JSON of a call's arguments (``json.dumps(indent=2)``'s bytes), made only if needed."""
+    return Deferred(lambda: dumps_indented(arguments))
 
 
 def check_arguments_text(content: str, call: ToolCall) -> None:
@@ -439,8 +437,8 @@ class _ChatBuilder:
             "arguments",
             f"{self.trajectory_id}:{key}:arguments",
             tool=name,
-            arguments_json=_LazyJson(call.arguments),
-            arguments_pretty=_LazyJson(call.arguments, indent=2),
+            arguments_json=_arguments_json(call.arguments),
+            arguments_pretty=_arguments_pretty(call.arguments),
         )
         check_arguments_text(content, call)
         self._say("arguments", content, loss, tool_call=call)
