@@ -265,10 +265,11 @@ def _samples_section(data: ShardData) -> str:
             lineage, counts = row.get("lineage") or {}, row.get("counts") or {}
             messages = []
             for m in row.get("messages") or []:
-                call = m.get("tool_call")
                 text = m.get("content") or ""
-                if call:
-                    text += f"\n[tool call] {call.get('name')} {call.get('arguments')}"
+                for call in m.get("tool_calls") or []:
+                    text += f"\n[tool call {call.get('id') or ''}] {call.get('name')} {call.get('arguments')}"
+                if m.get("tool_call_id"):
+                    text = f"[result of {m.get('tool_call_id')}{' ' + m['name'] if m.get('name') else ''}]\n{text}"
                 messages.append(
                     (
                         m.get("role"),

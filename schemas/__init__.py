@@ -8,7 +8,17 @@ from schemas.audit import AuditExample, AuditPolicy, AuditReport, CheckPolicy, C
 from schemas.ids import canonical_json, content_hash, stable_id
 from schemas.manifest import InputFile, Manifest, OutputInfo, ShardInfo, StepLedger
 from schemas.rejected import Rejected, clip
-from schemas.sample import Capability, Lineage, Message, MessagePart, Sample, SampleKind, TokenCounts, count_tokens
+from schemas.sample import (
+    Capability,
+    Lineage,
+    Message,
+    MessagePart,
+    Sample,
+    SampleKind,
+    TokenCounts,
+    count_tokens,
+    message_text,
+)
 from schemas.spec import PipelineSpec, StepSpec
 from schemas.tools import ToolCall, ToolSpec, parse_tool_list
 from schemas.trajectory import Role, Trajectory, Turn, trajectory_id
@@ -47,6 +57,7 @@ __all__ = [
     "clip",
     "content_hash",
     "count_tokens",
+    "message_text",
     "parse_tool_list",
     "stable_id",
     "trajectory_id",

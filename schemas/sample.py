@@ -20,6 +20,10 @@ SampleKind = Literal["agent", "general", "negative", "instruction"]
 MessagePart = Literal["thought", "tool", "arguments", "answer", "prose", "react", "elicit"]
 
 
+#: Parts whose content states their calls in text (so the calls are not counted twice).
+CALL_IN_TEXT_PARTS = frozenset({"arguments", "react"})
+
+
 class Capability(str, Enum):
     """Agent-FLAN's capability decomposition of assistant turns, plus general chat."""
 
@@ -31,7 +35,15 @@ class Capability(str, Enum):
 
 
 class Message(BaseModel):
-    """One chat message. Only messages with ``loss=True`` are supervised in training."""
+    """One chat message. Only messages with ``loss=True`` are supervised in training.
+
+    ``tool_calls``: the structured calls of an assistant message, in order (parallel calls stay
+    in one message). On native calls (readers, ``to_chat``) ``content`` is the prose beside them
+    (often empty), not the calls' serialisation; only messages whose part says the text spells
+    the call (:data:`CALL_IN_TEXT_PARTS`: align's ``arguments``, kept-format ``react``) carry a
+    call that their content also states. ``tool_call_id`` / ``name``: on a ``tool`` message, the
+    id of the call it answers and the tool's name (``None`` when the source does not link them).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -39,7 +51,9 @@ class Message(BaseModel):
     content: str
     loss: bool = False
     capability: Capability | None = None
-    tool_call: ToolCall | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None
+    name: str | None = None
     part: MessagePart | None = None
 
 
@@ -85,11 +99,20 @@ def whitespace_tokens(text: str) -> int:
     return len(text.split())
 
 
+def message_text(message: Message) -> str:
+    """The message's content followed by its native calls as ``name {json arguments}`` lines:
+    the text that token counts see (calls a part spells in its content are not repeated)."""
+    if not message.tool_calls or message.part in CALL_IN_TEXT_PARTS:
+        return message.content
+    calls = "\n".join(f"{c.name} {c.arguments_json()}" for c in message.tool_calls)
+    return f"{message.content}\n{calls}" if message.content else calls
+
+
 def count_tokens(messages: list[Message], counter=whitespace_tokens) -> TokenCounts:
-    """Total and supervised (``loss=True``) token counts of ``messages``."""
+    """Total and supervised (``loss=True``) token counts of ``messages`` (calls included)."""
     total = supervised = 0
     for message in messages:
-        n = counter(message.content)
+        n = counter(message_text(message))
         total += n
         if message.loss:
             supervised += n

@@ -20,12 +20,15 @@ class ToolSpec(BaseModel):
 
 
 class ToolCall(BaseModel):
-    """One call of a tool. ``arguments`` is the parsed JSON value of the arguments."""
+    """One call of a tool. ``arguments`` is the parsed JSON value of the arguments; ``id`` is the
+    call's id (the source's, or one a reader derived, e.g. ``call_0``), which the ``tool``
+    message answering it names as its ``tool_call_id``; ``None`` where nothing links to it."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1)
     arguments: JsonField = Field(default_factory=dict)
+    id: str | None = None
 
     def arguments_json(self) -> str:
         """The arguments as compact JSON text (key order as given)."""

@@ -24,8 +24,10 @@ class Turn(BaseModel):
     """One turn of an episode.
 
     ``loss`` is the per-turn supervision flag from the source (AgentInstruct's ``loss``); it is
-    carried unchanged to the training labels. ``thought``, ``tool_call`` and ``observation`` are
-    optional parsed views of ``text`` that readers or ``align`` may fill.
+    carried unchanged to the training labels. ``thought`` and ``observation`` are optional parsed
+    views of ``text`` that readers or ``align`` may fill. ``tool_calls`` are the structured calls
+    of an assistant turn, in order (several when the source made parallel calls in one turn);
+    a ``tool`` turn that answers one of them names it in ``tool_call_id`` and the tool in ``name``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -34,7 +36,9 @@ class Turn(BaseModel):
     text: str
     loss: bool = False
     thought: str | None = None
-    tool_call: ToolCall | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None
+    name: str | None = None
     observation: str | None = None
 
 
@@ -59,6 +63,14 @@ class Trajectory(BaseModel):
 
 
 def trajectory_id(source: str, source_id: str, turns: list[Turn]) -> str:
-    """Stable id of a trajectory: hash of source, source id and the turns' role/text/loss."""
-    digest = content_hash([[t.role.value, t.text, t.loss] for t in turns])
+    """Stable id of a trajectory: hash of source, source id and the turns' role/text/loss, and
+    the structured calls of the turns that have some (so ids of call-free turns are unchanged)."""
+    digest = content_hash([_turn_key(t) for t in turns])
     return stable_id(source, source_id, "", digest)
+
+
+def _turn_key(turn: Turn) -> list:
+    key: list = [turn.role.value, turn.text, turn.loss]
+    if turn.tool_calls:
+        key.append([[c.name, c.arguments, c.id] for c in turn.tool_calls])
+    return key

@@ -127,8 +127,8 @@ def test_aligned_samples_call_only_declared_tools_under_matching_instructions(fl
         aligned += 1
         sample = Sample.model_validate({**row, "metadata": {}})
         for message in sample.messages:
-            if message.tool_call is not None:
-                validate_call(message.tool_call, sample.tools)  # declared, and the schema holds
+            for call in message.tool_calls:
+                validate_call(call, sample.tools)  # declared, and the schema holds
             if message.role.value in ("system", "user"):
                 assert not has_markers(message.content)  # no format the targets do not follow
     assert aligned > 4000

@@ -79,7 +79,7 @@ def test_react_step_becomes_thought_tool_and_arguments_turns():
     assert messages[2].content == "call the API."
     assert "get_fact" in messages[3].content
     assert json.loads(messages[5].content) == {"animal": "cat"}
-    assert messages[5].tool_call == ToolCall(name="get_fact", arguments={"animal": "cat"})
+    assert messages[5].tool_calls[0] == ToolCall(name="get_fact", arguments={"animal": "cat"})
     assert messages[6].content == '{"fact": "cats nap"}'  # observations are untouched
     assert "cats nap" in messages[8].content
     assert not any(has_markers(m.content) for m in messages if m.role is Role.ASSISTANT)
@@ -100,7 +100,7 @@ def test_loss_false_example_turns_stay_unsupervised():
     assert [m.part for m in example if m.role is Role.ASSISTANT] == ["thought", "tool", "arguments"]
     assert not any(m.loss for m in example)
     assert [m.loss for m in sample.messages if m.role is Role.ASSISTANT][-3:] == [True, True, True]
-    assert sample.messages[-1].tool_call == ToolCall(
+    assert sample.messages[-1].tool_calls[0] == ToolCall(
         name="answer", arguments={"answer": "2"}
     )  # the OS card's final tool
     assert not any(m.loss for m in sample.messages if m.role is not Role.ASSISTANT)
@@ -122,7 +122,7 @@ def test_step_without_thought_needs_no_elicitation():
         ("assistant", "arguments", True),
         ("user", None, False),
     ]
-    assert sample.messages[4].tool_call == ToolCall(name="open", arguments={"receptacle": "drawer 1"})
+    assert sample.messages[4].tool_calls[0] == ToolCall(name="open", arguments={"receptacle": "drawer 1"})
 
 
 def test_unparseable_step_is_a_dead_letter_or_kept_unaligned():
@@ -230,7 +230,7 @@ def test_describe_parameters():
 
 
 def aligned_calls(sample: Sample) -> list[ToolCall]:
-    return [m.tool_call for m in sample.messages if m.part == "arguments"]
+    return [c for m in sample.messages if m.part == "arguments" for c in m.tool_calls]
 
 
 #: AgentInstruct trajectories whose actions fit no declared tool (ALFWorld "Task failed." / "end
@@ -265,9 +265,9 @@ def test_all_agentinstruct_trajectories_align_and_keep_every_tool_call(external)
             assert messages[0].role is Role.SYSTEM and all(name in messages[0].content for name in declared)
             for i, message in enumerate(messages):
                 if message.part == "arguments":
-                    assert json.loads(message.content) == message.tool_call.arguments
-                    assert messages[i - 2].part == "tool" and message.tool_call.name in messages[i - 2].content
-                    validate_call(message.tool_call, sample.tools)  # declared, and the schema holds
+                    assert json.loads(message.content) == message.tool_calls[0].arguments
+                    assert messages[i - 2].part == "tool" and message.tool_calls[0].name in messages[i - 2].content
+                    validate_call(message.tool_calls[0], sample.tools)  # declared, and the schema holds
             supervised_source = sum(t.loss for t in traj.turns if t.role is Role.ASSISTANT)
             assert (supervised_source == 0) == (not any(m.loss for m in messages))
             assert not any(m.loss for m in messages if m.role is not Role.ASSISTANT)
@@ -390,7 +390,7 @@ def fingerprint(sample: Sample) -> dict:
                 "role": m.role.value,
                 "part": m.part,
                 "loss": m.loss,
-                "tool": m.tool_call.name if m.tool_call else None,
+                "tool": m.tool_calls[0].name if m.tool_calls else None,
                 "sha256": hashlib.sha256(m.content.encode()).hexdigest()[:16],
             }
             for m in sample.messages

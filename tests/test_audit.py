@@ -58,7 +58,7 @@ def call(name: str, arguments: dict, loss: bool = True) -> Message:
         role=Role.ASSISTANT,
         content=json.dumps(arguments),
         loss=loss,
-        tool_call=ToolCall(name=name, arguments=arguments),
+        tool_calls=[ToolCall(name=name, arguments=arguments)],
     )
 
 
@@ -601,7 +601,7 @@ def test_undeclared_calls_and_schema_failures_match_a_hand_count_on_glaive(exter
     undeclared = invalid = with_calls = checkable = 0
     for one in samples:
         tools = {t.name: t.parameters for t in one.tools}
-        calls = [m.tool_call for m in one.messages if m.loss and m.tool_call is not None]
+        calls = [c for m in one.messages if m.loss for c in m.tool_calls]
         if not calls:
             continue
         with_calls += 1

@@ -59,7 +59,7 @@ def test_key_equal_for_duplicates_and_different_otherwise():
 def test_tool_calls_are_part_of_the_key():
     def with_call(name: str) -> Sample:
         base = sample("x", ("user", "weather?"))
-        call = Message(role=Role.ASSISTANT, content="", loss=True, tool_call=ToolCall(name=name, arguments={}))
+        call = Message(role=Role.ASSISTANT, content="", loss=True, tool_calls=[ToolCall(name=name, arguments={})])
         return base.model_copy(update={"messages": [*base.messages, call]})
 
     assert dedup_key(with_call("get_weather"), DedupConfig()) != dedup_key(with_call("get_time"), DedupConfig())

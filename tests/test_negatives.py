@@ -57,7 +57,7 @@ def user(text: str) -> Turn:
 
 
 def assistant(text: str, call: ToolCall | None = None) -> Turn:
-    return Turn(role=Role.ASSISTANT, text=text, loss=True, tool_call=call)
+    return Turn(role=Role.ASSISTANT, text=text, loss=True, tool_calls=[call] if call else [])
 
 
 def call_turn(name: str, **arguments) -> Turn:

@@ -137,10 +137,12 @@ def test_several_actions_in_one_turn_become_several_steps():
 
 def test_structured_calls_glaive_and_toolbench_finish():
     call = ToolCall(name="get_weather", arguments={"city": "Oslo"})
-    assert one('{"name": "get_weather", "arguments": {"city": "Oslo"}}', tool_call=call) == ParsedStep(call=call)
-    assert one("Thought: I need the weather.", tool_call=call) == ParsedStep(thought="I need the weather.", call=call)
+    assert one('{"name": "get_weather", "arguments": {"city": "Oslo"}}', tool_calls=[call]) == ParsedStep(call=call)
+    assert one("Thought: I need the weather.", tool_calls=[call]) == ParsedStep(
+        thought="I need the weather.", call=call
+    )
     finish = ToolCall(name="Finish", arguments={"return_type": "give_answer", "final_answer": "3 degrees"})
-    assert one("", tool_call=finish) == ParsedStep(answer="3 degrees", finished=True)
+    assert one("", tool_calls=[finish]) == ParsedStep(answer="3 degrees", finished=True)
 
 
 @pytest.mark.parametrize(
@@ -163,3 +165,9 @@ def test_render_react_round_trips():
     text = render_react(step)
     assert text == 'Thought: get a fact.\nAction: get_fact\nAction Input: {"animal": "cat"}'
     assert one(text) == step and has_markers(text)
+
+
+def test_parallel_calls_are_one_step_each_with_the_thought_first():
+    calls = [ToolCall(name="w", arguments={"city": c}, id=f"call_{i}") for i, c in enumerate(("Oslo", "Rome"))]
+    parsed = steps("Both cities.", tool_calls=calls)
+    assert parsed == [ParsedStep(thought="Both cities.", call=calls[0]), ParsedStep(call=calls[1])]

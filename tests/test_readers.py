@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from schemas import Role
+from schemas import Role, ToolCall
 from tests.helpers import parse_file
 from transforms.files import InputError, resolve_paths
 from transforms.read import ReadConfig
@@ -65,9 +65,9 @@ def test_sharegpt_glaive_function_calls_observations_and_tools(tmp_path):
     (traj,), bad = parse_file(write_jsonl(tmp_path / "g.jsonl", [record]), "sharegpt")
     assert not bad
     assert [t.role for t in traj.turns] == [Role.USER, Role.ASSISTANT, Role.TOOL, Role.ASSISTANT]
-    assert traj.turns[1].tool_call.name == "get_weather"
-    assert traj.turns[1].tool_call.arguments == {"city": "Oslo"}
-    assert traj.turns[1].text == record["conversations"][1]["value"]  # text is never rewritten
+    assert traj.turns[1].tool_calls == [ToolCall(name="get_weather", arguments={"city": "Oslo"}, id="call_0")]
+    assert traj.turns[1].text == ""  # the call is structured, not kept twice
+    assert (traj.turns[2].tool_call_id, traj.turns[2].name, traj.turns[2].text) == ("call_0", "get_weather", '{"t": 3}')
     assert [t.name for t in traj.tools] == ["get_weather"]
     assert traj.source_id == "g.jsonl:0"  # no id field: file and index
 
@@ -95,11 +95,76 @@ def test_openai_tool_calls_reward_success_and_metadata(tmp_path):
     }
     (traj,), bad = parse_file(write_jsonl(tmp_path / "o.jsonl", [record]), "openai")
     assert not bad
-    assert [t.tool_call.name if t.tool_call else None for t in traj.turns] == [None, "search", "click", None, None]
-    assert traj.turns[1].tool_call.arguments == {"q": "socks"}
+    assert [[c.name for c in t.tool_calls] for t in traj.turns] == [[], ["search", "click"], [], []]
+    assert traj.turns[1].tool_calls[0] == ToolCall(name="search", arguments={"q": "socks"}, id="c1")
+    assert (traj.turns[2].tool_call_id, traj.turns[2].name) == ("c1", "search")  # the first unanswered call
     assert (traj.reward, traj.success, traj.task, traj.source_id) == (0.5, False, "webshop", "webshop_3")
     assert traj.metadata["model"] == "m1"
     assert traj.turns[-1].text == "done" and traj.turns[-1].thought == "because"
+
+
+def test_parallel_calls_stay_in_one_turn_and_results_link_to_them(tmp_path):
+    """OpenAI tool_calls with and without ids, a legacy function_call list, and a glaive/ShareGPT
+    function_call list (LLaMA-Factory's parallel form) with a list observation: one assistant
+    turn per source message, every call with an id, every result linked to its call."""
+    openai_record = {
+        "messages": [
+            {"role": "user", "content": "weather in Oslo and Rome?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"type": "function", "function": {"name": "w", "arguments": '{"city": "Oslo"}'}},
+                    {"type": "function", "function": {"name": "w", "arguments": '{"city": "Rome"}'}},
+                ],
+            },
+            {"role": "tool", "content": "3"},
+            {"role": "tool", "content": "20"},
+            {"role": "assistant", "function_call": [{"name": "t", "arguments": "{}"}]},
+            {"role": "tool", "tool_call_id": "call_2", "content": "noon"},
+            {"role": "assistant", "content": "3 and 20 degrees."},
+        ]
+    }
+    (traj,), bad = parse_file(write_jsonl(tmp_path / "o.jsonl", [openai_record]), "openai")
+    assert not bad
+    assert [[c.id for c in t.tool_calls] for t in traj.turns] == [[], ["call_0", "call_1"], [], [], ["call_2"], [], []]
+    assert [(t.tool_call_id, t.name) for t in traj.turns if t.role is Role.TOOL] == [
+        ("call_0", "w"),
+        ("call_1", "w"),
+        ("call_2", "t"),
+    ]
+    glaive_record = {
+        "conversations": [
+            {"from": "human", "value": "weather in Oslo and Rome?"},
+            {
+                "from": "function_call",
+                "value": '[{"name": "w", "arguments": {"city": "Oslo"}}, {"name": "w", "arguments": {"city": "Rome"}}]',
+            },
+            {"from": "observation", "value": '[{"t": 3}, {"t": 20}]'},
+            {"from": "gpt", "value": "3 and 20 degrees."},
+        ]
+    }
+    (traj,), bad = parse_file(write_jsonl(tmp_path / "g.jsonl", [glaive_record]), "sharegpt")
+    assert not bad
+    assert [t.role for t in traj.turns] == [Role.USER, Role.ASSISTANT, Role.TOOL, Role.TOOL, Role.ASSISTANT]
+    assert traj.turns[1].tool_calls == [
+        ToolCall(name="w", arguments={"city": "Oslo"}, id="call_0"),
+        ToolCall(name="w", arguments={"city": "Rome"}, id="call_1"),
+    ]
+    assert [(t.tool_call_id, t.text) for t in traj.turns[2:4]] == [("call_0", '{"t": 3}'), ("call_1", '{"t": 20}')]
+
+
+def test_trajectory_ids_tell_apart_trajectories_that_differ_only_in_their_calls(tmp_path):
+    def record(city: str) -> dict:
+        call = json.dumps({"name": "w", "arguments": {"city": city}})
+        return {
+            "id": "same",
+            "conversations": [{"from": "human", "value": "hi"}, {"from": "function_call", "value": call}],
+        }
+
+    (a,), _ = parse_file(write_jsonl(tmp_path / "a.jsonl", [record("Oslo")]), "sharegpt")
+    (b,), _ = parse_file(write_jsonl(tmp_path / "b.jsonl", [record("Rome")]), "sharegpt")
+    assert a.id != b.id
 
 
 def test_openai_typed_content_parts(tmp_path):
@@ -116,7 +181,7 @@ def test_openai_typed_content_parts(tmp_path):
         ]
     }
     (traj,), _ = parse_file(write_jsonl(tmp_path / "p.jsonl", [record]), "openai")
-    assert traj.turns[1].thought == "think" and traj.turns[1].tool_call.arguments == {"a": 1}
+    assert traj.turns[1].thought == "think" and traj.turns[1].tool_calls[0].arguments == {"a": 1}
 
 
 def test_agent_flan_tolerates_type_instead_of_loss(tmp_path):

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from schemas import Role
 from tests.conftest import AGENTINSTRUCT_SPLITS
 from tests.helpers import parse_file
 
@@ -53,8 +54,10 @@ def test_agentgym_rollouts_with_reward_and_success(external):
 def test_glaive_demos(external):
     good, bad = parse_all(external("llamafactory_glaive_toolcall") / "*.json", "sharegpt")
     assert not bad and len(good) == 454
-    calls = [t.tool_call for traj in good for t in traj.turns if t.tool_call]
-    assert calls and all(c.name for c in calls)
+    calls = [c for traj in good for t in traj.turns for c in t.tool_calls]
+    assert calls and all(c.name and c.id for c in calls)
+    results = [t for traj in good for t in traj.turns if t.role is Role.TOOL]
+    assert len(results) == len(calls) and all(t.tool_call_id and t.name for t in results)
     assert sum(1 for traj in good if traj.tools) == 287  # the rest carry an empty tools list
 
 

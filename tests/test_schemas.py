@@ -32,7 +32,10 @@ def make_sample(**overrides) -> Sample:
                 role=Role.ASSISTANT,
                 content="",
                 loss=True,
-                tool_call=ToolCall(name="w", arguments={"city": "Oslo", "n": [1, 2]}),
+                tool_calls=[
+                    ToolCall(name="w", arguments={"city": "Oslo", "n": [1, 2]}, id="call_0"),
+                    ToolCall(name="w", arguments={"city": "Rome"}, id="call_1"),
+                ],
             ),
         ],
         tools=[ToolSpec(name="w", description="weather", parameters={"type": "object"})],
@@ -58,7 +61,8 @@ def test_arrow_codec_round_trips_a_sample_exactly():
     batch = codec.to_batch([codec.to_row(sample)])
     (row,) = batch.to_pylist()
     assert codec.from_row(row) == sample
-    assert row["messages"][1]["tool_call"]["arguments"] == '{"city":"Oslo","n":[1,2]}'
+    assert row["messages"][1]["tool_calls"][0]["arguments"] == '{"city":"Oslo","n":[1,2]}'
+    assert [c["id"] for c in row["messages"][1]["tool_calls"]] == ["call_0", "call_1"]
 
 
 def test_stable_ids_depend_on_every_part():

@@ -115,8 +115,28 @@ def load_samples(data_dirs: Sequence[str]) -> list[Sample]:
     samples: list[Sample] = []
     for data_dir in data_dirs:
         dataset = datasets.load_from_disk(str(data_dir))
+        refuse_old_shards(dataset.data.schema, str(data_dir))
         samples.extend(codec.from_row(row) for row in dataset)  # type: ignore[misc]
     return samples
+
+
+class OldShardError(ValueError):
+    """Shards written by an agentmill older than the structured ``tool_calls`` messages."""
+
+
+def refuse_old_shards(schema: Any, where: str) -> None:
+    """Raise :class:`OldShardError` when the shard schema's messages have the old single
+    ``tool_call`` column (before parallel calls and tool-result links): their calls cannot be
+    rendered natively, so they are refused rather than trained without their calls."""
+    if "messages" not in schema.names:
+        return
+    item = schema.field("messages").type.value_type
+    names = {item.field(i).name for i in range(item.num_fields)}
+    if "tool_call" in names and "tool_calls" not in names:
+        raise OldShardError(
+            f"{where}: these shards were written by an older agentmill (messages have a single "
+            "'tool_call' column, not 'tool_calls'); rebuild them with `agentmill run` on the same spec"
+        )
 
 
 def group_of(capability: Capability | str | None, kind: str) -> int:

@@ -217,9 +217,17 @@ class Aligner:
         for turn in trajectory.turns:
             part = None
             if turn.role is Role.ASSISTANT:
-                part = "react" if turn.tool_call is not None or has_markers(turn.text) else "prose"
+                part = "react" if turn.tool_calls or has_markers(turn.text) else "prose"
             messages.append(
-                Message(role=turn.role, content=turn.text, loss=turn.loss, tool_call=turn.tool_call, part=part)
+                Message(
+                    role=turn.role,
+                    content=turn.text,
+                    loss=turn.loss,
+                    tool_calls=turn.tool_calls,
+                    tool_call_id=turn.tool_call_id,
+                    name=turn.name,
+                    part=part,
+                )
             )
         card = self.cards.card_for(trajectory)
         tools = card.tools_for(trajectory) if card is not None else None
@@ -423,8 +431,9 @@ class _ChatBuilder:
         """The final step as a call to a declared final tool, or None (then it is prose)."""
         if self.finals != "call":
             return None
-        if turn.tool_call is not None and _is_final_tool(turn.tool_call.name):  # ToolBench's Finish
-            return self._declared(turn.tool_call)
+        finish = next((c for c in turn.tool_calls if _is_final_tool(c.name)), None)
+        if finish is not None:  # ToolBench's Finish
+            return self._declared(finish)
         if self.card is None:
             return None
         return self.card.final_call(step.answer, self.tools)
@@ -441,7 +450,7 @@ class _ChatBuilder:
             arguments_pretty=_arguments_pretty(call.arguments),
         )
         check_arguments_text(content, call)
-        self._say("arguments", content, loss, tool_call=call)
+        self._say("arguments", content, loss, tool_calls=[call])
 
     def add_step(self, step: ParsedStep, turn: Turn, key: str) -> None:
         render = self.phrases.render

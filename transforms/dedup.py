@@ -102,8 +102,8 @@ def dedup_key(sample: Sample, config: DedupConfig) -> str:
         if config.ignore_system and message.role is Role.SYSTEM:
             continue
         part: list[Any] = [message.role.value, normalise(message.content, config)]
-        if config.include_tool_calls and message.tool_call is not None:
-            part.append(message.tool_call.model_dump(mode="json"))
+        if config.include_tool_calls and message.tool_calls:  # names and arguments, not ids
+            part.append([c.model_dump(mode="json", exclude={"id"}) for c in message.tool_calls])
         parts.append(part)
     return content_hash(parts)
 
@@ -166,8 +166,8 @@ def near_text(sample: Sample, compare: str) -> str:
         if message.role is Role.SYSTEM or (compare == "user" and message.role is not Role.USER):
             continue
         parts.append(message.content)
-        if compare == "conversation" and message.tool_call is not None:
-            parts.append(message.tool_call.model_dump_json())
+        if compare == "conversation":
+            parts += [c.model_dump_json(exclude={"id"}) for c in message.tool_calls]
     return "\n".join(parts)
 
 

@@ -135,8 +135,10 @@ def _parsed(turn: Turn) -> list[ParsedStep]:
 def _own_step(turn: Turn) -> PairStep:
     """An assistant turn of a source with its own tool list (glaive, ToolBench)."""
     steps = _parsed(turn)
-    if turn.tool_call is not None:
-        return PairStep(thought=steps[0].thought if steps else None, call=turn.tool_call)
+    if len(turn.tool_calls) > 1:
+        raise NotEligible("several_steps_in_a_turn", f"{len(turn.tool_calls)} parallel calls in one assistant turn")
+    if turn.tool_calls:
+        return PairStep(thought=steps[0].thought if steps else None, call=turn.tool_calls[0])
     if len(steps) != 1:
         raise NotEligible("several_steps_in_a_turn", f"{len(steps)} steps in one assistant turn")
     (step,) = steps

@@ -239,13 +239,18 @@ def parse_turn(turn: Turn) -> list[ParsedStep]:
     The thought belongs to the first step. Raises :class:`StepParseError` for a malformed step.
     """
     text = turn.text
-    if turn.tool_call is not None:
+    if turn.tool_calls:  # one step per call (parallel calls in order); the thought goes first
         stripped = text.strip()
-        is_call_text = stripped.startswith("{") and stripped.endswith("}")
+        is_call_text = stripped.startswith(("{", "[")) and stripped.endswith(("}", "]"))
         thought = turn.thought or (None if is_call_text or not stripped else _thought_text(stripped))
-        if turn.tool_call.name.lower() in FINISH_NAMES:  # ToolBench's structured Finish call
-            return [ParsedStep(thought=thought, answer=_finish_answer(turn.tool_call.arguments), finished=True)]
-        return [ParsedStep(thought=thought, call=turn.tool_call)]
+        steps = []
+        for call in turn.tool_calls:
+            first = thought if not steps else None
+            if call.name.lower() in FINISH_NAMES:  # ToolBench's structured Finish call
+                steps.append(ParsedStep(thought=first, answer=_finish_answer(call.arguments), finished=True))
+                continue
+            steps.append(ParsedStep(thought=first, call=call))
+        return steps
     segments = _segments(text)[1]
     if not segments:
         return [ParsedStep(thought=text.strip() or turn.thought or None)]

@@ -240,8 +240,8 @@ def _norm(text: str) -> str:
 
 def _output_text(turn: Turn) -> str:
     text = _norm(turn.text)
-    if turn.tool_call is not None:
-        text += "\x1f" + canonical_json(turn.tool_call.model_dump(mode="json"))
+    for call in turn.tool_calls:  # name and arguments; ids are bookkeeping, not behaviour
+        text += "\x1f" + canonical_json(call.model_dump(mode="json", exclude={"id"}))
     return text
 
 

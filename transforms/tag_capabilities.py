@@ -62,7 +62,7 @@ def capability_of(sample: Sample, message: Message, config: TagConfig) -> Capabi
         return config.by_kind[sample.kind]
     if message.part in PART_CAPABILITY:
         return PART_CAPABILITY[message.part]
-    if message.tool_call is not None or has_markers(message.content):
+    if message.tool_calls or has_markers(message.content):
         return Capability.INSTRUCTION_FOLLOWING
     return Capability.REASONING
 

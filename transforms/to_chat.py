@@ -1,9 +1,10 @@
 """Step ``to_chat``: Trajectory -> Sample, without rewriting any text.
 
-Guarantees: one message per turn, in order, with role, text, per-turn loss flag and tool call
-unchanged; an optional system prompt is put first (or replaces the source's); the sample's kind,
-lineage (source, source id, trajectory id, task, steps, config hash) and token counts are set;
-reward, success and the source's metadata are kept in ``metadata``. A trajectory with no
+Guarantees: one message per turn, in order, with role, text, per-turn loss flag, structured
+tool calls (with their ids) and the tool-result links (``tool_call_id``, ``name``) unchanged;
+an optional system prompt is put first (or replaces the source's); the sample's kind, lineage
+(source, source id, trajectory id, task, steps, config hash) and token counts are set; reward,
+success and the source's metadata are kept in ``metadata``. A trajectory with no
 supervised turn is filtered (``no_supervised_turn``) unless ``require_supervised`` is off.
 """
 
@@ -32,7 +33,17 @@ def to_chat(trajectory: Trajectory, config: ToChatConfig, context: StepContext) 
         messages.append(Message(role=Role.SYSTEM, content=config.system_prompt, loss=False))
         if config.replace_system and turns and turns[0].role is Role.SYSTEM:
             turns = turns[1:]
-    messages += [Message(role=t.role, content=t.text, loss=t.loss, tool_call=t.tool_call) for t in turns]
+    messages += [
+        Message(
+            role=t.role,
+            content=t.text,
+            loss=t.loss,
+            tool_calls=t.tool_calls,
+            tool_call_id=t.tool_call_id,
+            name=t.name,
+        )
+        for t in turns
+    ]
     if config.require_supervised and not any(m.loss for m in messages):
         return Filtered("no_supervised_turn", "no turn has loss=true")
     return sample_of(trajectory, messages, kind=config.kind, derivation="to_chat", context=context)

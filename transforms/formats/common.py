@@ -150,6 +150,41 @@ def parse_call_json(text: str, where: str) -> ToolCall:
     return ToolCall(name=value["name"], arguments=arguments)
 
 
+class CallLinker:
+    """Gives calls deterministic ids and links tool results to the calls they answer.
+
+    Calls keep the source's id; a call without one gets ``call_<n>`` (``n``: the call's index in
+    the trajectory, from 0). A result without an id answers the oldest call of the latest
+    assistant turn that no result has answered yet; a result with an id answers that call.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.pending: list[ToolCall] = []
+
+    def calls(self, calls: list[ToolCall]) -> list[ToolCall]:
+        """The calls of one assistant turn, each with an id; they become the pending calls."""
+        out = []
+        for call in calls:
+            out.append(call if call.id is not None else call.model_copy(update={"id": f"call_{self.count}"}))
+            self.count += 1
+        self.pending = list(out)
+        return out
+
+    def result(self, call_id: str | None, name: str | None) -> tuple[str | None, str | None]:
+        """(tool_call_id, name) of a tool result; the answered call leaves the pending list."""
+        match = None
+        if call_id is not None:
+            match = next((c for c in self.pending if c.id == call_id), None)
+        elif self.pending:
+            match = self.pending[0]
+            call_id = match.id
+        if match is not None:
+            self.pending.remove(match)
+            name = name or match.name
+        return call_id, name
+
+
 def parse_tools(obj: dict[str, Any], ctx: ParseContext) -> list[ToolSpec]:
     _, value = first_present(obj, ctx.fields.tools)
     try:

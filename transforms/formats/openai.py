@@ -4,7 +4,10 @@ Also reads what real agent corpora put around it: top-level ``reward`` / ``succe
 (AgentGym rollouts; ``item_id`` and ``task_name`` too), ``reasoning_content`` (kept as the turn's
 thought), LLaMA-Factory's typed content parts (``text`` / ``reasoning`` / ``tool_call``), and
 answers stored as ``{"answer": ...}`` (Arena-Hard). An assistant message with several tool calls
-becomes one assistant turn per call.
+stays one assistant turn with all its calls (parallel calls stay grouped); ids are the source's
+``id``, else ``call_<n>`` (``n`` counts the trajectory's calls from 0). A ``tool`` message takes
+the source's ``tool_call_id``, else answers the next unanswered call of the assistant turn before
+it, in order; its ``name`` is the source's, else the answered call's.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 from schemas import Role, ToolCall, Trajectory, Turn
 from transforms.base import RecordError
 from transforms.formats.common import (
+    CallLinker,
     FieldNames,
     ParseContext,
     build_trajectory,
@@ -81,43 +85,61 @@ def _tool_calls(raw: Any, where: str) -> list[ToolCall]:
         if not isinstance(call, dict):
             raise RecordError("invalid_tool_call_json", f"{where}: tool call {j} must be an object")
         function = call.get("function", call)
-        calls.append(
-            parse_call_json(json.dumps(function) if isinstance(function, dict) else function, f"{where}, call {j}")
-        )
+        parsed = parse_call_json(json.dumps(function) if isinstance(function, dict) else function, f"{where}, call {j}")
+        call_id = call.get("id")
+        if call_id is not None and not isinstance(call_id, str):
+            raise RecordError("invalid_tool_call_json", f"{where}: tool call {j} id must be a string")
+        calls.append(parsed.model_copy(update={"id": call_id or None}))
     return calls
+
+
+def _function_calls(raw: Any, where: str) -> list[ToolCall]:
+    """A ``function_call`` field: one call object, or a list of them (parallel calls)."""
+    if raw is None:
+        return []
+    items = raw if isinstance(raw, list) else [raw]
+    return [parse_call_json(json.dumps(item), f"{where}, call {j}") for j, item in enumerate(items)]
+
+
+def _optional_str(value: Any, key: str, where: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise RecordError("invalid_field", f"{where}: {key} must be a string, got {type(value).__name__}")
+    return value
 
 
 def parse_turns(messages: list[Any], ctx: ParseContext, extra_keys: tuple[str, ...] = ()) -> list[Turn]:
     """Turns from OpenAI-style messages; ``extra_keys`` are per-message keys to tolerate."""
     turns = []
+    linker = CallLinker()
     for i, message in enumerate(messages):
         where = f"turn {i}"
         message = require_turn(message, where)
         role = resolve_role(message.get("role", message.get("from")), ctx, where)
         text, reasoning, calls = _content(message.get("content", message.get("value")), where)
         calls += _tool_calls(message.get("tool_calls"), where)
-        if message.get("function_call") is not None:
-            calls.append(parse_call_json(json.dumps(message["function_call"]), where))
+        calls += _function_calls(message.get("function_call"), where)
         thought = message.get("reasoning_content")
         thought = thought if isinstance(thought, str) and thought else reasoning
         loss = resolve_loss(message.get("loss"), role, where)
+        if calls and role is not Role.ASSISTANT:
+            raise RecordError("invalid_field", f"{where}: only assistant turns may carry tool calls")
         if role is Role.ASSISTANT and not calls and message.get("content", message.get("value")) is None:
             raise RecordError(
                 "empty_assistant_message",
                 f"{where}: an assistant message with content null and no tool call has nothing to learn",
             )
-        if not calls:
-            turns.append(Turn(role=role, text=text, loss=loss, thought=thought))
-            continue
-        if role is not Role.ASSISTANT:
-            raise RecordError("invalid_field", f"{where}: only assistant turns may carry tool calls")
-        for j, call in enumerate(calls):
-            first = j == 0
-            turns.append(
-                Turn(
-                    role=role, text=text if first else "", loss=loss, thought=thought if first else None, tool_call=call
-                )
+        if role is Role.TOOL:
+            call_id, name = linker.result(
+                _optional_str(message.get("tool_call_id"), "tool_call_id", where),
+                _optional_str(message.get("name"), "name", where),
             )
+            turns.append(Turn(role=role, text=text, loss=loss, thought=thought, tool_call_id=call_id, name=name))
+            continue
+        if role is Role.ASSISTANT and calls:
+            calls = linker.calls(calls)
+        turns.append(Turn(role=role, text=text, loss=loss, thought=thought, tool_calls=calls))
     return turns
 
 

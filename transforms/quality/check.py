@@ -183,7 +183,7 @@ def supervised_replies(sample: Sample) -> list[tuple[int, Message]]:
     return [
         (i, m)
         for i, m in enumerate(sample.messages)
-        if m.role is Role.ASSISTANT and m.loss and m.tool_call is None and m.part not in NON_REPLY_PARTS
+        if m.role is Role.ASSISTANT and m.loss and not m.tool_calls and m.part not in NON_REPLY_PARTS
     ]
 
 
@@ -204,7 +204,7 @@ def is_call(message: Message) -> bool:
     arguments part, or a ReAct ``Action:`` line."""
     if message.role is not Role.ASSISTANT:
         return False
-    if message.tool_call is not None or message.part in ("tool", "arguments"):
+    if message.tool_calls or message.part in ("tool", "arguments"):
         return True
     return bool(_ACTION_LINE.search(message.content))
 

@@ -61,7 +61,7 @@ def decision_of(message: Message) -> int | None:
     """CALL, ANSWER, or ``None`` when the message decides nothing."""
     if message.part in ("thought", "arguments", "elicit"):
         return None
-    if message.part == "tool" or message.tool_call is not None:
+    if message.part == "tool" or message.tool_calls:
         return CALL
     if message.part == "answer":
         return ANSWER

@@ -85,7 +85,7 @@ class FormatContradiction(SampleCheck):
         wants_react, wants_json = demands_react(instructions), demands_json(instructions)
         has_react = any(is_react(t) for t in targets)
         has_json = any(is_json(t) for t in targets) or any(
-            m.tool_call is not None for m in sample.messages[start:] if m.loss
+            bool(m.tool_calls) for m in sample.messages[start:] if m.loss
         )
         if wants_react and not has_react and not (wants_json and has_json):
             return Verdict(True, _demand_excerpt(instructions), "react_demanded")

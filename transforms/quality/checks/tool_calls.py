@@ -1,7 +1,7 @@
 """``undeclared_tool`` and ``argument_schema``: the calls a sample supervises, against the tools it
 declares.
 
-Calls are the structured ``tool_call`` of supervised assistant messages, and the actions of
+Calls are the structured ``tool_calls`` of supervised assistant messages (each parallel call), and the actions of
 supervised ReAct text (parsed by :func:`transforms.react.parse_turn`; final answers are not
 calls). Declared tools are ``sample.tools``: a tool described only in prose is not declared. A
 ReAct text command names a declared tool by the tool's name or an alias its tool card gives
@@ -43,8 +43,9 @@ def _calls(sample: Sample) -> Iterator[tuple[ToolCall, bool]]:
     for message in sample.messages:
         if message.role is not Role.ASSISTANT or not message.loss:
             continue
-        if message.tool_call is not None:
-            yield message.tool_call, False
+        if message.tool_calls:
+            for call in message.tool_calls:
+                yield call, False
         elif message.part in (None, "react") and has_markers(message.content):
             try:
                 steps = parse_turn(Turn(role=Role.ASSISTANT, text=message.content, loss=True))
