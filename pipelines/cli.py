@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.errors import AgentmillError, OutputError, RunError
-from pipelines.publish import MANIFEST, is_agentmill_output
+from pipelines.publish import is_agentmill_output
 from pipelines.report import input_integrity_lines, ledger_rows
 from schemas import Manifest
 
@@ -111,11 +111,18 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from pipelines.verify import verify
+
     directory = args.directory
     if not is_agentmill_output(directory):
         raise OutputError(f"{directory!r} is not an agentmill output (no manifest.json)")
-    with open(os.path.join(directory, MANIFEST), encoding="utf-8") as handle:
-        manifest = Manifest.model_validate(json.load(handle))
+    check = verify(directory, hashes=False)
+    if not check.ok:
+        raise OutputError(
+            f"{directory!r} does not match its manifest: {check.summary()} "
+            f"(run 'agentmill verify {directory}' for every shard)"
+        )
+    manifest = check.manifest
     if args.json:
         stdout.out(manifest.dump_json())
         return 0
@@ -141,6 +148,34 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         stdout.out(schema.remove_metadata().to_string())
     stdout.print(_ledger_table(manifest))
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 0 when every shard matches the manifest, 1 on a mismatch (each shard's problems
+    printed), 2 when the directory has no readable manifest."""
+    from pipelines.verify import verify
+
+    check = verify(args.directory, hashes=not args.no_hash)
+    for shard in check.shards:
+        expected = shard.expected
+        if shard.ok:
+            stdout.print(f"[green]ok[/]        {expected.filename}  {expected.rows:,} rows  {expected.bytes:,} bytes")
+        else:
+            stdout.print(f"[red]MISMATCH[/]  {expected.filename}: {'; '.join(shard.problems)}", highlight=False)
+    for problem in check.problems:
+        stdout.print(f"[red]MISMATCH[/]  {problem}", highlight=False)
+    out = check.manifest.output
+    if check.ok:
+        what = "rows, bytes and sha256" if not args.no_hash else "rows and bytes (sha256 not checked)"
+        console.print(f"[green]ok[/] {args.directory}: {len(out.shards)} shard(s), {out.num_rows:,} rows; {what} match")
+        return 0
+    bad = sum(not s.ok for s in check.shards)
+    console.print(
+        f"[red]error:[/] {args.directory} does not match its manifest: {bad} of {len(out.shards)} shard(s) "
+        f"differ{', and the output-level checks fail' if check.problems else ''}",
+        highlight=False,
+    )
+    return 1
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -280,6 +315,17 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("directory")
     inspect.add_argument("--json", action="store_true", help="print the manifest")
     inspect.set_defaults(handler=cmd_inspect)
+
+    verify = add(
+        "verify",
+        help="check an output directory's shards against its manifest",
+        description="Check every shard of DIRECTORY against manifest.json (rows, bytes, sha256) and state.json "
+        "against the manifest's shard list. Exit 0: all match; 1: a mismatch (printed per shard); "
+        "2: no readable manifest or bad arguments.",
+    )
+    verify.add_argument("directory")
+    verify.add_argument("--no-hash", action="store_true", help="skip the sha256 (rows and bytes only)")
+    verify.set_defaults(handler=cmd_verify)
 
     audit = add(
         "audit",

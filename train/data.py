@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.arrow import ArrowCodec
+from schemas.integrity import require_intact
 from schemas.sample import Capability, Sample
 from train.templates import ChatTemplate, TemplateError, render_with_spans
 
@@ -108,12 +109,19 @@ class TokenizeReport:
 
 
 def load_samples(data_dirs: Sequence[str]) -> list[Sample]:
-    """Every sample in the shards of the pipeline output dirs, in directory then row order."""
+    """Every sample in the shards of the pipeline output dirs, in directory then row order.
+
+    Each directory is first checked against its ``manifest.json`` (every shard's rows, bytes and
+    sha256, see :mod:`schemas.integrity`): a missing, cut or altered shard raises
+    :class:`~schemas.integrity.IntegrityError` naming the directory and the shards, so training
+    never runs on part of the data. The check reads each shard once more than loading does.
+    """
     import datasets
 
     codec = ArrowCodec(Sample)
     samples: list[Sample] = []
     for data_dir in data_dirs:
+        require_intact(str(data_dir))
         dataset = datasets.load_from_disk(str(data_dir))
         refuse_old_shards(dataset.data.schema, str(data_dir))
         samples.extend(codec.from_row(row) for row in dataset)  # type: ignore[misc]

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from schemas.integrity import IntegrityError
 from train.checkpoint import data_fingerprint, export_hf_model, load_checkpoint, resolve_resume, save_checkpoint
 from train.config import (
     CosineSchedule,
@@ -153,7 +154,10 @@ def run(argv: list[str] | None = None) -> int:
     if added:
         log.warning("added special tokens %s for template %s (embeddings are resized)", added, template.name)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    samples = load_samples(args.data)
+    try:
+        samples = load_samples(args.data)
+    except IntegrityError as exc:  # a shard missing, cut or altered: never train on part of the data
+        raise SystemExit(f"error: {exc}") from None
     tokenized, report = tokenize_all(
         samples, tokenizer, template, args.max_seq_len, args.system_prompt, pass_tools=args.pass_tools
     )
