@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from train_helpers import demo_shards, tiny_assets
 
+from schemas.chat import message_dict
 from schemas.sample import Capability, Lineage, Message, Sample
 from schemas.trajectory import Role
 from train.data import (
@@ -90,9 +91,23 @@ def by_hand(template: str, messages: list[Message]) -> tuple[str, list[tuple[int
             else:
                 content = f"<<SYS>>\n{system}\n<</SYS>>\n\n{m.content}" if k == 0 else m.content
                 add("<s>[INST] " + content.strip() + " [/INST]")
-    elif template == "chatml":
+    elif template == "chatml":  # tool results: one user turn of <tool_response> blocks per run of them
+        for k, m in enumerate(messages):
+            if m.role is Role.TOOL:
+                opens = k == 0 or messages[k - 1].role is not Role.TOOL
+                closes = k == len(messages) - 1 or messages[k + 1].role is not Role.TOOL
+                block = f"\n<tool_response>\n{m.content}\n</tool_response>"
+                add(("<|im_start|>user" if opens else "") + block + ("<|im_end|>\n" if closes else ""))
+            else:
+                add(
+                    f"<|im_start|>{m.role.value}\n{m.content}<|im_end|>\n", m.content + "<|im_end|>" if m.loss else None
+                )
+    elif template == "llama3":
+        add("<s>")
         for m in messages:
-            add(f"<|im_start|>{m.role.value}\n{m.content}<|im_end|>\n", m.content + "<|im_end|>" if m.loss else None)
+            role = "ipython" if m.role is Role.TOOL else m.role.value
+            supervised = m.content + "<|eot_id|>" if m.loss else None
+            add(f"<|start_header_id|>{role}<|end_header_id|>\n\n{m.content}<|eot_id|>", supervised)
     elif template == "agent_flan":
         add("<s>")
         for m in messages:
@@ -191,7 +206,7 @@ def test_labels_supervise_exactly_the_loss_true_messages(name, tokenizer):
     # The "Ok." turn (loss=false) and the user/tool turns are never supervised.
     assert "Ok." not in "".join(tokenizer.decode(r) for r in runs)
     # EOS / end-of-turn marker included in the labels.
-    end = {"llama2": tokenizer.eos_token, "chatml": "<|im_end|>", "agent_flan": MAL_CLOSE}[name]
+    end = {"llama2": tokenizer.eos_token, "chatml": "<|im_end|>", "agent_flan": MAL_CLOSE, "llama3": "<|eot_id|>"}[name]
     assert all(tokenizer.decode(r).endswith(end) for r in runs)
     # Groups: the reasoning-tagged turn, then the untagged one under the sample kind.
     sup_groups = [GROUPS[g] for g, lab in zip(result.groups, result.labels, strict=True) if lab != IGNORE_INDEX]
@@ -217,10 +232,12 @@ def test_labels_on_demo_shards_match_hand_formatting(name, tokenizer, demo_sampl
     ensure_special_tokens(tokenizer, template)
     assert demo_samples
     for sample in demo_samples:
-        result = tokenize_sample(sample, tokenizer, template, max_seq_len=1 << 16)
+        # Plain formatting (tools and native calls are tests/test_chat_templates.py's): calls as text.
+        result = tokenize_sample(sample, tokenizer, template, max_seq_len=1 << 16, render_tools=False)
         assert isinstance(result, TokenizedSample), result
         last = max(i for i, m in enumerate(sample.messages) if m.loss)
-        text, spans = by_hand(name, sample.messages[: last + 1])
+        as_text = [m.model_copy(update={"content": message_dict(m, native=False)["content"]}) for m in sample.messages]
+        text, spans = by_hand(name, as_text[: last + 1])
         assert tokenizer.decode(result.input_ids) == text
         runs = [tokenizer.decode(r) for r in supervised_runs(result)]
         assert len(spans) == sum(m.loss for m in sample.messages)
@@ -300,7 +317,7 @@ def test_chatml_special_tokens_are_single_tokens(tokenizer):
     assert tokenizer.convert_ids_to_tokens(ids)[-1] == "<|im_end|>"
 
 
-def test_pass_tools_gives_the_template_the_sample_tools(tokenizer, tmp_path):
+def test_tools_reach_the_template_by_default_and_no_tools_turns_them_off(tokenizer, tmp_path):
     from schemas.tools import ToolSpec
 
     path = tmp_path / "tools.jinja"
@@ -313,8 +330,8 @@ def test_pass_tools_gives_the_template_the_sample_tools(tokenizer, tmp_path):
     sample = make_sample([msg("user", "q"), msg("assistant", "a", True)]).model_copy(
         update={"tools": [ToolSpec(name="search", description="web search")]}
     )
-    with_tools = tokenize_sample(sample, tokenizer, template, 512, pass_tools=True)
-    without = tokenize_sample(sample, tokenizer, template, 512)
+    with_tools = tokenize_sample(sample, tokenizer, template, 512)
+    without = tokenize_sample(sample, tokenizer, template, 512, render_tools=False)
     assert tokenizer.decode(with_tools.input_ids) == "TOOLS:search;[user]q[assistant]a"
     assert tokenizer.decode(without.input_ids) == "[user]q[assistant]a"
     assert [tokenizer.decode(r) for r in supervised_runs(with_tools)] == ["a"]

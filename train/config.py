@@ -24,9 +24,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data = p.add_argument_group("data")
     data.add_argument("--data", nargs="+", required=True, help="pipeline output dirs (Arrow shards)")
-    data.add_argument("--chat-template", default="llama2", help="llama2 | agent_flan | chatml | tokenizer | FILE")
+    data.add_argument(
+        "--chat-template", default="llama2", help="llama2 | agent_flan | chatml | llama3 | tokenizer | FILE"
+    )
     data.add_argument("--system-prompt", default=None, help="system message for samples without one")
-    data.add_argument("--pass-tools", action="store_true", help="pass sample tools to the template as `tools`")
+    data.add_argument(
+        "--tools",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="render sample tools and structured calls natively where the template supports them",
+    )
+    data.add_argument("--pass-tools", action="store_true", help=argparse.SUPPRESS)  # deprecated: tools are default
+    data.add_argument(
+        "--round-trip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="drop samples whose supervised turns do not parse back with the template's response template",
+    )
+    data.add_argument("--response-template", default=None, help="response template JSON (default: the template's)")
+    data.add_argument(
+        "--strict", action="store_true", help="fail if a sample fails the round trip or the round trip cannot run"
+    )
     data.add_argument("--max-seq-len", type=int, default=4096)
     data.add_argument("--packing", action=argparse.BooleanOptionalAction, default=True, help="best-fit packing")
     data.add_argument("--pad-to-multiple-of", type=int, default=8)
@@ -84,6 +102,8 @@ def validate_args(args: argparse.Namespace) -> None:
         raise SystemExit("give --grad-accum or --global-batch-size, not both")
     if args.max_seq_len < 2:
         raise SystemExit("--max-seq-len must be at least 2")
+    if args.strict and not args.round_trip:
+        raise SystemExit("--strict checks the round trip: drop --no-round-trip")
 
 
 def grad_accum_steps(args: argparse.Namespace, world_size: int) -> int:

@@ -11,7 +11,14 @@ Guarantees of :func:`tokenize_sample`:
 - messages after the last supervised one are dropped (they could only be context for nothing);
 - a sample longer than ``max_seq_len`` is cut at the right; a sample left with no supervised token
   (all truncated away, or none to begin with) is returned as :class:`Dropped` with a reason, never
-  trained on silently.
+  trained on silently;
+- tools and calls are rendered natively where the template can (``schemas.chat``): the sample's
+  ``tools`` go to the template (unless the sample spells its calls in text, with its own tool
+  prompt), an assistant message's structured calls become its ``tool_calls`` (calls a template
+  cannot render are appended to the content as JSON lines and counted);
+- round-trip gate (``round_trip=True``): every supervised span must parse back, with the
+  template's response template, to its message's content and calls; a sample with a span that
+  does not is :class:`Dropped` as ``round_trip`` with the message and the difference.
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.arrow import ArrowCodec
+from schemas.chat import conversation, native_calls, template_tools, tool_schemas
 from schemas.integrity import require_intact
 from schemas.sample import Capability, Sample
-from train.templates import ChatTemplate, TemplateError, render_with_spans
+from train.templates import ChatTemplate, TemplateError, render_with_spans, round_trip
 
 IGNORE_INDEX = -100
 KINDS = ("agent", "general", "negative", "instruction")
@@ -48,6 +56,8 @@ class TokenizedSample:
     n_supervised: int
     truncated: bool = False
     straddling_tokens: int = 0
+    round_trip_turns: int = 0
+    calls_as_text: int = 0
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -56,7 +66,7 @@ class TokenizedSample:
 @dataclass(frozen=True)
 class Dropped:
     """A sample not trained on, with the reason (``truncated_all_supervised``, ``no_supervised_tokens``,
-    ``template_error``)."""
+    ``template_error``, ``round_trip``)."""
 
     id: str
     reason: str
@@ -76,6 +86,8 @@ class TokenizeReport:
     supervised_tokens: int = 0
     straddling_tokens: int = 0
     supervised_by_group: Counter = field(default_factory=Counter)
+    round_trip_turns: int = 0
+    calls_as_text: int = 0
 
     def add(self, result: TokenizedSample | Dropped) -> None:
         self.samples_in += 1
@@ -90,6 +102,8 @@ class TokenizeReport:
         self.tokens += len(result)
         self.supervised_tokens += result.n_supervised
         self.straddling_tokens += result.straddling_tokens
+        self.round_trip_turns += result.round_trip_turns
+        self.calls_as_text += result.calls_as_text
         for g, lab in zip(result.groups[1:], result.labels[1:], strict=True):
             if lab != IGNORE_INDEX:
                 self.supervised_by_group[GROUPS[g]] += 1
@@ -105,6 +119,8 @@ class TokenizeReport:
             "supervised_tokens": self.supervised_tokens,
             "straddling_tokens": self.straddling_tokens,
             "supervised_by_group": dict(self.supervised_by_group),
+            "round_trip": {"turns_checked": self.round_trip_turns, "failed_samples": self.dropped["round_trip"]},
+            "calls_as_text": self.calls_as_text,
         }
 
 
@@ -156,29 +172,23 @@ def group_of(capability: Capability | str | None, kind: str) -> int:
 
 def tools_schema(sample: Sample) -> list[dict[str, Any]]:
     """The sample's tools as OpenAI-style function schemas (for templates that render ``tools``)."""
-    return [
-        {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
-        for t in sample.tools
-    ]
+    return tool_schemas(sample.tools)
 
 
 def chat_messages(
-    sample: Sample, system_prompt: str | None = None
-) -> tuple[list[dict[str, str]], list[bool], list[int]]:
-    """Messages as template dicts, their loss flags and loss groups (trailing context dropped).
+    sample: Sample, system_prompt: str | None = None, native_calls: bool = True
+) -> tuple[list[dict[str, Any]], list[bool], list[int]]:
+    """Messages as template dicts (:func:`schemas.chat.conversation`), their loss flags and loss
+    groups (trailing context dropped).
 
-    ``system_prompt`` is put first when the sample has no system message.
+    ``system_prompt`` is put first when the sample has no system message; ``native_calls`` passes
+    structured calls as ``tool_calls`` (else they are JSON lines in the content).
     """
-    messages = list(sample.messages)
-    last = max((i for i, m in enumerate(messages) if m.loss), default=-1)
-    messages = messages[: last + 1]
-    dicts = [{"role": m.role.value, "content": m.content} for m in messages]
-    flags = [m.loss for m in messages]
-    groups = [group_of(m.capability, sample.kind) if m.loss else -1 for m in messages]
-    if system_prompt is not None and not (dicts and dicts[0]["role"] == "system"):
-        dicts.insert(0, {"role": "system", "content": system_prompt})
-        flags.insert(0, False)
-        groups.insert(0, -1)
+    dicts, flags, index = conversation(sample, system_prompt, native_calls)
+    groups = [
+        group_of(sample.messages[i].capability, sample.kind) if i >= 0 and sample.messages[i].loss else -1
+        for i in index
+    ]
     return dicts, flags, groups
 
 
@@ -217,18 +227,28 @@ def tokenize_sample(
     template: ChatTemplate,
     max_seq_len: int,
     system_prompt: str | None = None,
-    pass_tools: bool = False,
+    render_tools: bool = True,
+    check_round_trip: bool = False,
 ) -> TokenizedSample | Dropped:
-    """Render, tokenize and label one sample (guarantees in the module docstring)."""
-    messages, flags, groups = chat_messages(sample, system_prompt)
+    """Render, tokenize and label one sample (guarantees in the module docstring).
+
+    ``render_tools``: give the template the sample's tools and structured calls when it renders
+    them. ``check_round_trip``: run the round-trip gate (the template needs a response template).
+    """
+    native = render_tools and template.native_calls
+    messages, flags, groups = chat_messages(sample, system_prompt, native)
     if not any(flags):
         return Dropped(sample.id, "no_supervised_tokens", "no message has loss=true")
+    tools = template_tools(sample) if render_tools and template.renders_tools else None
     try:
-        text, spans = render_with_spans(
-            template, tokenizer, messages, flags, tools_schema(sample) if pass_tools else None
-        )
+        text, spans = render_with_spans(template, tokenizer, messages, flags, tools)
+        failures = round_trip(template, text, spans, messages, tools) if check_round_trip else []
     except TemplateError as exc:
         return Dropped(sample.id, "template_error", str(exc))
+    if failures:
+        detail = "; ".join(f"message {i}: {reason}" for i, reason in failures)
+        return Dropped(sample.id, "round_trip", detail)
+    flattened = 0 if native else sum(1 for m in sample.messages if native_calls(m))
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = list(encoding["input_ids"])
     span_groups = [groups[i] for *_, i in spans]
@@ -246,7 +266,18 @@ def tokenize_sample(
             "truncated_all_supervised",
             f"{supervised_before} supervised tokens beyond max_seq_len={max_seq_len}",
         )
-    return TokenizedSample(sample.id, sample.kind, input_ids, labels, token_groups, n_supervised, truncated, straddling)
+    return TokenizedSample(
+        sample.id,
+        sample.kind,
+        input_ids,
+        labels,
+        token_groups,
+        n_supervised,
+        truncated,
+        straddling,
+        len(spans) if check_round_trip else 0,
+        flattened,
+    )
 
 
 def tokenize_all(
@@ -255,7 +286,8 @@ def tokenize_all(
     template: ChatTemplate,
     max_seq_len: int,
     system_prompt: str | None = None,
-    pass_tools: bool = False,
+    render_tools: bool = True,
+    check_round_trip: bool = False,
 ) -> tuple[list[TokenizedSample], TokenizeReport]:
     """Tokenize every sample; return the kept ones (input order) and the report.
 
@@ -264,7 +296,9 @@ def tokenize_all(
     report = TokenizeReport()
     kept: list[TokenizedSample] = []
     for sample in samples:
-        result = tokenize_sample(sample, tokenizer, template, max_seq_len, system_prompt, pass_tools)
+        result = tokenize_sample(
+            sample, tokenizer, template, max_seq_len, system_prompt, render_tools, check_round_trip
+        )
         report.add(result)
         if isinstance(result, Dropped):
             if report.dropped[result.reason] <= 20:

@@ -149,7 +149,15 @@ def run(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
     if not tokenizer.is_fast:
         raise SystemExit("a fast tokenizer is required (labels use its offset mapping)")
-    template = load_template(args.chat_template, tokenizer)
+    template = load_template(args.chat_template, tokenizer, args.response_template)
+    if args.pass_tools:
+        log.warning("--pass-tools is deprecated and does nothing: tools are rendered by default (--no-tools: off)")
+    check_round_trip = args.round_trip and template.response is not None
+    if args.round_trip and not check_round_trip:
+        message = f"template {template.name!r} has no response template, so the round trip cannot run"
+        if args.strict:
+            raise SystemExit(f"--strict: {message} (give --response-template FILE)")
+        log.warning("%s: supervised turns are not checked to parse back (give --response-template FILE)", message)
     added = ensure_special_tokens(tokenizer, template)
     if added:
         log.warning("added special tokens %s for template %s (embeddings are resized)", added, template.name)
@@ -159,8 +167,26 @@ def run(argv: list[str] | None = None) -> int:
     except IntegrityError as exc:  # a shard missing, cut or altered: never train on part of the data
         raise SystemExit(f"error: {exc}") from None
     tokenized, report = tokenize_all(
-        samples, tokenizer, template, args.max_seq_len, args.system_prompt, pass_tools=args.pass_tools
+        samples, tokenizer, template, args.max_seq_len, args.system_prompt, args.tools, check_round_trip
     )
+    if check_round_trip:
+        log.info(
+            "round trip (%s): %d supervised turns parse back, %d samples dropped",
+            template.name,
+            report.round_trip_turns,
+            report.dropped.get("round_trip", 0),
+        )
+    if args.strict and report.dropped.get("round_trip"):
+        raise SystemExit(
+            f"--strict: {report.dropped['round_trip']} samples fail the round trip with template "
+            f"{template.name!r}, e.g. {report.dropped_examples['round_trip'][0]}"
+        )
+    if report.calls_as_text:
+        log.warning(
+            "template %r renders no native calls: %d messages' calls were written into their content as JSON",
+            template.name,
+            report.calls_as_text,
+        )
     if report.dropped:
         log.warning(
             "%d of %d samples not trained on: %s (ids in data_report.json)",
@@ -371,6 +397,8 @@ def run(argv: list[str] | None = None) -> int:
         stops = [s for s in template.stop_strings if s not in tokenizer.get_vocab()]
         if stops:
             generation["stop_strings"] = stops
+        if template.response is not None:  # saved in tokenizer_config.json: what parse_response / serve use
+            tokenizer.response_template = template.response
         export_hf_model(engine, args.output, tokenizer, template.source, generation, stage)
     del hf_ds_config
     return 0

@@ -13,6 +13,7 @@ from transforms.quality.checks.language_mismatch import LanguageMismatch
 from transforms.quality.checks.near_duplicate import NearDuplicate
 from transforms.quality.checks.prompt_copy import PromptCopy
 from transforms.quality.checks.repeated_response import RepeatedResponse
+from transforms.quality.checks.round_trip import RoundTrip
 from transforms.quality.checks.tool_calls import ArgumentSchema, UndeclaredTool
 
 CHECKS: dict[str, type[Check]] = {
@@ -22,6 +23,7 @@ CHECKS: dict[str, type[Check]] = {
         FormatContradiction,
         UndeclaredTool,
         ArgumentSchema,
+        RoundTrip,
         RepeatedResponse,
         LanguageMismatch,
         IdentityClaim,
