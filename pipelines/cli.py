@@ -77,7 +77,14 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
 
         progress.listen(on_records)
         try:
-            summary = run_plan(plan, args.output, beam_args, on_stage=on_stage)
+            summary = run_plan(
+                plan,
+                args.output,
+                beam_args,
+                on_stage=on_stage,
+                allow_empty=True if args.allow_empty else None,
+                max_dead_letter_share=args.max_dead_letter_share,
+            )
         finally:
             progress.listen(None)
     out = summary.manifest.output
@@ -300,6 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("spec")
     run.add_argument("--output", "-o", required=True, help="output directory (published atomically)")
     run.add_argument("--quiet", "-q", action="store_true")
+    run.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="publish even when the write step has no rows (the spec's publish.allow_empty)",
+    )
+    run.add_argument(
+        "--max-dead-letter-share",
+        type=_share,
+        default=None,
+        metavar="X",
+        help="publish only if no step dead-letters more than this share of its records, 0..1 "
+        "(default: the spec's publish.max_dead_letter_share, 0.5; 1 turns the check off)",
+    )
     run.set_defaults(handler=cmd_run)
 
     validate = add("validate", help="check a spec without running it")
@@ -361,6 +381,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
 def split_beam_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     argv = list(argv)
     if "--" in argv:
@@ -385,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[red]error:[/] {exc}", highlight=False)
         return 1 if isinstance(exc, RunError) else 2
     except KeyboardInterrupt:
-        console.print("[red]interrupted[/]; nothing was published")
+        console.print("[red]interrupted, nothing published[/]", highlight=False)
         return 130
 
 

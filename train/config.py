@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-checkpoints", type=int, default=0, help="keep the newest K checkpoints (0: all)")
     run.add_argument("--resume", nargs="?", const="auto", default=None, help="'auto' (latest in OUT) or a dir")
     run.add_argument(
+        "--overwrite-output",
+        action="store_true",
+        help="start over in a non-empty OUT: remove an earlier run's checkpoints, metrics and model files first",
+    )
+    run.add_argument(
         "--stop-after-steps",
         type=int,
         default=None,
@@ -94,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def validate_args(args: argparse.Namespace) -> None:
+    """Refuse inconsistent arguments, and an ``--output`` that holds another run unless
+    ``--resume`` (continue it) or ``--overwrite-output`` (whose earlier run files are removed
+    here, on every rank, before any rank writes)."""
     if args.model is None and args.model_config is None:
         raise SystemExit("one of --model or --model-config is required")
     if args.model_config is not None and args.tokenizer is None and args.model is None:
@@ -102,6 +110,15 @@ def validate_args(args: argparse.Namespace) -> None:
         raise SystemExit("give --grad-accum or --global-batch-size, not both")
     if args.max_seq_len < 2:
         raise SystemExit("--max-seq-len must be at least 2")
+    from train.checkpoint import clear_run_files, output_dir_problem
+
+    problem = output_dir_problem(args.output, args.resume, args.overwrite_output)
+    if problem is not None:
+        build_parser().error(problem)  # exit 2, before anything is loaded or written
+    if args.overwrite_output and args.resume:
+        build_parser().error("--overwrite-output starts over; --resume continues: give one of them")
+    if args.overwrite_output:
+        clear_run_files(args.output)  # each rank, before any rank writes (they meet at init first)
     if args.strict and not args.round_trip:
         raise SystemExit("--strict checks the round trip: drop --no-round-trip")
 
