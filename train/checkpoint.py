@@ -13,6 +13,7 @@ tokenizer with the training chat template (``chat_template.jinja`` / ``tokenizer
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -29,6 +30,67 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 _STEP_TAG = re.compile(r"^step(\d+)$")
+#: What a training run writes into ``OUT``: its state (checkpoints, metrics, TensorBoard events,
+#: reports) and the exported model's files. ``--overwrite-output`` removes these, nothing else.
+RUN_DIRS = (CHECKPOINT_DIR, "tensorboard")
+RUN_FILES = (
+    "metrics.jsonl",
+    "data_report.json",
+    "train_config.json",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+)
+_RUN_SHARDS = re.compile(r"^(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)$")
+
+
+def output_dir_problem(out_dir: str, resume: str | None, overwrite: bool) -> str | None:
+    """Why training into ``out_dir`` must not start, or ``None``: a non-empty output is another
+    run's, and training into it without ``--resume`` would mix the two (metrics, TensorBoard
+    events, old checkpoints beside new ones), so it needs ``--resume`` or ``--overwrite-output``."""
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        return f"--output {out_dir!r} is not a directory"
+    if resume or overwrite or not os.path.isdir(out_dir):
+        return None
+    entries = sorted(os.listdir(out_dir))
+    if not entries:
+        return None
+    named = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+    return (
+        f"--output {out_dir!r} is not empty ({named}); training into it would mix two runs: pass --resume to "
+        "continue the run there, --overwrite-output to start over (its checkpoints, metrics and model files are "
+        "removed), or choose another --output"
+    )
+
+
+def clear_run_files(out_dir: str) -> list[str]:
+    """Remove what an earlier training run wrote into ``out_dir`` (:data:`RUN_DIRS`,
+    :data:`RUN_FILES`, sharded model files); other files stay. Returns the names removed."""
+    removed = []
+    if not os.path.isdir(out_dir):
+        return removed
+    for name in sorted(os.listdir(out_dir)):
+        path = os.path.join(out_dir, name)
+        if name in RUN_DIRS and os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)  # every rank clears; another may be first
+        elif name in RUN_FILES or _RUN_SHARDS.match(name):
+            with contextlib.suppress(FileNotFoundError):  # another rank was first
+                os.remove(path)
+        else:
+            continue
+        removed.append(name)
+    return removed
 
 
 def data_fingerprint(sample_ids: list[str], lengths: list[int]) -> str:
