@@ -14,7 +14,7 @@ from schemas.sample import Lineage, Message, Sample
 from schemas.tools import ToolCall, ToolSpec
 from schemas.trajectory import Role
 from train.config import build_parser, validate_args
-from train.data import IGNORE_INDEX, Dropped, TokenizedSample, tokenize_all, tokenize_sample
+from train.data import IGNORE_INDEX, Dropped, TokenizedSample, strict_problem, tokenize_all, tokenize_sample
 from train.templates import (
     BUILTIN_TEMPLATES,
     TEMPLATE_DIR,
@@ -236,6 +236,11 @@ def test_gate_drops_a_turn_that_parses_back_differently(tokenizer):
     assert report.dropped == {"round_trip": 1}
     assert report.as_dict()["round_trip"] == {"turns_checked": 4, "failed_samples": 1}
     assert report.dropped_examples["round_trip"][0].startswith("bad: message 2")
+    # --strict refuses such data instead of training on the rest.
+    assert strict_problem(report, "chatml").startswith("1 of 2 samples fail the round trip with template 'chatml'")
+    assert (
+        strict_problem(tokenize_all([tool_sample()], tokenizer, template, 4096, check_round_trip=True)[1], "x") is None
+    )
 
 
 def test_gate_sees_content_the_end_marker_cuts_short():
@@ -311,3 +316,27 @@ def test_audit_round_trip_check_runs_for_a_named_template_only():
     )
     llama3 = check_cls({"template": "llama3", "bos_token": "<|begin_of_text|>"})
     assert llama3.inspect(tool_sample()).flagged is False
+
+
+def test_strict_refuses_a_template_without_a_response_template(tokenizer, tmp_path):
+    import subprocess
+    import sys
+
+    from train_helpers import REPO
+
+    template = tmp_path / "plain.jinja"  # no plain.response.json beside it
+    template.write_text(load_template("chatml").source)
+    command = [sys.executable, str(REPO / "train" / "sft.py"), "--data", str(tmp_path / "none")]
+    command += [
+        "--model-config",
+        "c.json",
+        "--tokenizer",
+        tokenizer.name_or_path,
+        "--output",
+        str(tmp_path / "o"),
+    ]
+    done = subprocess.run(
+        [*command, "--chat-template", str(template), "--strict"], capture_output=True, text=True, cwd=REPO
+    )
+    assert done.returncode != 0
+    assert "--strict: template 'plain' has no response template, so the round trip cannot run" in done.stderr

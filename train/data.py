@@ -124,6 +124,17 @@ class TokenizeReport:
         }
 
 
+def strict_problem(report: TokenizeReport, template_name: str) -> str | None:
+    """Why ``--strict`` refuses to train on this data (samples that fail the round trip), or ``None``."""
+    failed = report.dropped.get("round_trip", 0)
+    if not failed:
+        return None
+    return (
+        f"{failed} of {report.samples_in} samples fail the round trip with template {template_name!r}, "
+        f"e.g. {report.dropped_examples['round_trip'][0]}"
+    )
+
+
 def load_samples(data_dirs: Sequence[str]) -> list[Sample]:
     """Every sample in the shards of the pipeline output dirs, in directory then row order.
 

@@ -40,7 +40,7 @@ from train.config import (
     validate_args,
     zero_stage,
 )
-from train.data import GROUPS, load_samples, tokenize_all
+from train.data import GROUPS, load_samples, strict_problem, tokenize_all
 from train.loss import backward_scale, group_sums
 from train.metrics import MetricsWriter
 from train.model import DTYPES, build_model, forward_token_losses, resolve_attention
@@ -176,11 +176,9 @@ def run(argv: list[str] | None = None) -> int:
             report.round_trip_turns,
             report.dropped.get("round_trip", 0),
         )
-    if args.strict and report.dropped.get("round_trip"):
-        raise SystemExit(
-            f"--strict: {report.dropped['round_trip']} samples fail the round trip with template "
-            f"{template.name!r}, e.g. {report.dropped_examples['round_trip'][0]}"
-        )
+    problem = strict_problem(report, template.name) if args.strict else None
+    if problem is not None:
+        raise SystemExit(f"--strict: {problem}")
     if report.calls_as_text:
         log.warning(
             "template %r renders no native calls: %d messages' calls were written into their content as JSON",
