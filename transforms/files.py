@@ -133,9 +133,12 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def loads(text: str | bytes) -> Any:
+_STRICT = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
+
+
+def loads(text: str) -> Any:
     """``json.loads`` that refuses non-finite numbers (raises :class:`NonFiniteNumber`)."""
-    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    return _STRICT.decode(text)
 
 
 def _integrity_failure(exc: BaseException) -> str | None:
