@@ -8,6 +8,8 @@ import gzip
 import io
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,6 +20,7 @@ from pydantic import ValidationError
 
 from pipelines.report import input_integrity_lines, render_markdown
 from schemas import PipelineSpec
+from tests.conftest import REPO
 from tests.helpers import parse_file, rejected, run, write_spec
 from transforms.align import Align
 from transforms.base import RecordError, StepContext
@@ -335,3 +338,19 @@ def test_an_assistant_message_with_null_content_and_no_call_is_a_dead_letter(tmp
     assert [t.source_id for t in good] == ["r1"]
     assert [(f.reason, f.location) for f in bad] == [("empty_assistant_message", "in.jsonl:line 1")]
     assert "turn 1" in bad[0].detail
+
+
+def test_the_command_prints_the_damaged_input_line(tmp_path):
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip_cut_after([chat(i) for i in range(ROWS)], 150))
+    spec = write_spec(
+        tmp_path,
+        [
+            {"id": "read", "type": "read", "config": {"format": "openai", "paths": "cut.jsonl.gz"}},
+            {"id": "chat", "type": "to_chat", "inputs": ["read"]},
+            {"id": "write", "type": "write", "inputs": ["chat"]},
+        ],
+    )
+    command = [sys.executable, "-m", "pipelines.cli", "run", str(spec), "--output", str(tmp_path / "out"), "-q"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "input integrity: step 'read' read damaged input (truncated_input 1)" in " ".join(result.stderr.split())
