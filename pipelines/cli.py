@@ -231,6 +231,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipelines.export import export_directory
+
+    report = export_directory(
+        args.directory,
+        args.to,
+        args.output,
+        loss_key=args.loss_key,
+        arguments=args.arguments,
+        with_ids=args.with_ids,
+    )
+    if args.json:
+        stdout.out(json.dumps(report.as_dict(), sort_keys=True))
+    console.print(
+        f"[green]wrote[/] {args.output}: {report.written} of {report.samples} samples ({report.calls} tool calls) "
+        f"as {args.to}",
+        highlight=False,
+    )
+    for what, counts in (("skipped", report.skipped), ("lost in the target format", report.lost)):
+        if counts:
+            console.print(f"[yellow]{what}:[/] " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 0
+
+
 def cmd_eval_hallucination(args: argparse.Namespace) -> int:
     from evals import hallucination as h
 
@@ -363,6 +387,32 @@ def build_parser() -> argparse.ArgumentParser:
     report = add("report", help="write DIR/report.html, a self-contained page about an output directory")
     report.add_argument("directory")
     report.set_defaults(handler=cmd_report)
+
+    export = add(
+        "export",
+        help="write an output's samples as OpenAI or ShareGPT (LLaMA-Factory) JSON Lines",
+        description="Export the samples of DIRECTORY for other trainers: --to openai ({messages, tools} with "
+        "tool_calls, as TRL's SFTTrainer reads) or --to sharegpt (LLaMA-Factory's function_call / observation "
+        "turns and tools). docs/export.md says what each target loses.",
+    )
+    export.add_argument("directory")
+    export.add_argument("--to", required=True, choices=["openai", "sharegpt"])
+    export.add_argument("--output", "-o", required=True, help="the JSON Lines file to write")
+    export.add_argument(
+        "--loss-key",
+        choices=["train", "weight"],
+        default=None,
+        help="add each message's loss flag as axolotl's 'train' (true/false) or a 'weight' (1/0) key",
+    )
+    export.add_argument(
+        "--arguments",
+        choices=["string", "object"],
+        default="string",
+        help="openai: call arguments as JSON text (the OpenAI format, default) or as objects",
+    )
+    export.add_argument("--with-ids", action="store_true", help="add each sample's id")
+    export.add_argument("--json", action="store_true", help="print the export report as JSON")
+    export.set_defaults(handler=cmd_export)
 
     evaluate = add("eval", help="evaluate a model")
     evals = evaluate.add_subparsers(dest="evaluation", required=True)

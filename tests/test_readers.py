@@ -154,6 +154,32 @@ def test_parallel_calls_stay_in_one_turn_and_results_link_to_them(tmp_path):
     assert [(t.tool_call_id, t.text) for t in traj.turns[2:4]] == [("call_0", '{"t": 3}'), ("call_1", '{"t": 20}')]
 
 
+def test_one_tool_message_with_the_results_of_parallel_calls_is_split_per_call(tmp_path):
+    """LLaMA-Factory's reason_tool_use: parallel tool_call parts, then one tool message whose
+    content is a JSON list of {tool_call_id, name, content}: one linked tool turn per call."""
+    results = [{"tool_call_id": "x", "name": "area", "content": "7.1"}, {"name": "area", "content": {"a": 28}}]
+    record = {
+        "messages": [
+            {"role": "user", "content": "areas of r=1.5 and r=3?"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_call", "value": '{"name": "area", "arguments": {"r": 1.5}}'},
+                    {"type": "tool_call", "value": '{"name": "area", "arguments": {"r": 3}}'},
+                ],
+            },
+            {"role": "tool", "content": [{"type": "text", "value": json.dumps(results)}]},
+            {"role": "assistant", "content": "7.1 and 28."},
+        ]
+    }
+    (traj,), bad = parse_file(write_jsonl(tmp_path / "r.jsonl", [record]), "openai")
+    assert not bad
+    assert [(t.role, t.tool_call_id, t.text) for t in traj.turns[2:4]] == [
+        (Role.TOOL, "call_0", "7.1"),
+        (Role.TOOL, "call_1", '{"a": 28}'),
+    ]
+
+
 def test_trajectory_ids_tell_apart_trajectories_that_differ_only_in_their_calls(tmp_path):
     def record(city: str) -> dict:
         call = json.dumps({"name": "w", "arguments": {"city": city}})

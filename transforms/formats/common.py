@@ -185,6 +185,27 @@ class CallLinker:
         return call_id, name
 
 
+def split_results(text: str, calls: int) -> list[str]:
+    """One result text per call when the result of ``calls`` parallel calls (``calls >= 2``) is a
+    JSON list of exactly that many items (an item's ``content`` when it is an object with one, as
+    in ``[{"tool_call_id", "name", "content"}]``; strings as they are, other values as compact
+    JSON); otherwise ``[text]``."""
+    if calls < 2:
+        return [text]
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return [text]
+    if not isinstance(value, list) or len(value) != calls:
+        return [text]
+    out = []
+    for item in value:
+        if isinstance(item, dict) and "content" in item:
+            item = item["content"]
+        out.append(item if isinstance(item, str) else json.dumps(item, ensure_ascii=False))
+    return out
+
+
 def parse_tools(obj: dict[str, Any], ctx: ParseContext) -> list[ToolSpec]:
     _, value = first_present(obj, ctx.fields.tools)
     try:

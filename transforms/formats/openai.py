@@ -7,7 +7,9 @@ answers stored as ``{"answer": ...}`` (Arena-Hard). An assistant message with se
 stays one assistant turn with all its calls (parallel calls stay grouped); ids are the source's
 ``id``, else ``call_<n>`` (``n`` counts the trajectory's calls from 0). A ``tool`` message takes
 the source's ``tool_call_id``, else answers the next unanswered call of the assistant turn before
-it, in order; its ``name`` is the source's, else the answered call's.
+it, in order; its ``name`` is the source's, else the answered call's. A tool message without an
+id after parallel calls whose content is a JSON list with one item per call (``[{"tool_call_id",
+"name", "content"}]``, LLaMA-Factory's reason_tool_use) becomes one tool turn per call.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from transforms.formats.common import (
     require_turn,
     resolve_loss,
     resolve_role,
+    split_results,
 )
 
 FIELDS = FieldNames(
@@ -131,11 +134,11 @@ def parse_turns(messages: list[Any], ctx: ParseContext, extra_keys: tuple[str, .
                 f"{where}: an assistant message with content null and no tool call has nothing to learn",
             )
         if role is Role.TOOL:
-            call_id, name = linker.result(
-                _optional_str(message.get("tool_call_id"), "tool_call_id", where),
-                _optional_str(message.get("name"), "name", where),
-            )
-            turns.append(Turn(role=role, text=text, loss=loss, thought=thought, tool_call_id=call_id, name=name))
+            given_id = _optional_str(message.get("tool_call_id"), "tool_call_id", where)
+            results = [text] if given_id is not None else split_results(text, len(linker.pending))
+            for result in results:  # several: one message holds the results of parallel calls
+                call_id, name = linker.result(given_id, _optional_str(message.get("name"), "name", where))
+                turns.append(Turn(role=role, text=result, loss=loss, thought=thought, tool_call_id=call_id, name=name))
             continue
         if role is Role.ASSISTANT and calls:
             calls = linker.calls(calls)

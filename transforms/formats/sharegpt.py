@@ -29,6 +29,7 @@ from transforms.formats.common import (
     require_turn,
     resolve_loss,
     resolve_role,
+    split_results,
 )
 
 FIELDS = FieldNames(id=("id",), task=("task",), reward=("reward",), success=("success",), tools=("tools",))
@@ -48,20 +49,6 @@ def _calls_of(text: str, where: str) -> list[ToolCall]:
     return [parse_call_json(value, where)]
 
 
-def _results_of(text: str, calls: int) -> list[str]:
-    """One result text per call when a parallel call's observation is a list of ``calls``
-    items; otherwise the text itself, once."""
-    if calls < 2:
-        return [text]
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return [text]
-    if not isinstance(value, list) or len(value) != calls:
-        return [text]
-    return [item if isinstance(item, str) else json.dumps(item, ensure_ascii=False) for item in value]
-
-
 def parse_turns(messages: list[Any], ctx: ParseContext) -> list[Turn]:
     """Turns from ShareGPT messages (``from``/``value``, or ``role``/``content``)."""
     turns = []
@@ -77,7 +64,7 @@ def parse_turns(messages: list[Any], ctx: ParseContext) -> list[Turn]:
             calls = linker.calls(_calls_of(text, where))
             turns.append(Turn(role=role, text="", loss=loss, tool_calls=calls))
         elif role is Role.TOOL:
-            results = _results_of(text, len(linker.pending))
+            results = split_results(text, len(linker.pending))
             if len(results) == 1 and len(linker.pending) > 1:  # one result for several calls
                 turns.append(Turn(role=role, text=text, loss=loss))
                 linker.pending = []

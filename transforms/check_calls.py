@@ -1,0 +1,155 @@
+"""Step ``check_calls``: every structured call of a sample names a declared tool and its
+arguments validate against that tool's JSON Schema; Sample -> Sample.
+
+For native tool-calling data (``to_chat`` output, whose calls are the source's structured
+``tool_calls``), this is the gate that ``align`` is for aligned data: a sample that calls a tool
+it does not declare is filtered ``undeclared_tool``, one whose arguments fail the schema
+``invalid_arguments``, one whose called tool has a schema that is not valid JSON Schema
+``invalid_schema`` (each with the offending call in the detail). With ``require_linked_results``
+(default) a ``tool`` message that answers no call of the sample (no ``tool_call_id``, or an id
+no earlier call has) is filtered ``unlinked_tool_result``: its call is missing or only written in
+prose (glaive has such conversations: "AI 计算折扣: {...}" followed by the tool's result), and a
+native template would render a result nobody asked for. Validation is the audit's
+(``argument_schema``): the schema's own ``$schema`` or draft 7, and with ``forbid_extra``
+(default) a call may not pass keys an object schema does not list unless the schema allows it.
+
+``python_types`` (default on) first maps the Python type names some sources write in their
+tool schemas (reason_tool_use, BFCL: ``dict``, ``list``, ``float``, ``int``, ``str``, ``bool``,
+``tuple``, ``any``) to JSON Schema's (``object``, ``array``, ``number``, ``integer``, ``string``,
+``boolean``, ``array``; ``any`` drops the type), so their calls can be checked at all; the
+sample's declared tools are the mapped ones (counted as ``schemas_mapped``).
+
+Guarantees: messages and calls are never changed; every sample is kept or filtered with a
+reason; ``calls`` counts the calls of the samples kept.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from schemas import Role, Sample, ToolCall, ToolSpec
+from transforms.base import Filtered, RecordStep, Stat, StepConfig, StepContext
+
+PYTHON_TYPES = {
+    "dict": "object",
+    "list": "array",
+    "tuple": "array",
+    "float": "number",
+    "int": "integer",
+    "str": "string",
+    "bool": "boolean",
+}
+
+
+class CheckCallsConfig(StepConfig):
+    python_types: bool = True
+    forbid_extra: bool = True
+    require_linked_results: bool = True
+
+
+def json_schema_types(schema: Any) -> Any:
+    """``schema`` with Python type names mapped to JSON Schema's, at every depth (``any``
+    removes the ``type`` key); other values unchanged."""
+    if isinstance(schema, list):
+        return [json_schema_types(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "type" and isinstance(value, str):
+            if value == "any":
+                continue
+            out[key] = PYTHON_TYPES.get(value, value)
+        elif key == "type" and isinstance(value, list):
+            out[key] = [PYTHON_TYPES.get(v, v) if isinstance(v, str) else v for v in value]
+        elif key in ("properties", "patternProperties", "definitions", "$defs") and isinstance(value, dict):
+            out[key] = {name: json_schema_types(sub) for name, sub in value.items()}
+        else:
+            out[key] = json_schema_types(value)
+    return out
+
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    if schema.get("type") == "object" and "properties" in schema and "additionalProperties" not in schema:
+        return {**schema, "additionalProperties": False}
+    return schema
+
+
+class CallChecker:
+    """Picklable processor: validators are built once per schema (per worker)."""
+
+    def __init__(self, config: CheckCallsConfig, context: StepContext) -> None:
+        self.config = config
+        self.context = context
+        self._validators: dict[str, Any] = {}
+
+    def _validator(self, parameters: dict[str, Any]) -> Any:
+        """A validator, or the text of the schema's own error."""
+        import jsonschema
+
+        key = json.dumps(parameters, sort_keys=True, ensure_ascii=False)
+        if key not in self._validators:
+            schema = _strict(parameters) if self.config.forbid_extra else parameters
+            cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
+            try:
+                cls.check_schema(schema)
+                self._validators[key] = cls(schema)
+            except jsonschema.SchemaError as exc:
+                self._validators[key] = exc.message
+        return self._validators[key]
+
+    def problem(self, call: ToolCall, tools: dict[str, ToolSpec]) -> Filtered | None:
+        """Why ``call`` fails against the declared ``tools``, or None."""
+        spec = tools.get(call.name)
+        if spec is None:
+            listed = ", ".join(sorted(tools)) or "none"
+            return Filtered("undeclared_tool", f"call of {call.name!r}; declared: {listed}")
+        if not isinstance(spec.parameters, dict) or not spec.parameters:
+            return None
+        validator = self._validator(spec.parameters)
+        if isinstance(validator, str):
+            return Filtered("invalid_schema", f"tool {call.name!r}: {validator}")
+        error = next(iter(validator.iter_errors(call.arguments)), None)
+        if error is None:
+            return None
+        where = "/".join(str(p) for p in error.absolute_path) or "(arguments)"
+        return Filtered("invalid_arguments", f"{call.name}({call.arguments_json()[:200]}) {where}: {error.message}")
+
+    def __call__(self, sample: Sample) -> Iterator[Any]:
+        if self.config.python_types and sample.tools:
+            tools = [t.model_copy(update={"parameters": json_schema_types(t.parameters)}) for t in sample.tools]
+            if tools != sample.tools:
+                yield Stat("schemas_mapped", 1)
+                sample = sample.model_copy(update={"tools": tools})
+        declared = {t.name: t for t in sample.tools}
+        calls = 0
+        ids: set[str] = set()
+        for i, message in enumerate(sample.messages):
+            if self.config.require_linked_results and message.role is Role.TOOL and message.tool_call_id not in ids:
+                yield Filtered("unlinked_tool_result", f"message {i}: {message.content[:200]}")
+                return
+            for call in message.tool_calls:
+                if call.id is not None:
+                    ids.add(call.id)
+                calls += 1
+                problem = self.problem(call, declared)
+                if problem is not None:
+                    yield problem
+                    return
+        yield Stat("calls", calls)
+        lineage = sample.lineage.model_copy(update={"steps": [*sample.lineage.steps, self.context.step_id]})
+        yield sample.model_copy(update={"lineage": lineage})
+
+
+class CheckCalls(RecordStep):
+    """Keeps samples whose every call is declared and valid (see the module docstring)."""
+
+    type_name = "check_calls"
+    config_model = CheckCallsConfig
+    input_type = Sample
+    output_type = Sample
+
+    def processor(self) -> CallChecker:
+        return CallChecker(self.config, self.context)
