@@ -253,11 +253,16 @@ def _refuse_foreign(output: str) -> None:
 
 
 def _prepare_remote(output: str) -> str:
+    work = work_dir_for(output)
+    unmarked = storage.files_under(work) and not FileSystems.exists(FileSystems.join(work, MARKER))
+    if unmarked and is_agentmill_output(work) and not is_agentmill_output(output):
+        # A publish died while moving files: the earlier output is already deleted and the new
+        # one complete in ``work`` (its manifest moves last). Finish the move.
+        storage.move_tree(work, output, last=MANIFEST)
     if storage.files_under(output):
         if not is_agentmill_output(output):
             raise OutputError(f"refusing to overwrite {output!r}: it is not empty and not an agentmill output")
         _refuse_foreign(output)
-    work = work_dir_for(output)
     if storage.files_under(work):
         if not FileSystems.exists(FileSystems.join(work, MARKER)) and not is_agentmill_output(work):
             raise OutputError(f"{work!r} exists but is not an agentmill working directory; remove it")

@@ -327,6 +327,22 @@ def test_recovery_puts_a_moved_aside_output_back_before_a_new_run_can_fail(tmp_p
     assert _tag(out) == "old" and not Path(f"{work}.old").exists()
 
 
+def test_a_remote_publish_that_died_while_moving_files_is_finished_by_the_next_run(tmp_path):
+    """Object stores move file by file, manifest last: a run that died mid-move left the new
+    output split between the working prefix and the output, the earlier one already deleted."""
+    from tests.fake_remote_fs import PREFIX, local_path
+
+    remote = f"{PREFIX}{tmp_path.name}/out"
+    work = work_dir_for(remote)
+    local_out, local_work = Path(local_path(remote)), Path(local_path(work))
+    _fake_output(local_work, "new")
+    local_out.mkdir(parents=True)
+    os.replace(local_work / "data-00000-of-00001.arrow", local_out / "data-00000-of-00001.arrow")  # moved first
+    new_work = prepare(remote)
+    assert _tag(local_out) == "new" and (local_out / "data-00000-of-00001.arrow").read_text() == "new"
+    assert storage.files_under(new_work) == [f"{new_work}/{MARKER}"]
+
+
 # --- 14. one-line errors for unusable outputs; Ctrl-C ------------------------------------------
 
 
