@@ -15,7 +15,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 import transforms.coders  # noqa: F401  (registers the record coders)
-from pipelines import storage
+from pipelines import beam_speed, storage
 from pipelines.graph import Plan
 from transforms.audit import AuditSamples
 from transforms.base import LEDGER, MAIN, REJECTED
@@ -59,6 +59,7 @@ def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str, spill_root: str | 
     """Add the plan's steps and the run artifacts to ``pipeline``. With a ``spill_root``, records
     that cross a stage boundary (merged inputs, sorts, count-then-select) go through files there,
     so memory stays flat with the data size (see :mod:`transforms.spill`)."""
+    beam_speed.apply()  # Beam's per-transform introspection, memoized (pipelines/beam_speed.py)
     outputs: dict[tuple[str, str], beam.PCollection] = {}
     rejected, ledgers, shard_infos = [], [], None
     published = audit_rows = None

@@ -1,8 +1,9 @@
-"""Pieces of ``report.html``: the DAG (hand-written SVG), matplotlib charts as inline SVG,
-data read back from the shards and ``rejected/``, and small HTML helpers.
+"""Pieces of ``report.html``: the DAG and the charts (hand-written inline SVG, see
+:mod:`pipelines.svg_charts`), data read back from the shards and ``rejected/``, and small HTML
+helpers.
 
 Everything here is deterministic for the same output directory: stable orderings, no clock,
-and matplotlib SVG with a fixed ``svg.hashsalt`` per chart and text kept as text.
+charts that are pure functions of their numbers, text kept as text.
 """
 
 from __future__ import annotations
@@ -10,20 +11,19 @@ from __future__ import annotations
 import html
 import io
 import json
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.svg_charts import COLORS, bar_chart, histograms  # noqa: F401 (re-exported)
 from schemas import Manifest
 
 MAX_ROWS = 200_000
 EXAMPLES_PER_REASON = 3
 SAMPLES_PER_KIND = 2
 CLIP = 400
-COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974"]
 
 
 def esc(value: Any) -> str:
@@ -139,85 +139,6 @@ def dag_svg(manifest: Manifest) -> str:
         )
     parts.append("</svg>")
     return "".join(parts)
-
-
-# --- charts ---------------------------------------------------------------------------------
-
-_chart_no = [0]
-
-
-def _figure_svg(fig: Any, salt: str) -> str:
-    import matplotlib.pyplot as plt
-
-    buffer = io.StringIO()
-    with plt.rc_context({"svg.hashsalt": f"agentmill-{salt}", "svg.fonttype": "none"}):
-        fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
-    plt.close(fig)
-    text = buffer.getvalue()
-    text = text[text.index("<svg") :]  # drop the XML declaration and DOCTYPE (they hold an URL)
-    return re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S).strip()
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"text.parse_math": False, "font.size": 9, "svg.fonttype": "none"})
-    return plt
-
-
-def bar_chart(title: str, categories: Sequence[str], series: dict[str, Sequence[float | None]], ylabel: str) -> str:
-    """Grouped bars: one group per category, one bar per series (None draws nothing)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(categories) * max(1, len(series)) / 2 + 2), 3.0))
-    width = 0.8 / max(1, len(series))
-    for i, (name, values) in enumerate(series.items()):
-        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(categories))]
-        ys = [0.0 if v is None else float(v) for v in values]
-        bars = ax.bar(xs, ys, width, label=name, color=COLORS[i % len(COLORS)])
-        ax.bar_label(bars, labels=["" if v is None else f"{v:.3g}" for v in values], fontsize=7)
-    ax.set_xticks(
-        range(len(categories)),
-        [str(c) for c in categories],
-        rotation=20 if len(categories) > 3 else 0,
-        ha="right" if len(categories) > 3 else "center",
-    )
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    ax.margins(y=0.15)
-    ax.legend(fontsize=8)
-    ax.spines[["top", "right"]].set_visible(False)
-    return _figure_svg(fig, title)
-
-
-def histograms(title: str, groups: dict[str, tuple[list[int], list[int]]]) -> str:
-    """Two step histograms (total and supervised tokens per sample), one line per group."""
-    import numpy as np
-
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.0))
-    for ax, which, name in ((axes[0], 0, "tokens per sample"), (axes[1], 1, "supervised tokens per sample")):
-        every = [v for values in groups.values() for v in values[which]]
-        edges = np.histogram_bin_edges(every or [0], bins=30)
-        for i, (group, values) in enumerate(groups.items()):
-            if values[which]:
-                ax.hist(
-                    values[which],
-                    bins=edges,
-                    histtype="step",
-                    linewidth=1.5,
-                    label=f"{group} ({len(values[which])})",
-                    color=COLORS[i % len(COLORS)],
-                )
-        ax.set_title(name)
-        ax.set_xlabel("tokens (whitespace count)")
-        ax.set_ylabel("samples")
-        ax.spines[["top", "right"]].set_visible(False)
-    axes[1].legend(fontsize=7)
-    fig.suptitle(title)
-    return _figure_svg(fig, title)
 
 
 # --- data from the output directory ---------------------------------------------------------

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -46,6 +46,7 @@ from pipelines.publish import (
 from pipelines.report import write_report
 from pipelines.timing import step_seconds
 from schemas import AuditReport, InputFile, Manifest, OutputInfo, ShardInfo, StepLedger
+from schemas.hf_features import dataset_info_dict
 from transforms.audit import AUDITS_DIR, eval_files
 from transforms.base import DEAD_LETTER, EMITTED, FILTERED, IN, MAIN, PASSED, PORT, STAT
 from transforms.files import InputError, fingerprint
@@ -296,11 +297,8 @@ def finish_shards(plan: Plan, work: str) -> list[ShardInfo]:
 
 
 def write_dataset_files(work: str, shards: list[ShardInfo], fingerprint_: str) -> None:
-    """``state.json`` and ``dataset_info.json`` as ``datasets.Dataset.save_to_disk`` writes them."""
-    import datasets
-
-    schema = shard_schema()
-    info = datasets.DatasetInfo(features=datasets.Features.from_arrow_schema(schema))
+    """``state.json`` and ``dataset_info.json`` as ``datasets.Dataset.save_to_disk`` writes them
+    (without importing ``datasets``: :mod:`schemas.hf_features`)."""
     state = {
         "_data_files": [{"filename": s.filename} for s in shards],
         "_fingerprint": fingerprint_,
@@ -312,7 +310,7 @@ def write_dataset_files(work: str, shards: list[ShardInfo], fingerprint_: str) -
     }
     storage.write_text(FileSystems.join(work, "state.json"), json.dumps(state, indent=2, sort_keys=True))
     # First-level keys only: sorting nested keys would reorder the struct fields of features.
-    as_dict = asdict(info)
+    as_dict = dataset_info_dict(shard_schema())
     storage.write_text(
         FileSystems.join(work, "dataset_info.json"),
         json.dumps({key: as_dict[key] for key in sorted(as_dict)}, indent=2),

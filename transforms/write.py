@@ -24,6 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from pydantic import Field
 
 from schemas import ArrowCodec, Sample, ShardInfo
+from schemas.hf_features import features_dict
 from transforms.base import LEDGER, MAIN, REJECTED, RecordDoFn, RecordError, Stat, Step, StepConfig
 from transforms.spill import Merge, SortedGroups
 
@@ -50,11 +51,9 @@ def shard_of(sample_id: str, num_shards: int) -> int:
 
 
 def features_metadata(schema: pa.Schema) -> dict[str, str]:
-    """The ``huggingface`` schema metadata ``datasets`` puts on its own Arrow files."""
-    import datasets
-
-    features = datasets.Features.from_arrow_schema(schema)
-    return {"huggingface": json.dumps({"info": {"features": features.to_dict()}})}
+    """The ``huggingface`` schema metadata ``datasets`` puts on its own Arrow files (written
+    without importing ``datasets``: :mod:`schemas.hf_features`)."""
+    return {"huggingface": json.dumps({"info": {"features": features_dict(schema)}})}
 
 
 def shard_schema() -> pa.Schema:

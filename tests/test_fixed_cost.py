@@ -1,0 +1,152 @@
+"""The fixed cost of a run (issue 16 item 3), checked by what is done, never by wall time.
+
+Beam's introspection is memoized without changing its answers or the shards; the shard schema
+and ``dataset_info.json`` are written without importing ``datasets`` and with its bytes; the
+report's charts need no matplotlib; ``validate`` imports neither.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import apache_beam as beam
+import datasets
+import pyarrow as pa
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.typehints import decorators
+
+from pipelines import beam_speed
+from schemas.hf_features import _VALUES, dataset_info_dict, features_dict
+from tests.conftest import REPO
+from tests.helpers import shard_hashes
+from transforms.write import SAMPLE_CODEC, shard_schema
+
+
+class _Fn(beam.DoFn):
+    def process(self, element, *rest, side=beam.DoFn.SideInputParam):
+        yield element
+
+    @classmethod
+    def make(cls, a, b=2):
+        return cls()
+
+    @staticmethod
+    def helper(x, /, y, *, z=1):
+        return x
+
+    def star(*args):
+        return args
+
+
+def _plain(a, b=1, *c, d, **e):
+    return a
+
+
+CALLABLES = [
+    _plain,
+    lambda x, y=3: x,
+    _Fn().process,
+    _Fn.make,
+    _Fn.helper,
+    _Fn().star,
+    _Fn.process,
+    len,
+    str.upper,
+    functools.partial(_plain, 1),
+    _Fn,
+    json.dumps,
+]
+
+
+@pytest.mark.parametrize("fn", CALLABLES, ids=lambda f: getattr(f, "__qualname__", type(f).__name__))
+def test_memoized_signatures_are_beams(fn):
+    original = getattr(decorators.get_signature, "__wrapped_original__", decorators.get_signature)
+    memo = beam_speed.memoized_get_signature(original)
+    expected = original(fn)
+    assert memo(fn) == expected
+    assert memo(fn) == expected  # from the cache
+    if inspect.ismethod(fn):
+        assert memo(fn) == inspect.signature(fn)
+
+
+def test_memoized_views_share_the_options():
+    options = PipelineOptions(["--runner=DirectRunner", "--direct_num_workers=2"])
+    original = getattr(PipelineOptions.view_as, "__wrapped_original__", PipelineOptions.view_as)
+    view_as = beam_speed.memoized_view_as(original)
+    first = view_as(options, StandardOptions)
+    assert view_as(options, StandardOptions) is first
+    assert first.runner == "DirectRunner"
+    first.runner = "FnApiRunner"
+    fresh = original(options, StandardOptions)
+    assert fresh.runner == "FnApiRunner"
+    assert options.get_all_options()["direct_num_workers"] == 2
+
+
+def _schemas() -> list[pa.Schema]:
+    every = [pa.field(f"f{i}", t) for i, t in enumerate(_VALUES)]
+    nested = pa.field("l", pa.list_(pa.struct([("a", pa.list_(pa.int64())), ("b", pa.float32())])))
+    return [SAMPLE_CODEC.schema, pa.schema([*every, nested, pa.field("s", pa.struct([]))])]
+
+
+@pytest.mark.parametrize("schema", _schemas(), ids=["shard schema", "every supported type"])
+def test_features_are_written_as_datasets_writes_them(schema):
+    features = datasets.Features.from_arrow_schema(schema)
+    assert json.dumps(features_dict(schema)) == json.dumps(features.to_dict())
+    assert json.dumps(dataset_info_dict(schema)) == json.dumps(asdict(datasets.DatasetInfo(features=features)))
+
+
+def test_unsupported_types_ask_datasets():
+    schema = pa.schema([pa.field("t", pa.timestamp("s")), pa.field("d", pa.dictionary(pa.int32(), pa.string()))])
+    assert features_dict(schema) == datasets.Features.from_arrow_schema(schema).to_dict()
+
+
+def test_shard_schema_metadata_loads_in_datasets():
+    metadata = json.loads(shard_schema().metadata[b"huggingface"])
+    features = datasets.Features.from_dict(metadata["info"]["features"])
+    assert features.arrow_schema.names == SAMPLE_CODEC.schema.names
+
+
+def _modules_after(code: str) -> set[str]:
+    probe = f"{code}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.split()[-1000:])
+
+
+def test_validate_imports_neither_matplotlib_nor_datasets():
+    modules = _modules_after("from pipelines.cli import main\nassert main(['validate', 'pipelines/demo.yaml']) == 0")
+    assert not modules & {"matplotlib", "datasets"}
+
+
+def test_report_charts_need_no_matplotlib():
+    code = (
+        "from pipelines.report_html import bar_chart, histograms\n"
+        "svg = bar_chart('t', ['a', 'b'], {'x': [1, None], 'y': [0.5, 2]}, 'share')\n"
+        "svg += histograms('h', {'g': ([1, 2, 30], [1, 1, 5]), 'empty': ([], [])})\n"
+        "assert svg.count('<svg') == 4 and 'matplotlib' not in svg"
+    )
+    assert "matplotlib" not in _modules_after(code)
+
+
+def test_shards_are_the_same_without_the_memoizations(tmp_path):
+    """The demo's shards with Beam's introspection memoized and without."""
+    outputs = {}
+    for name, prelude in (("memoized", ""), ("plain", "import pipelines.beam_speed as b; b.apply = lambda: None\n")):
+        out = tmp_path / name
+        command = f"main(['run', 'pipelines/demo.yaml', '-o', {str(out)!r}, '-q'])"
+        code = f"{prelude}from pipelines.cli import main\nraise SystemExit({command})"
+        result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs[name] = out
+    assert shard_hashes(outputs["memoized"]) == shard_hashes(outputs["plain"])
+    for name in ("dataset_info.json", "state.json"):
+        assert (outputs["memoized"] / name).read_bytes() == (outputs["plain"] / name).read_bytes()
+    loaded = datasets.load_from_disk(str(outputs["memoized"]))
+    assert loaded.num_rows > 0 and Path(outputs["memoized"] / "report.html").read_text().count("<svg") >= 7
