@@ -21,7 +21,12 @@ Guarantees:
   prompt) and its arguments validate against that tool's JSON Schema (``jsonschema``);
 - every target parses back with the format's parser to the same step (ReAct: ``parse_turn``;
   JSON: ``json.loads`` to the same object), checked before emitting (a failure is a dead letter);
-- failed episodes (``success is False``) give no pairs;
+- failed episodes give no pairs (``failed_episode``): ``success is False`` (except for tasks in
+  ``ignore_success_flag``, whose source does not record the flag, e.g. AgentGym's BabyAI), or a
+  reward that is not above 0; the same rule as the audit's ``failed_episode`` check. Reward
+  thresholds are ``reward_filter``'s job, before this step;
+- each trajectory's conversation is read once (a screening pass that also ranks the eligible
+  ones); only the drawn trajectories are read again, to build their pair;
 - every input trajectory is emitted or filtered with a reason.
 
 Declared tools are the trajectory's own (ToolBench, glaive). Sources whose actions are text
@@ -33,7 +38,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -71,6 +76,11 @@ SLOT_VARIABLES: dict[str, dict[str, Any]] = {
     "system_tools_only": {"tools": EXAMPLE_TOOLS, "instruction": ""},
     "user_with_format": {"task": "Weather in Oslo?", "rules": "Reply in JSON."},
 }
+#: A trajectory's screening: :data:`ELIGIBLE`, or the (reason, detail) it is filtered with.
+Screening = tuple[str, str]
+ELIGIBLE: Screening = ("", "")
+SCREENED = beam.typehints.Tuple[Trajectory, beam.typehints.Tuple[str, str]]
+RANKS = "ranks"
 #: A line ToolBench appends to every task ("Begin!"), part of its own protocol, not the task.
 TOOLBENCH_BEGIN = re.compile(r"\n\s*Begin!\s*$")
 #: ToolBench's depth-first search talks to the model in user turns ("This is not the first time
@@ -86,6 +96,9 @@ class InstructionPairsConfig(StepConfig):
     placements: list[Placement] = Field(default_factory=lambda: ["system", "user"], min_length=1)
     multi_turn_share: float = Field(0.5, ge=0.0, le=1.0)
     balance_sources: bool = True
+    #: Tasks whose ``success`` flag is not recorded by their source (always false), judged by
+    #: their reward alone (as ``reward_filter`` and the audit's ``failed_episode`` options).
+    ignore_success_flag: list[str] = Field(default_factory=list)
     tool_cards: str | None = None
     templates: str | None = None
 
@@ -205,7 +218,19 @@ def _clean(step: PairStep) -> PairStep:
     return step
 
 
-def read_conversation(trajectory: Trajectory, cards: ToolCards | None = None) -> Conversation:
+def failure(trajectory: Trajectory, ignore_success_flag: Collection[str] = ()) -> str | None:
+    """Why the trajectory's episode counts as failed, or ``None``: its ``success`` flag is false
+    (unless its task is in ``ignore_success_flag``), or its reward is 0 or below."""
+    if trajectory.success is False and (trajectory.task or "") not in ignore_success_flag:
+        return "the source marks the episode as failed"
+    if trajectory.reward is not None and trajectory.reward <= 0:
+        return f"reward {trajectory.reward:g}"
+    return None
+
+
+def read_conversation(
+    trajectory: Trajectory, cards: ToolCards | None = None, ignore_success_flag: Collection[str] = ()
+) -> Conversation:
     """The trajectory as a conversation for pairs, or :class:`NotEligible` with the reason.
 
     Declared tools: the tool card of the trajectory's environment when it has one that declares
@@ -213,8 +238,9 @@ def read_conversation(trajectory: Trajectory, cards: ToolCards | None = None) ->
     rules), else the trajectory's own tools. The task is the user turn before the first
     supervised assistant turn (earlier turns, such as in-context examples, are left out); a user
     turn right after a call is that call's result (a tool message)."""
-    if trajectory.success is False:
-        raise NotEligible("failed_episode", "the source marks the episode as failed")
+    failed = failure(trajectory, ignore_success_flag)
+    if failed is not None:
+        raise NotEligible("failed_episode", failed)
     card = cards.card_for(trajectory) if cards is not None else None
     if card is not None and not card.own_tools:
         tools = card.tools_for(trajectory, finals=True)
@@ -299,6 +325,12 @@ def _react_final_text(step: PairStep) -> str | None:
     return None
 
 
+def same_call(a: ToolCall, b: ToolCall) -> bool:
+    """Whether two calls name the same tool with the same arguments (a call id is the source's
+    bookkeeping, not something a target writes)."""
+    return a.name == b.name and a.arguments == b.arguments
+
+
 def check_format(step: PairStep, fmt: str, text: str) -> None:
     """Raise RecordError unless ``text`` parses with the format's parser back to ``step``."""
     if fmt == "react":
@@ -311,7 +343,7 @@ def check_format(step: PairStep, fmt: str, text: str) -> None:
             expected = _finish_answer(step.call.arguments)
             ok = parsed[0].finished and parsed[0].answer == (expected.strip() if expected is not None else None)
         elif ok and step.call is not None:
-            ok = parsed[0].call == step.call
+            ok = parsed[0].call is not None and same_call(parsed[0].call, step.call)
         elif ok:
             ok = parsed[0].finished and parsed[0].answer == (step.answer or "").strip()
     else:
@@ -399,16 +431,38 @@ class PairMaker:
             metadata={"format": fmt, "placement": placement, "shape": shape},
         )
 
-    def __call__(self, trajectory: Trajectory, selected: list[str]) -> Iterator[Any]:
+    def read(self, trajectory: Trajectory) -> Conversation:
+        """:func:`read_conversation` with this step's cards and success rule."""
+        return read_conversation(trajectory, self.cards, self.config.ignore_success_flag)
+
+    def screen(self, trajectory: Trajectory) -> Screening:
+        """:data:`ELIGIBLE`, or the (reason, detail) of the filter the trajectory falls under."""
+        try:
+            self.read(trajectory)
+        except NotEligible as exc:
+            return exc.reason, exc.detail
+        return ELIGIBLE
+
+    def __call__(
+        self, trajectory: Trajectory, selected: list[str], screening: Screening | None = None
+    ) -> Iterator[Any]:
+        """The pair of ``trajectory`` when it is drawn, else the filter reason. ``screening`` is
+        the trajectory's :meth:`screen` result when the caller has it (the step's screening
+        pass): then only a drawn trajectory is read again."""
         if selected is not self._selected_list:
             self._selected_list, self._selected = selected, set(selected)
-        try:
-            conversation = read_conversation(trajectory, self.cards)
-        except NotEligible as exc:
-            yield Filtered(exc.reason, exc.detail)
+        if screening is None:
+            screening = self.screen(trajectory)
+        if screening != ELIGIBLE:
+            yield Filtered(*screening)
             return
         if trajectory.id not in self._selected:
             yield Filtered("not_selected", "eligible trajectory, not drawn", keep_payload=False)
+            return
+        try:
+            conversation = self.read(trajectory)
+        except NotEligible as exc:  # not reached: screened eligible, and reading is deterministic
+            yield Filtered(exc.reason, exc.detail)
             return
         try:
             sample = self.pair(trajectory, conversation)
@@ -422,19 +476,54 @@ class PairMaker:
         yield sample
 
 
-def eligible(trajectory: Trajectory, cards: ToolCards | None = None) -> bool:
+def eligible(trajectory: Trajectory, cards: ToolCards | None = None, ignore_success_flag: Collection[str] = ()) -> bool:
     try:
-        read_conversation(trajectory, cards)
+        read_conversation(trajectory, cards, ignore_success_flag)
     except NotEligible:
         return False
     return True
 
 
+def _rank(trajectory: Trajectory, seed: int, step_id: str, balance: bool) -> tuple[str, tuple[tuple[int, str], str]]:
+    return (trajectory.source if balance else ""), (rank_key(seed, step_id, trajectory.id), trajectory.id)
+
+
 def _candidate_ranks(
-    trajectory: Trajectory, seed: int, step_id: str, cards: ToolCards | None, balance: bool
+    trajectory: Trajectory,
+    seed: int,
+    step_id: str,
+    cards: ToolCards | None,
+    balance: bool,
+    ignore_success_flag: Collection[str] = (),
 ) -> Iterable[tuple[str, tuple[tuple[int, str], str]]]:
-    if eligible(trajectory, cards):
-        yield (trajectory.source if balance else ""), (rank_key(seed, step_id, trajectory.id), trajectory.id)
+    """The draw's ``(group, (rank key, id))`` of an eligible trajectory (nothing otherwise)."""
+    if eligible(trajectory, cards, ignore_success_flag):
+        yield _rank(trajectory, seed, step_id, balance)
+
+
+class _Screen(beam.DoFn):
+    """The screening pass: ``(trajectory, screening)`` for every trajectory, and on the
+    :data:`RANKS` output the draw's rank of each eligible one (one conversation read each)."""
+
+    def __init__(self, maker: PairMaker, balance: bool) -> None:
+        self.maker = maker
+        self.balance = balance
+
+    def process(self, trajectory):  # no annotation: Beam type-checks process hints
+        screening = self.maker.screen(trajectory)
+        yield trajectory, screening
+        if screening == ELIGIBLE:
+            context = self.maker.context
+            yield beam.pvalue.TaggedOutput(RANKS, _rank(trajectory, context.seed, context.step_id, self.balance))
+
+
+class _ScreenedRecordDoFn(RecordDoFn):
+    """:class:`RecordDoFn` over ``(trajectory, screening)``: the processor gets the screening,
+    the ledger and the rejected records see the trajectory alone (as without screening)."""
+
+    def process(self, element, **side_inputs):  # no annotation: Beam type-checks process hints
+        trajectory, screening = element
+        yield from super().process(trajectory, screening=screening, **side_inputs)
 
 
 def allocate(ranked: dict[str, list[tuple[tuple[int, str], str]]], count: int) -> list[str]:
@@ -478,23 +567,25 @@ class InstructionPairs(Step):
         self.cards()
 
     def expand(self, trajectories: beam.PCollection) -> dict[str, Any]:
-        seed, step_id, count = self.context.seed, self.context.step_id, self.config.count
+        step_id, count = self.context.step_id, self.config.count
         maker = self.maker()
+        screened = trajectories | "Screen" >> beam.ParDo(_Screen(maker, self.config.balance_sources)).with_outputs(
+            RANKS, main=MAIN
+        )
+        screened[MAIN].element_type = SCREENED
         if count == 0:
             selected = trajectories.pipeline | "NoDraw" >> beam.Create([[]])
         else:
             selected = (
-                trajectories
-                | "Candidates"
-                >> beam.FlatMap(_candidate_ranks, seed, step_id, maker.cards, self.config.balance_sources)
+                screened[RANKS]
                 | "Draw" >> beam.combiners.Top.SmallestPerKey(count)
                 | "Groups" >> beam.combiners.ToDict()
                 | "Keys" >> beam.Map(allocate, count)
             )
-        # The trajectories wait for the draw on disk, not in the runner's memory.
-        waiting = trajectories | "AwaitDraw" >> Merge(self.context.spill_dir("records"), Trajectory)
+        # The screened trajectories wait for the draw on disk, not in the runner's memory.
+        waiting = screened[MAIN] | "AwaitDraw" >> Merge(self.context.spill_dir("records"), SCREENED)
         outputs = waiting | "Pairs" >> beam.ParDo(
-            RecordDoFn(maker, step_id), selected=beam.pvalue.AsSingleton(selected)
+            _ScreenedRecordDoFn(maker, step_id), selected=beam.pvalue.AsSingleton(selected)
         ).with_outputs(REJECTED, LEDGER, main=MAIN)
         return self._typed(outputs)
 
