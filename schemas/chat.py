@@ -21,14 +21,17 @@ Guarantees of :func:`message_dict`:
 :func:`template_tools`: a sample's tools go to the template unless the sample spells its calls
 in text (align's ``tool`` / ``arguments`` parts, kept-format ``react`` turns): such a sample
 already describes its tools and its call format in its own prompt, and a template's tool block
-(``<tools>`` with "return <tool_call> JSON") would contradict the format it supervises.
+(``<tools>`` with "return <tool_call> JSON") would contradict the format it supervises. Nor do
+they when the data's convention (:func:`call_convention`) is ``text``: if the call-free samples
+of a text-call data set (its negatives) alone showed the tool block, the model would learn that
+a tool block means "never call".
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from schemas.sample import Message, Sample
@@ -75,10 +78,22 @@ def spells_calls(sample: Sample) -> bool:
     return any(m.part in TEXT_CALL_PARTS for m in sample.messages)
 
 
-def template_tools(sample: Sample) -> list[dict[str, Any]] | None:
-    """The tools to give the template: the sample's, unless it has none or spells its calls in
-    text (module docstring)."""
-    if not sample.tools or spells_calls(sample):
+def call_convention(samples: Iterable[Sample]) -> str:
+    """How a data set writes its calls: ``native`` (structured calls only), ``text`` (calls
+    spelled in text only), ``mixed`` (both), ``none`` (no calls)."""
+    native = text = False
+    for sample in samples:
+        text = text or spells_calls(sample)
+        native = native or any(native_calls(m) for m in sample.messages)
+        if native and text:
+            return "mixed"
+    return "native" if native else "text" if text else "none"
+
+
+def template_tools(sample: Sample, convention: str = "mixed") -> list[dict[str, Any]] | None:
+    """The tools to give the template: the sample's, unless it has none, spells its calls in
+    text, or belongs to a data set whose ``convention`` is ``text`` (module docstring)."""
+    if not sample.tools or convention == "text" or spells_calls(sample):
         return None
     return tool_schemas(sample.tools)
 

@@ -148,6 +148,35 @@ def test_calls_spelled_in_text_render_once_and_without_the_template_tool_block()
     ]
 
 
+def test_call_free_samples_show_the_tool_block_unless_the_data_spells_every_call_in_text(tokenizer):
+    template = load_template("chatml")
+    ensure_special_tokens(tokenizer, template)
+    negative = Sample(
+        id="neg",
+        kind="negative",
+        messages=[Message(role=Role.USER, content="Hi"), Message(role=Role.ASSISTANT, content="Hello!", loss=True)],
+        tools=[WEATHER],
+        lineage=Lineage(source="test", source_id="2"),
+    )
+    spelled = tool_sample().model_copy(
+        update={
+            "id": "text",
+            "messages": [
+                Message(role=Role.USER, content="Oslo?"),
+                Message(
+                    role=Role.ASSISTANT, content='{"city": "Oslo"}', loss=True, part="arguments", tool_calls=[OSLO]
+                ),
+            ],
+        }
+    )
+    for data, convention, block in (([spelled, negative], "text", False), ([tool_sample(), negative], "native", True)):
+        kept, report = tokenize_all(data, tokenizer, template, 4096, check_round_trip=True)
+        assert report.call_convention == convention and len(kept) == 2
+        assert ("<tools>" in tokenizer.decode(kept[1].input_ids)) is block
+        assert "<tools>" not in tokenizer.decode(kept[0].input_ids) or convention == "native"
+    assert tokenize_all([tool_sample(), spelled], tokenizer, template, 4096)[1].call_convention == "mixed"
+
+
 @pytest.mark.parametrize("name", ["chatml", "llama3"])
 def test_native_templates_render_tools_and_calls(name):
     template = load_template(name)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.arrow import ArrowCodec
-from schemas.chat import conversation, native_calls, template_tools, tool_schemas
+from schemas.chat import call_convention, conversation, native_calls, template_tools, tool_schemas
 from schemas.integrity import require_intact
 from schemas.sample import Capability, Sample
 from train.templates import ChatTemplate, TemplateError, render_with_spans, round_trip
@@ -88,6 +88,7 @@ class TokenizeReport:
     supervised_by_group: Counter = field(default_factory=Counter)
     round_trip_turns: int = 0
     calls_as_text: int = 0
+    call_convention: str = "none"
 
     def add(self, result: TokenizedSample | Dropped) -> None:
         self.samples_in += 1
@@ -121,6 +122,7 @@ class TokenizeReport:
             "supervised_by_group": dict(self.supervised_by_group),
             "round_trip": {"turns_checked": self.round_trip_turns, "failed_samples": self.dropped["round_trip"]},
             "calls_as_text": self.calls_as_text,
+            "call_convention": self.call_convention,
         }
 
 
@@ -240,17 +242,19 @@ def tokenize_sample(
     system_prompt: str | None = None,
     render_tools: bool = True,
     check_round_trip: bool = False,
+    convention: str = "mixed",
 ) -> TokenizedSample | Dropped:
     """Render, tokenize and label one sample (guarantees in the module docstring).
 
     ``render_tools``: give the template the sample's tools and structured calls when it renders
     them. ``check_round_trip``: run the round-trip gate (the template needs a response template).
+    ``convention``: the data set's :func:`schemas.chat.call_convention` (``text``: no tool block).
     """
     native = render_tools and template.native_calls
     messages, flags, groups = chat_messages(sample, system_prompt, native)
     if not any(flags):
         return Dropped(sample.id, "no_supervised_tokens", "no message has loss=true")
-    tools = template_tools(sample) if render_tools and template.renders_tools else None
+    tools = template_tools(sample, convention) if render_tools and template.renders_tools else None
     try:
         text, spans = render_with_spans(template, tokenizer, messages, flags, tools)
         failures = round_trip(template, text, spans, messages, tools) if check_round_trip else []
@@ -302,13 +306,23 @@ def tokenize_all(
 ) -> tuple[list[TokenizedSample], TokenizeReport]:
     """Tokenize every sample; return the kept ones (input order) and the report.
 
-    The first 20 drops per reason are logged one by one; all are counted in the report.
+    The first 20 drops per reason are logged one by one; all are counted in the report. The data
+    set's call convention (``report.call_convention``) decides whether call-free samples show the
+    template's tool block (not when every call is spelled in text).
     """
-    report = TokenizeReport()
+    samples = list(samples)
+    report = TokenizeReport(call_convention=call_convention(samples))
     kept: list[TokenizedSample] = []
     for sample in samples:
         result = tokenize_sample(
-            sample, tokenizer, template, max_seq_len, system_prompt, render_tools, check_round_trip
+            sample,
+            tokenizer,
+            template,
+            max_seq_len,
+            system_prompt,
+            render_tools,
+            check_round_trip,
+            report.call_convention,
         )
         report.add(result)
         if isinstance(result, Dropped):

@@ -169,6 +169,7 @@ def run(argv: list[str] | None = None) -> int:
     tokenized, report = tokenize_all(
         samples, tokenizer, template, args.max_seq_len, args.system_prompt, args.tools, check_round_trip
     )
+    log.info("calls in the data: %s (docs/training.md, Tools and calls)", report.call_convention)
     if check_round_trip:
         log.info(
             "round trip (%s): %d supervised turns parse back, %d samples dropped",

@@ -5,7 +5,9 @@ The sample is rendered exactly as ``train/sft.py`` renders it (:mod:`schemas.cha
 :mod:`schemas.chat_templates`: native ``tool_calls`` and ``tools`` where the template renders
 them), each supervised assistant span is parsed by transformers' ``parse_response`` with the
 template's response template and the prompt before it as ``prefix``, and the parsed content and
-calls (names, canonical JSON arguments) must equal the message's. Off unless the audit policy
+calls (names, canonical JSON arguments) must equal the message's. (Samples are judged one by one:
+a call-free sample gets the template's tool block even when training would leave it out because
+its whole data set spells calls in text; the block is prompt, which parsing does not read.) Off unless the audit policy
 names a template (``options: {template: chatml}``); transformers is imported only then.
 """
 
