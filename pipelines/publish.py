@@ -115,10 +115,11 @@ def check_output_path(output: str) -> None:
     if os.path.exists(path) and not os.path.isdir(path):
         raise OutputError(f"{path!r} exists and is not a directory")
     try:
-        cwd = os.getcwd()
+        cwd = os.path.realpath(os.getcwd())
     except OSError:
         return
-    if cwd == path or cwd.startswith(path.rstrip(os.sep) + os.sep):
+    real = os.path.realpath(path)
+    if cwd == real or cwd.startswith(real.rstrip(os.sep) + os.sep):
         raise OutputError(
             f"{path!r} is the current directory or holds it; a run replaces its output, so give a new "
             "folder below it (e.g. -o out)"
