@@ -7,8 +7,9 @@ filtered record and dead letter, sorted) and ``shards.json`` (what each shard ho
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -16,9 +17,11 @@ from apache_beam.io.filesystems import FileSystems
 
 import transforms.coders  # noqa: F401  (registers the record coders)
 from pipelines import beam_speed, storage
-from pipelines.graph import Plan
+from pipelines.errors import AgentmillError, StepError
+from pipelines.graph import Plan, PlannedStep
+from schemas import StepLedger
 from transforms.audit import AuditSamples
-from transforms.base import LEDGER, MAIN, REJECTED
+from transforms.base import LEDGER, MAIN, REJECTED, STEP_CONTRACT
 from transforms.quality.auditor import Auditor
 from transforms.spill import Merge, SortedGroups
 from transforms.write import AUDIT_ROWS
@@ -55,6 +58,60 @@ def _rejected_pair(element: tuple[str, str]) -> tuple[str, tuple[bytes, bytes]]:
     return step_id, (line.encode("utf-8"), b"")
 
 
+def _describe(planned: PlannedStep) -> str:
+    return f"step {planned.id!r} ({planned.spec.type})"
+
+
+@contextlib.contextmanager
+def _step_code(planned: PlannedStep) -> Iterator[None]:
+    """Turns an exception raised by a step's own ``expand`` (or its ``processor()``) into a
+    :class:`StepError` naming the step; the original stays the cause (``--debug``)."""
+    try:
+        yield
+    except AgentmillError:
+        raise
+    except Exception as exc:
+        raise StepError(
+            f"{_describe(planned)} failed while building the pipeline: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _check_outputs(planned: PlannedStep, step: Any, result: Any) -> None:
+    """A step's ``expand`` must return a dict with its main output (if it has one), each extra
+    port, the rejected records and the ledger."""
+    if not isinstance(result, dict):
+        raise StepError(
+            f"{_describe(planned)}: its expand returned a {type(result).__name__}, not a dict of outputs "
+            "(see transforms.base.Step)"
+        )
+    needed = [*step.output_ports(), REJECTED, LEDGER]
+    missing = [port for port in needed if port not in result]
+    if missing:
+        raise StepError(f"{_describe(planned)}: its expand returned no output for {', '.join(map(repr, missing))}")
+
+
+def check_step_contracts(plan: Plan, ledgers: dict[str, StepLedger], work_dir: str) -> None:
+    """Raise :class:`StepError` when a step broke the step contract on any record (dead letters
+    ``step_contract``, see :class:`transforms.base.RecordDoFn`): a bug in the step, so the run is
+    refused, naming the step, how many records, and the first one's detail from ``rejected/``."""
+    for planned in plan.steps:
+        count = ledgers[planned.id].dead_letter.get(STEP_CONTRACT, 0)
+        if not count:
+            continue
+        detail = ""
+        with contextlib.suppress(OSError, ValueError):
+            path = FileSystems.join(work_dir, REJECTED_DIR, f"{planned.id}.jsonl")
+            for line in storage.read_text(path).splitlines():
+                entry = json.loads(line)
+                if entry.get("reason") == STEP_CONTRACT:
+                    detail = f": {entry.get('detail', '')}"
+                    break
+        raise StepError(
+            f"{_describe(planned)} broke the step contract on {count} of {ledgers[planned.id].in_} record(s)"
+            f"{detail}; nothing was published"
+        )
+
+
 def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str, spill_root: str | None = None) -> None:
     """Add the plan's steps and the run artifacts to ``pipeline``. With a ``spill_root``, records
     that cross a stage boundary (merged inputs, sorts, count-then-select) go through files there,
@@ -66,19 +123,22 @@ def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str, spill_root: str | 
     for planned in plan.steps:
         step = planned.instantiate(plan.spec.seed, plan.base_dir, work_dir, spill_root)
         step_input = None
-        if not planned.inputs:
-            result = pipeline | step
-        else:
-            upstream = {(f"{i}" if p == MAIN else f"{i}.{p}"): outputs[(i, p)] for i, p in planned.inputs}
-            if step.fan_in == "named":
-                result = upstream | step
-            elif len(upstream) == 1:
-                step_input = next(iter(upstream.values()))
-                result = step_input | step
+        with _step_code(planned):
+            if not planned.inputs:
+                result = pipeline | step
             else:
-                spill = step.context.spill_dir("merge")
-                step_input = tuple(upstream.values()) | f"{planned.id}/Merge" >> Merge(spill, planned.cls.input_type)
-                result = step_input | step
+                upstream = {(f"{i}" if p == MAIN else f"{i}.{p}"): outputs[(i, p)] for i, p in planned.inputs}
+                if step.fan_in == "named":
+                    result = upstream | step
+                elif len(upstream) == 1:
+                    step_input = next(iter(upstream.values()))
+                    result = step_input | step
+                else:
+                    spill = step.context.spill_dir("merge")
+                    merge = Merge(spill, planned.cls.input_type)
+                    step_input = tuple(upstream.values()) | f"{planned.id}/Merge" >> merge
+                    result = step_input | step
+        _check_outputs(planned, step, result)
         for port in step.output_ports():
             outputs[(planned.id, port)] = result[port]
         rejected.append(result[REJECTED] | f"Run/Rejected/Key/{planned.id}" >> beam.Map(_rejected_pair))

@@ -7,12 +7,14 @@ cycles, type mismatches between connected steps, unconsumed outputs, and exactly
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from pipelines.errors import SpecError
 from pipelines.registry import UnknownStepType, resolve_step_type
@@ -31,6 +33,7 @@ class PlannedStep:
     config: StepConfig
     inputs: list[tuple[str, str]]  # (upstream step id, port)
     config_hash: str
+    spec_path: str = ""
 
     @property
     def id(self) -> str:
@@ -49,7 +52,16 @@ class PlannedStep:
     def instantiate(
         self, seed: int, base_dir: str, output_dir: str | None = None, spill_root: str | None = None
     ) -> Step:
-        return self.cls(self.config, self.context(seed, base_dir, output_dir, spill_root))
+        """The step object; an exception its class raises while being created (a custom step's
+        ``__init__``) becomes a :class:`SpecError` naming the step and its type."""
+        try:
+            return self.cls(self.config, self.context(seed, base_dir, output_dir, spill_root))
+        except Exception as exc:
+            raise SpecError(
+                self.spec_path or "<spec>",
+                f"step type {self.spec.type!r} could not be created: {type(exc).__name__}: {exc}",
+                step_id=self.id,
+            ) from exc
 
 
 @dataclass
@@ -72,6 +84,8 @@ class Plan:
 #: Errors listed in one message (the rest are counted), and the longest location or message shown.
 MAX_ERRORS_SHOWN = 5
 MAX_PART_CHARS = 200
+#: Error types of strict validation that a quoted number or boolean gets.
+_STRICT_TYPES = frozenset({"bool_type", "int_type", "float_type"})
 
 
 def format_errors(errors: list[Any]) -> str:
@@ -86,7 +100,10 @@ def format_errors(errors: list[Any]) -> str:
         elif error["type"] == "missing":
             parts.append(f"missing key {loc!r}")
         else:
-            parts.append(f"{loc}: {error['msg']}" if loc else error["msg"])
+            message = error["msg"]
+            if error["type"] in _STRICT_TYPES and isinstance(error.get("input"), str):
+                message += f", not the text {clip(repr(error['input']), MAX_PART_CHARS)} (configs are strict)"
+            parts.append(f"{loc}: {message}" if loc else message)
     if len(errors) > MAX_ERRORS_SHOWN:
         parts.append(f"and {len(errors) - MAX_ERRORS_SHOWN} more error(s)")
     return "; ".join(parts)
@@ -94,6 +111,33 @@ def format_errors(errors: list[Any]) -> str:
 
 def format_validation_error(exc: ValidationError) -> str:
     return format_errors(exc.errors())
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _json_default(value: Any) -> str:
+    """YAML values JSON has no type for (dates, timestamps, binary) are passed as their text."""
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    raise TypeError(f"a value of type {type(value).__name__} cannot appear in a spec")
+
+
+def validate_strict(model: type[ModelT], data: Any) -> ModelT:
+    """``model`` validated from spec data as JSON, in pydantic's strict mode: a YAML value is
+    taken for the type it has. ``"no"`` or ``"false"`` is not a bool, ``"3"`` or ``3.0`` not an int,
+    ``"0.5"`` not a number, while what JSON can only spell as text (an enum value, a path, a date)
+    and an integer for a float are accepted. The same spec gives the same model as lax validation
+    whenever both accept it."""
+    try:
+        text = json.dumps(data, default=_json_default, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:  # a value JSON cannot hold, or a circular reference
+        raise ValidationError.from_exception_data(
+            model.__name__, [{"type": "value_error", "loc": (), "input": None, "ctx": {"error": str(exc)}}]
+        ) from None
+    return model.model_validate_json(text, strict=True)
 
 
 def load_spec(path: str) -> PipelineSpec:
@@ -112,7 +156,7 @@ def load_spec(path: str) -> PipelineSpec:
     if not isinstance(raw, dict):
         raise SpecError(path, "a spec must be a mapping with 'name' and 'steps'")
     try:
-        return PipelineSpec.model_validate(raw)
+        return validate_strict(PipelineSpec, raw)
     except ValidationError as exc:
         step_errors: dict[Any, list[str]] = {}
         for error in exc.errors():
@@ -183,12 +227,12 @@ def plan_spec(spec: PipelineSpec, path: str, base_dir: str) -> Plan:
         except UnknownStepType as exc:
             raise SpecError(path, str(exc), step_id=step.id) from None
         try:
-            config = cls.config_model.model_validate(step.config)
+            config = validate_strict(cls.config_model, step.config)
         except ValidationError as exc:
             raise SpecError(path, f"invalid config: {format_validation_error(exc)}", step_id=step.id) from None
         inputs = [_parse_input(ref) for ref in step.inputs]
         config_hash = content_hash({"type": step.type, "config": config.model_dump(mode="json")}, 16)
-        planned.append(PlannedStep(step, cls, config, inputs, config_hash))
+        planned.append(PlannedStep(step, cls, config, inputs, config_hash, spec_path=path))
 
     by_id = {s.id: s for s in planned}
     consumed: set[tuple[str, str]] = set()

@@ -30,7 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import beam_workarounds, storage
-from pipelines.build import AUDIT_FILE, LEDGER_FILE, REJECTED_DIR, SHARDS_FILE, build
+from pipelines.build import AUDIT_FILE, LEDGER_FILE, REJECTED_DIR, SHARDS_FILE, build, check_step_contracts
 from pipelines.errors import OutputError, RunError, SpecError
 from pipelines.graph import Plan, load_plan
 from pipelines.publish import (
@@ -442,6 +442,7 @@ def _run_and_publish(
         os.makedirs(os.path.join(work, REJECTED_DIR), exist_ok=True)
     shards = finish_shards(plan, work)
     ledgers = read_ledger(plan, work)
+    check_step_contracts(plan, ledgers, work)
     check_ledger(plan, ledgers, sum(s.rows for s in shards))
     check_publishable(plan, ledgers, sum(s.rows for s in shards), *guard, work=work)
     FileSystems.delete([FileSystems.join(work, SHARDS_FILE), FileSystems.join(work, LEDGER_FILE)])

@@ -37,6 +37,9 @@ FILTERED = "filtered"
 DEAD_LETTER = "dead_letter"
 STAT = "stat"
 PORT = "port"
+#: Dead-letter reason of a record whose step broke the step contract (a bug in the step, not in
+#: the record): the runner refuses a run that has any.
+STEP_CONTRACT = "step_contract"
 
 LedgerKey = tuple[str, str, str]  # (step id, category, reason or stat name)
 
@@ -186,14 +189,34 @@ class RecordDoFn(beam.DoFn):
     (:class:`Routed`, or :class:`Filtered` with a ``port``) anywhere else would vanish, as Beam
     drops outputs to undeclared tags, so its input becomes a dead letter ``undeclared_port``
     naming the step and the port instead. ``None`` leaves ports unchecked (a step that wires
-    its own outputs)."""
+    its own outputs).
+
+    A processor that returns something other than an iterable of outcomes (a dict, a string, a
+    record, ``None``), or that emits to the main output a record that is not an ``output_type``
+    (when given), breaks the step contract: the input becomes a dead letter ``step_contract``
+    naming the step and what it returned, and the runner refuses the run (see
+    :data:`STEP_CONTRACT`)."""
 
     def __init__(
-        self, processor: Callable[[Any], Iterable[Any]], step_id: str, ports: Iterable[str] | None = None
+        self,
+        processor: Callable[[Any], Iterable[Any]],
+        step_id: str,
+        ports: Iterable[str] | None = None,
+        output_type: type | None = None,
     ) -> None:
         self.processor = processor
         self.step_id = step_id
         self.ports = None if ports is None else frozenset(ports)
+        self.output_type = output_type if isinstance(output_type, type) else None
+
+    def _contract(self, result: Any) -> str | None:
+        """Why ``result`` (what the processor returned) breaks the step contract, or None."""
+        if isinstance(result, (str, bytes, dict, BaseModel)) or not isinstance(result, Iterable):
+            return (
+                f"the processor returned a {type(result).__name__}, not an iterable of outcomes "
+                "(yield each output record, Filtered, Routed or Stat)"
+            )
+        return None
 
     def _undeclared(self, outcomes: list[Any]) -> str | None:
         """The first port an outcome is routed to that the step does not declare, or None."""
@@ -217,7 +240,12 @@ class RecordDoFn(beam.DoFn):
         acct = self.acct
         acct.counts[(IN, "")] += 1
         try:
-            outcomes = list(self.processor(record, **side_inputs))
+            result = self.processor(record, **side_inputs)
+            broken = self._contract(result)
+            if broken is not None:
+                yield acct.rejected(DEAD_LETTER, STEP_CONTRACT, broken, record)
+                return
+            outcomes = list(result)
         except RecordError as exc:
             yield acct.rejected(DEAD_LETTER, exc.reason, exc.detail, record)
             return
@@ -242,9 +270,17 @@ class RecordDoFn(beam.DoFn):
                 filtered = outcome
             else:
                 outputs.append(outcome)
+        wrong = next((o for o in outputs if self.output_type and not isinstance(o, (Routed, self.output_type))), None)
+        if wrong is not None:
+            detail = (
+                f"the processor emitted a {type(wrong).__name__}, "
+                f"not a {getattr(self.output_type, '__name__', self.output_type)}"
+            )
+            yield acct.rejected(DEAD_LETTER, STEP_CONTRACT, detail, record)
+            return
         if filtered is not None:
             if outputs:
-                yield acct.rejected(DEAD_LETTER, "step_contract", "processor both filtered and emitted", record)
+                yield acct.rejected(DEAD_LETTER, STEP_CONTRACT, "processor both filtered and emitted", record)
                 return
             omit = {} if filtered.keep_payload else {"payload": ""}
             yield acct.rejected(FILTERED, filtered.reason, filtered.detail, record, **omit)
@@ -377,6 +413,6 @@ class RecordStep(Step):
 
     def expand(self, pcoll: beam.PCollection) -> dict[str, Any]:
         outputs = pcoll | "Process" >> beam.ParDo(
-            RecordDoFn(self.processor(), self.step_id, ports=self.extra_outputs)
+            RecordDoFn(self.processor(), self.step_id, ports=self.extra_outputs, output_type=self.output_type)
         ).with_outputs(REJECTED, LEDGER, *self.extra_outputs, main=MAIN)
         return self._typed(outputs)
