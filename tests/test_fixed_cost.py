@@ -76,6 +76,27 @@ def test_memoized_signatures_are_beams(fn):
         assert memo(fn) == inspect.signature(fn)
 
 
+class _Stateful(beam.DoFn):
+    COUNT = beam.transforms.userstate.ReadModifyWriteStateSpec("count", beam.coders.VarIntCoder())
+
+    def process(self, element, count=beam.DoFn.StateParam(COUNT)):  # noqa: B008 (Beam's idiom)
+        yield element
+
+
+@pytest.mark.parametrize("dofn", [_Fn(), _Stateful(), beam.transforms.core.CallableWrapperDoFn(_plain)])
+def test_memoized_dofn_specs_are_beams(dofn):
+    from apache_beam.transforms import userstate
+
+    original = getattr(userstate.get_dofn_specs, "__wrapped_original__", userstate.get_dofn_specs)
+    memo = beam_speed.memoized_dofn_specs(original)
+    expected = original(dofn)
+    assert bool(expected[0]) == isinstance(dofn, _Stateful)
+    first = memo(dofn)
+    assert first == expected
+    first[0].clear()  # callers get copies
+    assert memo(dofn) == expected
+
+
 def test_memoized_views_share_the_options():
     options = PipelineOptions(["--runner=DirectRunner", "--direct_num_workers=2"])
     original = getattr(PipelineOptions.view_as, "__wrapped_original__", PipelineOptions.view_as)
@@ -150,3 +171,15 @@ def test_shards_are_the_same_without_the_memoizations(tmp_path):
         assert (outputs["memoized"] / name).read_bytes() == (outputs["plain"] / name).read_bytes()
     loaded = datasets.load_from_disk(str(outputs["memoized"]))
     assert loaded.num_rows > 0 and Path(outputs["memoized"] / "report.html").read_text().count("<svg") >= 7
+
+
+def test_builtin_tool_cards_are_parsed_once_per_process(monkeypatch):
+    from transforms import tool_cards
+
+    parsed = []
+    original = tool_cards.parse_card
+    monkeypatch.setattr(tool_cards, "parse_card", lambda text, origin: parsed.append(origin) or original(text, origin))
+    tool_cards._parsed_builtin_cards.cache_clear()
+    first, second = tool_cards.load_cards(), tool_cards.load_cards()
+    assert first == second and len(parsed) == len(first.cards) == len(set(parsed))
+    tool_cards._parsed_builtin_cards.cache_clear()

@@ -13,7 +13,8 @@ render (see :func:`render_limited`):
 * no amplification in one operation: ``*`` and ``**`` on big operands, a call or filter given an
   integer above the output limit (``center(10**9)``, ``'x'.ljust(...)``), a format width above it,
   ``replace`` that would grow past it, a ``namespace`` attribute or macro argument above it;
-* no ``lipsum`` (it writes random text) and no ``random`` filter (output must be deterministic);
+* no ``lipsum`` (it writes random text: calling it is an error) and no ``random`` filter (the
+  output must be deterministic);
 * no ``{% include %}``, ``{% import %}``, ``{% from %}`` or ``{% extends %}`` (a phrase-book
   template cannot read other files) and no macro that calls itself.
 
@@ -113,12 +114,14 @@ def _bounded(iterable: Iterable[Any]) -> Iterator[Any]:
 
 
 def _range(*args: int) -> range:
-    for value in args:
-        _check_argument(value)
     items = range(*args)
     if len(items) > MAX_ITERATIONS:
         raise TemplateLimitError(f"range of {len(items):,} items is over the limit of {MAX_ITERATIONS:,}")
     return items
+
+
+def _no_lipsum(*args: Any, **kwargs: Any) -> str:
+    raise TemplateLimitError("lipsum is not available in phrase books (its text is random)")
 
 
 class _LimitedNamespace(Namespace):
@@ -171,7 +174,7 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.globals.pop("lipsum", None)
+        self.globals["lipsum"] = _no_lipsum
         self.globals["range"] = _range
         self.globals["namespace"] = _LimitedNamespace
         self.filters = {
@@ -200,7 +203,8 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _tick()
-        _check_arguments(args, kwargs)
+        if __obj is not _range:  # range checks its own length
+            _check_arguments(args, kwargs)
         name, owner = getattr(__obj, "__name__", None), getattr(__obj, "__self__", None)
         if name in ("format", "format_map") and isinstance(owner, str):
             _check_format(owner)

@@ -62,6 +62,7 @@ deterministic and free of I/O after :func:`load_cards`.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -73,6 +74,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemas import Role, ToolCall, ToolSpec, Trajectory, Turn
+
+#: libyaml's safe loader where installed (same documents as yaml.safe_load, faster).
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 BUILTIN_DIR = "tools"
 #: Argument keys under which :mod:`transforms.react` puts an action's text argument.
@@ -353,7 +357,7 @@ class ToolCards:
 def parse_card(text: str, origin: str) -> ToolCard:
     """One card from YAML text; raises :class:`CardFileError` naming ``origin``."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         raise CardFileError(f"{origin}: invalid YAML: {exc}") from None
     try:
@@ -368,10 +372,17 @@ def parse_card(text: str, origin: str) -> ToolCard:
     return ToolCard(card, origin)
 
 
-def _builtin_cards() -> list[ToolCard]:
+@functools.cache
+def _parsed_builtin_cards() -> tuple[ToolCard, ...]:
     folder = resources.files("templates").joinpath(BUILTIN_DIR)
     entries = sorted((e for e in folder.iterdir() if e.name.endswith(".yaml")), key=lambda e: e.name)
-    return [parse_card(e.read_text(encoding="utf-8"), f"templates/{BUILTIN_DIR}/{e.name}") for e in entries]
+    return tuple(parse_card(e.read_text(encoding="utf-8"), f"templates/{BUILTIN_DIR}/{e.name}") for e in entries)
+
+
+def _builtin_cards() -> list[ToolCard]:
+    """The installed cards, parsed and schema-checked once per process (a run loads them in
+    several steps and workers; cards are frozen)."""
+    return list(_parsed_builtin_cards())
 
 
 def load_cards(user_dir: str | None = None, base_dir: str = ".") -> ToolCards:
