@@ -19,6 +19,7 @@ from transforms.negatives import (
     Negatives,
     NegativesConfig,
     Query,
+    capability_text,
     content_words,
     pick_irrelevant_tools,
     select,
@@ -137,6 +138,37 @@ def test_environment_observations_are_never_queries():
     assert reader.examine("agent", page) == "environment_observation"
     tagged = traj([user("Put a mug in the sink."), assistant("ACTION: go to sink 1")], task="alfworld")
     assert reader.examine("agent", tagged) == "excluded_task"
+    # AgentGym's worlds, whatever their task name (not in exclude_tasks): recognised by their text
+    grid = traj([user("Your goal: go to the red ball\nIn front of you in this room, you can see a red ball 1."),
+                 assistant("Action: go to red ball 1")], task="babyai")  # fmt: skip
+    craft = traj([user("Crafting commands:\ncraft 1 stick using 2 planks\nGoal: craft stick."),
+                  assistant("Action: get 2 planks")])  # fmt: skip
+    maze = traj([user("The goal is at position 8, 6. Your current position is at position 1, 1."),
+                 assistant("Action: move up")])  # fmt: skip
+    for observation in (grid, craft, maze):
+        assert reader.examine("agent", observation) == "environment_observation"
+
+
+def test_tool_descriptions_become_verb_phrases_or_nothing():
+    """The capability of a needs-tool answer is a verb phrase ("I can't <capability>"): a
+    third-person verb in its base form, the tool's self-reference and parameter docs cut."""
+    assert (
+        capability_text("Retrieves the capital of a district in Ghana.")
+        == "retrieve the capital of a district in Ghana"
+    )
+    assert capability_text("This endpoint fetches all quotes. You can page.") == "fetch all quotes"
+    assert capability_text("Searches for books by title") == "search for books by title"
+    assert capability_text("Queries the database") == "query the database"
+    assert capability_text("Fetch a user by id.\n\n    Args:\n      is_id (str): The id.") == "fetch a user by id"
+    assert capability_text("Get the current stock price of a company") == "get the current stock price of a company"
+    assert capability_text("Weather forecast for a city") == ""  # no verb: the phrase book's own words
+    assert capability_text("获取公司当前的股票价格") == "获取公司当前的股票价格"
+    fn = maker()
+    tool = ToolSpec(name="get_capital", description="Retrieves the capital of a district in Ghana given its name.")
+    asked = user("What is the capital of the Kumasi district?")
+    trajectory = traj([asked, call_turn("get_capital", district="Kumasi")], tools=[tool])
+    answer = fn.build("no_tools", trajectory, POOL).messages[-1].content
+    assert "retrieve the capital of a district in Ghana" in answer and "retrieves" not in answer
 
 
 def test_requests_are_read_out_of_task_turns():

@@ -527,6 +527,120 @@ def description_in(language: str, description: str) -> str:
     return description if detected in (None, language) else ""
 
 
+#: Where a tool description's prose ends and its parameter docs begin ("Args:", ":param x:").
+_DOC_SECTIONS = re.compile(r"\s(?:Args|Arguments|Parameters|Params|Returns|Raises|Example|Examples)\s*:|\s:param\b")
+#: Openings that name the tool instead of saying what it does ("This endpoint fetches ...").
+_TOOL_OPENING = re.compile(
+    r"^(?:this\s+)?(?:api|endpoint|tool|function|service|method|route)\s+(?:(?:will|can|is used to|to|that|which)\s+)?"
+    r"|^(?:used|use this(?:\s+\w+)?|allows? (?:you|users?)) to\s+",
+    re.IGNORECASE,
+)
+#: Verbs a tool description starts with, in their base form: the capability is a verb phrase
+#: ("I can't <capability>"), so a description that starts otherwise gives none.
+CAPABILITY_VERBS = frozenset(
+    [
+        "access",
+        "add",
+        "analyse",
+        "analyze",
+        "book",
+        "calculate",
+        "check",
+        "compare",
+        "compute",
+        "convert",
+        "count",
+        "create",
+        "decode",
+        "delete",
+        "detect",
+        "determine",
+        "download",
+        "encode",
+        "estimate",
+        "evaluate",
+        "extract",
+        "fetch",
+        "filter",
+        "find",
+        "generate",
+        "geocode",
+        "get",
+        "give",
+        "identify",
+        "list",
+        "locate",
+        "look",
+        "lookup",
+        "obtain",
+        "parse",
+        "play",
+        "post",
+        "predict",
+        "provide",
+        "query",
+        "rank",
+        "read",
+        "recommend",
+        "remove",
+        "render",
+        "request",
+        "resolve",
+        "retrieve",
+        "return",
+        "scan",
+        "schedule",
+        "scrape",
+        "search",
+        "send",
+        "shorten",
+        "show",
+        "solve",
+        "summarize",
+        "summarise",
+        "track",
+        "translate",
+        "update",
+        "upload",
+        "validate",
+        "verify",
+    ]
+)
+
+
+def _base_verb(word: str) -> str:
+    """The base form of a third-person verb (``fetches`` -> ``fetch``, ``retrieves`` ->
+    ``retrieve``, ``queries`` -> ``query``); other words unchanged."""
+    lower = word.lower()
+    for candidate in (
+        lower[:-3] + "y" if lower.endswith("ies") else None,
+        lower[:-2] if lower.endswith(("ches", "shes", "sses", "xes", "zes")) else None,
+        lower[:-1] if lower.endswith("s") and not lower.endswith("ss") else None,
+    ):
+        if candidate and candidate in CAPABILITY_VERBS:
+            return candidate
+    return lower
+
+
+def capability_text(description: str) -> str:
+    """An English tool description as a verb phrase for the phrase book's ``capability`` (its
+    first sentence, parameter docs cut, "This endpoint fetches" -> "fetch", a third-person verb
+    in its base form), or ``""`` when it does not start with a known verb (the phrase book then
+    uses its own words). Non-English descriptions are returned as they are."""
+    if not description or _HAN.search(description):
+        return description
+    text = " ".join(description.split())
+    cut = _DOC_SECTIONS.search(f" {text}")
+    text = text[: max(0, cut.start() - 1)] if cut else text
+    text = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].strip().rstrip(".")
+    text = _TOOL_OPENING.sub("", text, count=1).strip()
+    first, _, rest = text.partition(" ")
+    verb = _base_verb(first.strip(",:;"))
+    if verb not in CAPABILITY_VERBS:
+        return ""
+    return f"{verb} {rest}".strip()
+
+
 def call_details(call: ToolCall, limit: int = 4) -> list[dict[str, str]]:
     """Up to ``limit`` named scalar arguments of ``call`` as ``{name, value}``. The parser's bare
     ``input`` / ``target`` values are left out: in text-command dialects (KG, WebShop) the agent
@@ -766,7 +880,7 @@ class NegativeMaker:
             f"{language}.capability",
             key,
             tool=call.name,
-            description=description_in(language, description),
+            description=capability_text(description_in(language, description)),
             task=trajectory.task or "",
         )
         code = call_code(list(query.calls))
