@@ -154,6 +154,9 @@ def lock_output(output: str) -> Iterator[None]:
                 f"another agentmill run is writing {os.path.abspath(output)!r} ({_describe(holder)}); "
                 f"wait for it to finish (lock: {path})"
             ) from None
+        except OSError as exc:  # a filesystem without locks (some network or FUSE mounts)
+            os.close(fd)
+            raise OutputError(f"cannot lock {path!r}: {exc.strerror or exc}; write the output elsewhere") from None
         # The holder before us unlinks the file when it ends: a lock on an unlinked file is no lock.
         try:
             current = os.stat(path).st_ino == os.fstat(fd).st_ino

@@ -119,6 +119,18 @@ def test_a_remote_output_is_locked_too(tmp_path):
     assert not Path(local_path(lock)).exists()  # released
 
 
+def test_a_filesystem_without_locks_is_a_one_line_error(tmp_path, monkeypatch):
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with (
+        pytest.raises(OutputError, match=r"cannot lock .*No locks available"),
+        publish_module.lock_output(str(tmp_path / "out")),
+    ):
+        pass
+
+
 # --- 4. a run in which everything fails is not published --------------------------------------
 
 
