@@ -19,7 +19,9 @@ handed to templates as the string they compute.
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 from collections.abc import Callable, Mapping
 from functools import cached_property
 from importlib import resources
@@ -137,6 +139,22 @@ class _Variant:
         self.pattern = _format_pattern(tree) if fast else None
 
 
+_ENVIRONMENT: list[LimitedSandbox] = []
+_CACHE_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile(source: str, fast: bool) -> _Variant:
+    """One variant compiled, once per process and source: every step and every bundle that
+    uses the same wording shares it (compiled templates are immutable; the render limits are
+    per thread)."""
+    with _CACHE_LOCK:
+        if not _ENVIRONMENT:
+            _ENVIRONMENT.append(LimitedSandbox())
+    template, tree = _ENVIRONMENT[0].template(source)
+    return _Variant(template, tree, fast)
+
+
 def _format_pattern(tree: nodes.Template) -> str | None:
     """The variant as a ``str.format_map`` pattern, or None when it is more than text and names.
     Jinja writes text as is and a name as ``str(value)``; ``format_map`` writes ``format(value,
@@ -184,16 +202,14 @@ class PhraseBook:
 
     @cached_property
     def _compiled(self) -> dict[str, list[_Variant]]:
-        env = LimitedSandbox()
         compiled: dict[str, list[_Variant]] = {}
         for slot, variants in self.book.items():
             compiled[slot] = []
             for index, source in enumerate(variants):
                 try:
-                    template, tree = env.template(source)
+                    compiled[slot].append(_compile(source, self.fast))
                 except TemplateError as exc:
                     raise PhrasingError(f"{self._where(slot, index)}: {exc}") from None
-                compiled[slot].append(_Variant(template, tree, self.fast))
         return compiled
 
     def __getstate__(self) -> dict[str, Any]:
