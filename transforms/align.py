@@ -107,7 +107,9 @@ DEFAULT_FORMAT_DEMANDS = [
 ]
 #: Reasons that filter a trajectory (a deliberate drop of data that would teach the wrong thing);
 #: the others (an unparseable step, a marker left in the output) are dead letters.
-FILTER_REASONS = frozenset({"undeclared_tool", "invalid_arguments", "format_in_instruction"})
+FILTER_REASONS = frozenset(
+    {"undeclared_tool", "invalid_arguments", "format_in_instruction", "several_actions_in_a_turn"}
+)
 ANY_SOURCE = "*"
 SENTENCE_WORDS = 6
 
@@ -124,6 +126,7 @@ class AlignConfig(StepConfig):
     on_unparseable: Literal["dead_letter", "keep_unaligned"] = "dead_letter"
     system: Literal["replace", "keep"] = "replace"
     kind: SampleKind = "agent"
+    style: Literal["agent_flan", "native"] = "agent_flan"
 
     @field_validator("keep_format_share")
     @classmethod
@@ -249,7 +252,9 @@ class Aligner:
         """The trajectory rewritten as natural chat; raises RecordError when it cannot be."""
         card = self.cards.card_for(trajectory)
         tools = self.declared_tools(trajectory, card)
-        builder = _ChatBuilder(self.phrases, trajectory.id, card, tools, self.config.finals, self.config.decision)
+        builder = _ChatBuilder(
+            self.phrases, trajectory.id, card, tools, self.config.finals, self.config.decision, self.config.style
+        )
         turns = list(trajectory.turns)
         source_system = None
         if turns and turns[0].role is Role.SYSTEM:
@@ -260,7 +265,9 @@ class Aligner:
         parts = []
         if source_system is not None and (self.config.system == "keep" or not (tools or instruction)):
             parts.append(source_system)  # one system message: the source's, then the tools
-        if tools or instruction:
+        if self.config.style == "native":  # the chat template renders the tools themselves
+            parts += [instruction] if instruction else []
+        elif tools or instruction:
             parts.append(
                 self.phrases.render(
                     "system_tools",
@@ -273,12 +280,18 @@ class Aligner:
             builder.messages.append(Message(role=Role.SYSTEM, content="\n\n".join(parts), loss=False))
         for index, turn in enumerate(turns):
             if turn.role is not Role.ASSISTANT:
-                builder.messages.append(Message(role=turn.role, content=turn.text, loss=turn.loss))
+                builder.add_observation(turn)
                 continue
             try:
                 steps = parse_turn(turn)
             except StepParseError as exc:
                 raise RecordError("unparseable_step", f"turn {index}: {exc}: {exc.text[:500]!r}") from None
+            if self.config.style == "native":
+                try:
+                    builder.add_turn_native(steps, turn, index)
+                except ToolCardError as exc:
+                    raise RecordError(exc.reason, f"turn {index}: {exc.detail}") from None
+                continue
             for number, step in enumerate(steps):
                 try:
                     builder.add_step(step, turn, f"{index}.{number}")
@@ -398,6 +411,7 @@ class _ChatBuilder:
         tools: list[ToolSpec],
         finals: str,
         decision: str = "with_thought",
+        style: str = "agent_flan",
     ) -> None:
         self.phrases = phrases
         self.trajectory_id = trajectory_id
@@ -405,10 +419,60 @@ class _ChatBuilder:
         self.tools = tools
         self.finals = finals
         self.decision = decision
+        self.style = style
         self.messages: list[Message] = []
+        self.calls = 0  # native: calls made so far (ids call_<n>)
+        self.pending: list[ToolCall] = []  # native: calls of the last assistant message not yet answered
+
+    def add_observation(self, turn: Turn) -> None:
+        """A user or tool turn, text untouched. In native style the environment's answer to a
+        call (the user or tool turn after the assistant message that made it) becomes a ``tool``
+        message linked to that call (``tool_call_id``, ``name``)."""
+        if self.style == "native" and self.pending:
+            call = next((c for c in self.pending if c.id == turn.tool_call_id), self.pending[0])
+            self.pending.remove(call)
+            self.messages.append(
+                Message(role=Role.TOOL, content=turn.text, loss=turn.loss, tool_call_id=call.id, name=call.name)
+            )
+            return
+        self.messages.append(
+            Message(role=turn.role, content=turn.text, loss=turn.loss, tool_call_id=turn.tool_call_id, name=turn.name)
+        )
+
+    def _with_id(self, call: ToolCall, source: ToolCall | None) -> ToolCall:
+        """``call`` with the source call's id, or a fresh ``call_<n>``."""
+        call_id = source.id if source is not None and source.id else f"call_{self.calls}"
+        self.calls += 1
+        return call.model_copy(update={"id": call_id})
+
+    def add_turn_native(self, steps: list[ParsedStep], turn: Turn, index: int) -> None:
+        """One source assistant turn as one native assistant message: its thoughts (and a final
+        answer, in the phrase book's words) as content, its calls as structured ``tool_calls``.
+        Several actions written in one text turn share one observation, which cannot be split
+        between them: ``several_actions_in_a_turn`` (structured parallel calls stay together)."""
+        actions = sum(1 for s in steps if s.call is not None)
+        if actions > 1 and not turn.tool_calls:
+            raise RecordError("several_actions_in_a_turn", f"turn {index}: {actions} actions share one observation")
+        texts: list[str] = []
+        calls: list[ToolCall] = []
+        for number, step in enumerate(steps):
+            if step.thought:
+                texts.append(step.thought.strip())
+            if step.call is not None:
+                calls.append(self._with_id(self._declared(step.call), step.call))
+            elif step.finished:
+                final = self._final(step, turn)
+                if final is not None:
+                    calls.append(self._with_id(final, None))
+                else:
+                    texts.append(self._answer_text(step, f"{index}.{number}"))
+        self.messages.append(
+            Message(role=Role.ASSISTANT, content="\n\n".join(t for t in texts if t), loss=turn.loss, tool_calls=calls)
+        )
+        self.pending = list(calls)
 
     def _needs_elicitation(self, part: str) -> bool:
-        if not self.messages or self.messages[-1].role is not Role.ASSISTANT:
+        if self.style == "native" or not self.messages or self.messages[-1].role is not Role.ASSISTANT:
             return False
         if self.decision == "after_continue":
             return True
@@ -423,7 +487,8 @@ class _ChatBuilder:
 
     def _declared(self, call: ToolCall) -> ToolCall:
         if self.card is not None:
-            return self.card.to_call(call, self.tools)
+            made = self.card.to_call(call, self.tools)
+            return made if made.id is not None or call.id is None else made.model_copy(update={"id": call.id})
         validate_call(call, self.tools)
         return call
 
@@ -453,7 +518,6 @@ class _ChatBuilder:
         self._say("arguments", content, loss, tool_calls=[call])
 
     def add_step(self, step: ParsedStep, turn: Turn, key: str) -> None:
-        render = self.phrases.render
         loss = turn.loss
         if step.thought or step.is_prose:
             self._say("prose" if step.is_prose else "thought", step.thought or "", loss)
@@ -465,17 +529,19 @@ class _ChatBuilder:
         final = self._final(step, turn)
         if final is not None:
             self._call(final, loss, key)
-        elif step.answer and is_sentence(step.answer):
-            content = render("answer_sentence", f"{self.trajectory_id}:{key}:answer", answer=step.answer.strip())
-            self._say("answer", content, loss)
-        elif step.answer:
-            bare = step.answer.strip().rstrip(".!?") or step.answer
-            content = render(
-                "answer", f"{self.trajectory_id}:{key}:answer", answer=step.answer.strip(), answer_bare=bare
-            )
-            self._say("answer", content, loss)
         else:
-            self._say("answer", render("finish", f"{self.trajectory_id}:{key}:finish"), loss)
+            self._say("answer", self._answer_text(step, key), loss)
+
+    def _answer_text(self, step: ParsedStep, key: str) -> str:
+        """A final answer in the phrase book's words (a sentence as is, a value in a sentence,
+        "The task is complete." for a finish without text)."""
+        render = self.phrases.render
+        if step.answer and is_sentence(step.answer):
+            return render("answer_sentence", f"{self.trajectory_id}:{key}:answer", answer=step.answer.strip())
+        if step.answer:
+            bare = step.answer.strip().rstrip(".!?") or step.answer
+            return render("answer", f"{self.trajectory_id}:{key}:answer", answer=step.answer.strip(), answer_bare=bare)
+        return render("finish", f"{self.trajectory_id}:{key}:finish")
 
 
 class Align(RecordStep):

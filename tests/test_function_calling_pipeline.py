@@ -1,0 +1,78 @@
+"""pipelines/function_calling.yaml on the real data: native calls, every one declared and
+schema-valid, every tool result linked, no-call negatives; the audit passes its tool checks."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from pipelines.auditing import samples_of_shards, shard_files
+from schemas import Role
+from tests.conftest import REPO
+from tests.helpers import run
+from transforms.react import has_markers
+from transforms.tool_cards import validate_call
+
+pytestmark = [pytest.mark.real_data, pytest.mark.slow]
+SPEC = REPO / "pipelines" / "function_calling.yaml"
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory):
+    from tests.conftest import external_path
+
+    external_path("llamafactory_glaive_toolcall")  # skip or fail early without the data
+    out = tmp_path_factory.mktemp("fc") / "out"
+    summary = run(SPEC, out)
+    return summary, list(samples_of_shards(shard_files(str(out))))
+
+
+def test_the_audit_finds_no_undeclared_tool_and_no_schema_failure(native):
+    summary, _ = native
+    checks = summary.manifest.audit.checks
+    for name in ("undeclared_tool", "argument_schema"):
+        assert checks[name].count == 0 and checks[name].total > 1500, name
+
+
+def test_every_call_is_declared_valid_and_answered_by_a_linked_result(native):
+    _, samples = native
+    calls = Counter()
+    parallel = 0
+    for sample in samples:
+        ids = {}
+        for message in sample.messages:
+            for call in message.tool_calls:
+                validate_call(call, sample.tools)
+                assert call.id and call.id not in ids
+                ids[call.id] = call.name
+            parallel += len(message.tool_calls) > 1
+            if message.role is Role.TOOL:
+                assert ids.get(message.tool_call_id) == message.name, sample.id
+            if message.role is Role.ASSISTANT:
+                assert not has_markers(message.content) or sample.lineage.source == "toolbench", sample.id
+            calls[sample.lineage.source] += len(message.tool_calls)
+        if sample.kind == "negative":
+            assert not ids  # a negative never calls
+    assert +calls == {"agentinstruct": 8149, "glaive": 310, "reason_tool_use": 66, "toolbench": 16}
+    assert parallel == 12  # reason_tool_use's parallel calls stay in one message
+
+
+def test_sources_and_negatives(native):
+    summary, samples = native
+    by = Counter((s.lineage.source, s.kind) for s in samples)
+    assert by == {
+        ("agentinstruct", "agent"): 1430,
+        ("glaive", "agent"): 446,
+        ("reason_tool_use", "agent"): 49,
+        ("toolbench", "agent"): 4,
+        ("glaive", "negative"): 125,
+        ("arena_hard", "negative"): 70,
+        ("toolbench", "negative"): 5,
+    }
+    steps = summary.manifest.steps
+    assert steps["check_calls"].filtered == {"invalid_arguments": 7, "undeclared_tool": 1, "unlinked_tool_result": 2}
+    assert steps["native"].filtered == {"invalid_arguments": 2, "several_actions_in_a_turn": 2, "undeclared_tool": 7}
+    cases = Counter(s.metadata["case"] for s in samples if s.kind == "negative")
+    assert cases == {"no_tools": 100, "irrelevant_tools": 100}
+    assert all(s.tools for s in samples if s.kind == "negative" and s.metadata["case"] == "irrelevant_tools")
