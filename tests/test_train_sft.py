@@ -119,6 +119,9 @@ def test_zero2_loss_falls_and_metrics_are_logged(setup):
     assert any(tag.startswith("loss_by_group/") for tag in events.Tags()["scalars"])
     report = json.loads((out / "data_report.json").read_text())
     assert report["samples_kept"] > 0 and report["supervised_tokens"] > 0
+    # The round-trip gate ran on every supervised turn of the demo and dropped nothing.
+    assert report["round_trip"]["turns_checked"] > 0 and report["round_trip"]["failed_samples"] == 0
+    assert "round_trip" not in report["dropped"]
 
 
 def test_zero2_saves_a_loadable_trained_model(setup):
@@ -136,6 +139,8 @@ def test_zero2_saves_a_loadable_trained_model(setup):
 
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     assert tokenizer.chat_template == load_template("llama2").source
+    # Saved with the model: what parse_response and transformers serve read its turns with.
+    assert tokenizer.response_template == load_template("llama2").response
 
 
 def test_resume_reproduces_the_uninterrupted_run(setup):
