@@ -96,12 +96,28 @@ def read_response_template(path: str | Path) -> dict[str, Any]:
     return spec
 
 
-def load_template(name_or_path: str, tokenizer: Any = None, response_template: str | None = None) -> ChatTemplate:
+def serve_response_template(model_type: str | None) -> dict[str, Any] | None:
+    """The response template ``transformers serve`` falls back to for a model type whose tokenizer
+    ships none (Qwen2/2.5/3 Hermes-style calls, Qwen 3.5, Gemma 4), or ``None``."""
+    if not model_type:
+        return None
+    from types import SimpleNamespace
+
+    from transformers.cli.serving.utils import get_response_template
+
+    model = SimpleNamespace(config=SimpleNamespace(model_type=model_type))
+    return get_response_template(SimpleNamespace(response_template=None), model)
+
+
+def load_template(
+    name_or_path: str, tokenizer: Any = None, response_template: str | None = None, model_type: str | None = None
+) -> ChatTemplate:
     """A built-in template by name, ``tokenizer`` (the tokenizer's own), or a ``.jinja`` file.
 
     The response template is ``response_template`` (a JSON file) when given; else the built-in's
-    ``<name>.response.json``, the tokenizer's ``response_template`` (for ``tokenizer``), or a
-    ``<stem>.response.json`` beside a ``.jinja`` file; ``None`` when there is none.
+    ``<name>.response.json``, the tokenizer's ``response_template`` (for ``tokenizer``; failing
+    that, the one ``transformers serve`` uses for ``model_type``), or a ``<stem>.response.json``
+    beside a ``.jinja`` file; ``None`` when there is none.
     """
     response = read_response_template(response_template) if response_template else None
     if name_or_path in BUILTIN_TEMPLATES:
@@ -116,7 +132,7 @@ def load_template(name_or_path: str, tokenizer: Any = None, response_template: s
         if not source:
             raise TemplateError("--chat-template tokenizer: the tokenizer has no chat template")
         if response is None:
-            own = getattr(tokenizer, "response_template", None)
+            own = getattr(tokenizer, "response_template", None) or serve_response_template(model_type)
             if own is not None:
                 _compiled(own, "the tokenizer's response_template")
                 response = own

@@ -312,6 +312,20 @@ def test_tokenizer_template_uses_the_tokenizers_response_template(tokenizer, tmp
         load_template("chatml", None, str(path))
 
 
+def test_tokenizer_template_without_its_own_parses_like_transformers_serve_for_the_model_type(tokenizer):
+    from transformers import AutoTokenizer
+
+    own = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    own.chat_template = load_template("chatml").source  # Hermes-style calls, as Qwen2.5's template
+    assert load_template("tokenizer", own, model_type="llama").response is None  # serve has none for llama
+    template = load_template("tokenizer", own, model_type="qwen2")
+    assert template.response["start_anchor"] == "<|im_start|>assistant\n"
+    messages, flags, _ = conversation(tool_sample())
+    tools = template_tools(tool_sample())
+    text, spans = render_with_spans(template, SpecialTokens(), messages, flags, tools)
+    assert round_trip(template, text, spans, messages, tools) == []
+
+
 # ---- command line ------------------------------------------------------------------------------
 
 

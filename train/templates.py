@@ -21,6 +21,7 @@ from schemas.chat_templates import (
     render,
     render_with_spans,
     round_trip,
+    serve_response_template,
     stop_token_ids,
 )
 
@@ -38,5 +39,6 @@ __all__ = [
     "render",
     "render_with_spans",
     "round_trip",
+    "serve_response_template",
     "stop_token_ids",
 ]

@@ -50,6 +50,21 @@ from train.templates import ensure_special_tokens, load_template, stop_token_ids
 log = logging.getLogger("agentmill.train")
 
 
+def _model_type(args: argparse.Namespace) -> str | None:
+    """The model's ``model_type`` (what ``transformers serve`` picks a fallback response template by)."""
+    if args.model_config is not None:
+        with open(args.model_config, encoding="utf-8") as handle:
+            return json.load(handle).get("model_type")
+    if args.chat_template != "tokenizer":
+        return None
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(args.model).model_type
+    except (OSError, ValueError):
+        return None
+
+
 def _single_process_env() -> None:
     """Let ``python train/sft.py`` run without a launcher (world size 1)."""
     if "RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ:
@@ -149,7 +164,7 @@ def run(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
     if not tokenizer.is_fast:
         raise SystemExit("a fast tokenizer is required (labels use its offset mapping)")
-    template = load_template(args.chat_template, tokenizer, args.response_template)
+    template = load_template(args.chat_template, tokenizer, args.response_template, _model_type(args))
     if args.pass_tools:
         log.warning("--pass-tools is deprecated and does nothing: tools are rendered by default (--no-tools: off)")
     check_round_trip = args.round_trip and template.response is not None
