@@ -27,6 +27,7 @@ EXPECTED = {
     "decontaminate",
     "audit",
     "identity_filter",
+    "check_calls",
 }
 
 
