@@ -142,37 +142,58 @@ def _join(directory: str, name: str) -> str:
     return directory.rstrip("/") + "/" + name if "://" in directory else os.path.join(directory, name)
 
 
+def _count_rows(source: Any) -> tuple[int | None, str | None]:
+    """Rows of the Arrow IPC stream in ``source``, or ``None`` and why it cannot be read."""
+    rows = 0
+    try:
+        with pa.ipc.open_stream(source) as stream:
+            for batch in stream:
+                rows += batch.num_rows
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        return None, f"not a readable Arrow stream ({str(exc).splitlines()[0][:200]})"
+    return rows, None
+
+
+def _compare(expected: ShardInfo, rows: int | None, size: int, digest: str | None, problems: list[str]) -> ShardCheck:
+    if size != expected.bytes:
+        problems.append(f"{size:,} bytes, manifest says {expected.bytes:,}")
+    if rows is not None and rows != expected.rows:
+        problems.append(f"{rows:,} rows, manifest says {expected.rows:,}")
+    if digest is not None and digest != expected.sha256:
+        problems.append(f"sha256 {digest[:12]}..., manifest says {expected.sha256[:12]}...")
+    return ShardCheck(expected, rows, size, digest, tuple(problems))
+
+
 def check_shard(path: str, expected: ShardInfo, hashes: bool = True, opener: Opener = _local_open) -> ShardCheck:
-    """Read one shard to its end and compare its rows, size and sha256 with ``expected``."""
+    """Compare one shard's rows, size and (with ``hashes``) sha256 with ``expected``. The shard
+    is read to its end once; a local shard without ``hashes`` is memory-mapped, so only its
+    batch headers are read."""
+    if not hashes and opener is _local_open:
+        try:
+            size = os.path.getsize(path)
+            with pa.memory_map(path) as source:
+                rows, problem = _count_rows(source)
+        except FileNotFoundError:
+            return ShardCheck(expected, problems=("missing",))
+        except OSError as exc:
+            return ShardCheck(expected, problems=(f"cannot open: {exc.strerror or exc}",))
+        return _compare(expected, rows, size, None, [problem] if problem else [])
     try:
         handle = opener(path)
     except FileNotFoundError:
         return ShardCheck(expected, problems=("missing",))
     except OSError as exc:
         return ShardCheck(expected, problems=(f"cannot open: {exc.strerror or exc}",))
-    problems: list[str] = []
-    rows: int | None = 0
     with handle:
         reader = _HashingReader(handle, hashes)
-        try:
-            with pa.ipc.open_stream(reader) as stream:
-                for batch in stream:
-                    rows += batch.num_rows  # type: ignore[operator]
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            rows = None
-            problems.append(f"not a readable Arrow stream ({str(exc).splitlines()[0][:200]})")
+        rows, problem = _count_rows(reader)
+        problems = [problem] if problem else []
         try:
             reader.drain()
         except OSError as exc:
             return ShardCheck(expected, problems=(*problems, f"cannot read: {exc.strerror or exc}"))
     digest = reader.digest.hexdigest() if reader.digest is not None else None
-    if reader.size != expected.bytes:
-        problems.append(f"{reader.size:,} bytes, manifest says {expected.bytes:,}")
-    if rows is not None and rows != expected.rows:
-        problems.append(f"{rows:,} rows, manifest says {expected.rows:,}")
-    if digest is not None and digest != expected.sha256:
-        problems.append(f"sha256 {digest[:12]}..., manifest says {expected.sha256[:12]}...")
-    return ShardCheck(expected, rows, reader.size, digest, tuple(problems))
+    return _compare(expected, rows, reader.size, digest, problems)
 
 
 def _state_files(directory: str, opener: Opener) -> list[str] | str:

@@ -163,3 +163,30 @@ def test_verify_without_a_manifest_exits_2(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     result = agentmill("verify", str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_a_remote_output_is_verified_through_its_filesystem(intact, tmp_path):
+    from pipelines.verify import verify
+    from tests.fake_remote_fs import PREFIX, local_path
+
+    remote = f"{PREFIX}{tmp_path.name}/out"
+    shutil.copytree(intact, local_path(remote))
+    assert verify(remote).ok and verify(remote, hashes=False).ok
+    name, rows = biggest_shard(intact)
+    kept = cut_after_first_batch(Path(local_path(remote)) / name)
+    for hashes in (True, False):
+        result = verify(remote, hashes=hashes)
+        assert [s.expected.filename for s in result.shards if not s.ok] == [name]
+        assert f"{kept} rows, manifest says {rows}" in result.failures()[0]
+    assert ("sha256" in verify(remote).failures()[0]) and ("sha256" not in verify(remote, False).failures()[0])
+
+
+def test_inspect_checks_sizes_and_rows_and_verify_the_sha256(intact, tmp_path):
+    out = damaged_copy(intact, tmp_path)
+    name, _ = biggest_shard(out)
+    data = bytearray((out / name).read_bytes())
+    data[-20] ^= 0xFF  # same size, same rows: only the sha256 tells
+    (out / name).write_bytes(bytes(data))
+    assert agentmill("inspect", str(out)).returncode == 0
+    assert agentmill("verify", "--no-hash", str(out)).returncode == 0
+    assert agentmill("verify", str(out)).returncode == 1
