@@ -1,0 +1,345 @@
+"""TRL trains on an agentmill export with the same tokens and the same loss mask as train/sft.py.
+
+A small pipeline run (OpenAI records -> read -> to_chat -> write) makes a multi-turn tool sample
+(parallel calls, their results, a follow-up call, answers) and a sample whose first assistant turn
+is an unsupervised acknowledgement. ``agentmill export --to openai --arguments object --loss-key
+train`` writes them as TRL reads them. TRL's ``SFTTrainer`` (``assistant_only_loss=True``) then
+trains a tiny local model for 2 steps with ``templates/trl/chatml_training.jinja`` (the built-in
+``chatml`` plus ``{% generation %}`` markers), and its prepared ``input_ids`` / ``labels`` must
+equal ``train.data.tokenize_sample``'s for every sample, token by token. No downloads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+from tests.helpers import run, write_spec
+
+pytest.importorskip("trl")
+
+TRL_TEMPLATE = REPO / "templates" / "trl" / "chatml_training.jinja"
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    },
+    {  # no "required": a loader that unifies the tools' structs would add "required": null
+        "type": "function",
+        "function": {
+            "name": "to_fahrenheit",
+            "description": "Celsius to Fahrenheit",
+            "parameters": {"type": "object", "properties": {"celsius": {"type": "number"}}},
+        },
+    },
+]
+
+
+def call(n: int, name: str, **arguments: Any) -> dict[str, Any]:
+    return {"id": f"call_{n}", "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+
+RECORDS = [
+    {
+        "id": "weather",
+        "tools": TOOLS,
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant with tools."},
+            {"role": "user", "content": "What is the weather in Paris and in Rome?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [call(0, "get_weather", city="Paris"), call(1, "get_weather", city="Rome")],
+            },
+            {"role": "tool", "tool_call_id": "call_0", "content": '{"temp_c": 18, "sky": "cloudy"}'},
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 24, "sky": "sunny"}'},
+            {"role": "assistant", "content": "Paris is cloudy at 18 °C; Rome is sunny at 24 °C."},
+            {"role": "user", "content": "And Rome in Fahrenheit?"},
+            {
+                "role": "assistant",
+                "content": "Let me convert it.",
+                "tool_calls": [call(2, "to_fahrenheit", celsius=24)],
+            },
+            {"role": "tool", "tool_call_id": "call_2", "content": "75.2"},
+            {"role": "assistant", "content": "24 °C is 75.2 °F in Rome."},
+        ],
+    },
+    {
+        "id": "acknowledged",
+        "messages": [
+            {"role": "user", "content": "Answer in one sentence. Understood?"},
+            {"role": "assistant", "content": "Ok."},  # read as loss=false (an acknowledgement)
+            {"role": "user", "content": "Why is the sky blue?"},
+            {"role": "assistant", "content": "Air scatters blue light more than red light."},
+        ],
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, Path]:
+    """``(output dir, export JSONL)`` of the pipeline run on :data:`RECORDS`."""
+    base = tmp_path_factory.mktemp("trl")
+    source = base / "chats.jsonl"
+    source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS), encoding="utf-8")
+    steps = [
+        {"id": "read", "type": "read", "config": {"format": "openai", "paths": [str(source)]}},
+        {"id": "chat", "type": "to_chat", "inputs": ["read"]},
+        {"id": "write", "type": "write", "inputs": ["chat"], "config": {"num_shards": 1}},
+    ]
+    out = base / "out"
+    run(write_spec(base, steps), out)
+    path = base / "export.jsonl"
+    command = [sys.executable, "-m", "pipelines.cli", "export", str(out), "--to", "openai", "--output", str(path)]
+    command += ["--arguments", "object", "--loss-key", "train", "--with-ids"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return out, path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(exported):
+    """A byte-level BPE trained on the samples' text, with the chatml special tokens, and the TRL
+    template as its chat template."""
+    from train.data import load_samples
+    from train.templates import ensure_special_tokens, load_template
+    from train.tiny import train_tokenizer
+
+    texts = [m.content for s in load_samples([str(exported[0])]) for m in s.messages]
+    tok = train_tokenizer(texts, vocab_size=400)
+    ensure_special_tokens(tok, load_template("chatml"))
+    tok.chat_template = TRL_TEMPLATE.read_text(encoding="utf-8")
+    return tok
+
+
+def load_export(path: Path) -> Any:
+    """The export as TRL users load it: ``datasets.load_dataset("json")`` (datasets >= 4 keeps
+    messages of mixed shapes as JSON values, so no struct unification adds ``null`` keys to call
+    arguments; re-inferring a schema from decoded rows, e.g. ``Dataset.from_list``, would)."""
+    import datasets
+
+    return datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=str(path.parent / "hf"))
+
+
+def export_rows(path: Path) -> list[dict[str, Any]]:
+    """The decoded rows of :func:`load_export`."""
+    return list(load_export(path))
+
+
+def agentmill_tokens(exported, tokenizer) -> dict[str, Any]:
+    """``train.data.tokenize_sample`` of every sample (template ``chatml``), by sample id."""
+    from train.data import TokenizedSample, load_samples, tokenize_sample
+    from train.templates import load_template
+
+    template = load_template("chatml")
+    result = {}
+    for sample in load_samples([str(exported[0])]):
+        tokens = tokenize_sample(sample, tokenizer, template, 1024)
+        assert isinstance(tokens, TokenizedSample), tokens
+        result[sample.id] = tokens
+    return result
+
+
+def mismatches(ours: Any, ids: list[int], labels: list[int], tokenizer: Any) -> list[str]:
+    """Where TRL's ``(ids, labels)`` differ from agentmill's tokens: ``[]`` when they agree.
+
+    agentmill drops messages after the last supervised one; whatever TRL renders beyond them must
+    be unsupervised."""
+    n = len(ours.input_ids)
+    if ids[:n] != ours.input_ids:
+        first = next((t for t, (a, b) in enumerate(zip(ids, ours.input_ids, strict=False)) if a != b), min(n, len(ids)))
+        return [f"input_ids differ from token {first}: {tokenizer.decode(ids[first : first + 12])!r}"]
+    found = [
+        f"token {t} {tokenizer.convert_ids_to_tokens(ids[t])!r}: TRL {'trains' if labels[t] != -100 else 'masks'} it"
+        for t in range(n)
+        if labels[t] != ours.labels[t]
+    ]
+    found += [
+        f"token {t} after agentmill's last supervised turn is trained by TRL"
+        for t in range(n, len(ids))
+        if labels[t] != -100
+    ]
+    return found
+
+
+def test_the_export_holds_the_tool_sample_as_trl_reads_it(exported):
+    rows = {row["id"]: row for row in map(json.loads, exported[1].read_text(encoding="utf-8").splitlines())}
+    weather = next(row for row in rows.values() if row.get("tools"))
+    assistants = [m for m in weather["messages"] if m["role"] == "assistant"]
+    parallel = assistants[0]["tool_calls"]
+    assert [c["function"]["name"] for c in parallel] == ["get_weather", "get_weather"]
+    assert parallel[0]["function"]["arguments"] == {"city": "Paris"}  # objects, as chat templates take them
+    results = [m for m in weather["messages"] if m["role"] == "tool"]
+    assert [m["tool_call_id"] for m in results] == [c["id"] for c in parallel] + [assistants[2]["tool_calls"][0]["id"]]
+    assert all(m["train"] for m in assistants)
+    acknowledged = next(row for row in rows.values() if not row.get("tools"))
+    assert [m["train"] for m in acknowledged["messages"] if m["role"] == "assistant"] == [False, True]
+
+
+def test_the_trl_template_renders_what_agentmill_trains_on(exported, tokenizer):
+    """Byte for byte the built-in chatml, on every prefix, with and without the generation prompt."""
+    from train.templates import load_template
+
+    chatml = load_template("chatml").source
+    for row in export_rows(exported[1]):
+        messages, tools = row["messages"], row.get("tools")
+        for end in range(1, len(messages) + 1):
+            for prompt in (False, True):
+                kwargs = {"tools": tools, "tokenize": False, "add_generation_prompt": prompt}
+                ours = tokenizer.apply_chat_template(messages[:end], chat_template=chatml, **kwargs)
+                assert tokenizer.apply_chat_template(messages[:end], **kwargs) == ours
+
+
+@pytest.mark.slow
+def test_trl_sft_trainer_masks_agree_with_agentmill_labels(exported, tokenizer, tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl import SFTConfig, SFTTrainer
+    from trl.chat_template_utils import is_chat_template_stop_token_trained
+
+    from train.tiny import tiny_llama_config
+
+    ours = agentmill_tokens(exported, tokenizer)
+    rows = export_rows(exported[1])
+    assert {row["id"] for row in rows} == set(ours)
+    torch.manual_seed(0)
+    config = tiny_llama_config(
+        len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_size=32,
+        intermediate_size=64,
+    )
+    args = SFTConfig(
+        output_dir=str(tmp_path / "trl"),
+        assistant_only_loss=True,
+        max_length=1024,
+        max_steps=2,
+        per_device_train_batch_size=1,
+        learning_rate=1e-3,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        shuffle_dataset=False,
+        seed=0,
+    )
+    trainer = SFTTrainer(
+        model=LlamaForCausalLM(LlamaConfig(**config)),
+        args=args,
+        train_dataset=load_export(exported[1]),
+        processing_class=tokenizer,
+    )
+    assert trainer.chat_template is None  # TRL uses the template as given: it has generation markers
+    assert is_chat_template_stop_token_trained(tokenizer)  # <|im_end|> is in the mask
+    prepared = list(trainer.train_dataset)
+    assert len(prepared) == len(rows)
+    for row, trl_row in zip(rows, prepared, strict=True):
+        mine = ours[row["id"]]
+        assert mismatches(mine, trl_row["input_ids"], trl_row["labels"], tokenizer) == [], row["id"]
+        assert sum(label != -100 for label in trl_row["labels"][1:]) == mine.n_supervised
+    output = trainer.train()
+    assert output.global_step == 2 and math.isfinite(output.training_loss)
+
+
+def test_a_lost_loss_flag_shows_as_a_mask_difference(exported, tokenizer):
+    """The check has teeth: without the export's ``train`` flags TRL supervises the unsupervised
+    acknowledgement, and exactly its tokens ("Ok." and its <|im_end|>) differ."""
+    ours = agentmill_tokens(exported, tokenizer)
+    for row in export_rows(exported[1]):
+        if row.get("tools"):
+            continue
+        messages = [{k: v for k, v in m.items() if k != "train"} for m in row["messages"]]
+        encoded = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        ids = list(encoded["input_ids"])
+        labels = [t if keep else -100 for t, keep in zip(ids, encoded["assistant_masks"], strict=True)]
+        found = mismatches(ours[row["id"]], ids, labels, tokenizer)
+        trained = "".join(tokenizer.convert_tokens_to_string([f.split("'")[1]]) for f in found)
+        assert found and trained == "Ok.<|im_end|>", found
+
+
+@pytest.fixture(scope="module")
+def demo_export(tmp_path_factory) -> tuple[list[Any], list[dict[str, Any]], Any]:
+    """``(samples, export rows, tokenizer)`` of the demo pipeline's shards (all kinds of samples:
+    native calls, calls spelled in text, negatives, general chat)."""
+    from tests.train_helpers import demo_shards
+    from train.data import load_samples
+    from train.templates import ensure_special_tokens, load_template
+    from train.tiny import train_tokenizer
+
+    shards = demo_shards(tmp_path_factory.getbasetemp())
+    path = tmp_path_factory.mktemp("demo-export") / "demo.jsonl"
+    command = [sys.executable, "-m", "pipelines.cli", "export", str(shards), "--to", "openai", "--output", str(path)]
+    command += ["--arguments", "object", "--loss-key", "train", "--with-ids"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    samples = load_samples([str(shards)])
+    tok = train_tokenizer([m.content for s in samples for m in s.messages], vocab_size=512)
+    ensure_special_tokens(tok, load_template("chatml"))
+    tok.chat_template = TRL_TEMPLATE.read_text(encoding="utf-8")
+    return samples, export_rows(path), tok
+
+
+def demo_mismatches(demo_export, withheld: bool) -> dict[str, list[str]]:
+    """Where TRL's tokens and mask of a demo sample's export differ from ``train/sft.py``'s (chatml,
+    the data set's call convention), per sample whose tools the trainer does (``withheld``) or
+    does not withhold from the template; only samples with a difference are listed.
+
+    The trainer withholds a sample's tools when the sample, or the whole data set, spells its
+    calls in text (``schemas.chat.template_tools``): the demo's convention is ``text``."""
+    from schemas.chat import call_convention, template_tools
+    from train.data import TokenizedSample, tokenize_all
+    from train.templates import load_template
+
+    samples, rows, tok = demo_export
+    tokens, _ = tokenize_all(samples, tok, load_template("chatml"), 100_000)
+    ours = {t.id: t for t in tokens if isinstance(t, TokenizedSample)}
+    convention = call_convention(samples)
+    by_id = {row["id"]: row for row in rows}
+    found = {}
+    for sample in samples:
+        if (bool(sample.tools) and template_tools(sample, convention) is None) != withheld or sample.id not in ours:
+            continue
+        row = by_id[sample.id]
+        encoded = tok.apply_chat_template(
+            row["messages"], tools=row.get("tools") or None, return_dict=True, return_assistant_tokens_mask=True
+        )
+        ids = list(encoded["input_ids"])
+        labels = [t if keep else -100 for t, keep in zip(ids, encoded["assistant_masks"], strict=True)]
+        problems = mismatches(ours[sample.id], ids, labels, tok)
+        if problems:
+            found[f"{sample.id} ({sample.lineage.derivation})"] = problems[:3]
+    return found
+
+
+@pytest.mark.slow
+def test_demo_samples_whose_tools_the_trainer_renders_export_to_the_tokens_trained_on(demo_export):
+    """Tool-less samples of every kind (general chat, acknowledgements, no-tools negatives, instruction pairs)."""
+    assert demo_mismatches(demo_export, withheld=False) == {}
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: the export gives every sample its tools (and a call its content spells as structured "
+    "tool_calls too), while train/sft.py renders no tool block for samples that spell their calls in text or "
+    "belong to a data set that does (schemas.chat.template_tools, call_convention 'text' for the demo): TRL sees "
+    "a longer prompt with a <tools> block, and such calls twice",
+)
+def test_demo_samples_whose_tools_the_trainer_withholds_export_to_the_tokens_trained_on(demo_export):
+    assert demo_mismatches(demo_export, withheld=True) == {}
