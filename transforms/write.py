@@ -26,6 +26,7 @@ from pydantic import Field
 from schemas import ArrowCodec, Sample, ShardInfo
 from schemas.hf_features import features_dict
 from transforms.base import LEDGER, MAIN, REJECTED, RecordDoFn, RecordError, Stat, Step, StepConfig
+from transforms.batching import record_batch
 from transforms.spill import Merge, SortedGroups
 
 SAMPLE_CODEC = ArrowCodec(Sample)
@@ -89,15 +90,15 @@ def write_shard(path: str, rows: Iterable[bytes], schema: pa.Schema, batch_rows:
     with FileSystems.create(path) as handle:
         sink = _HashingSink(handle)
         with pa.ipc.new_stream(sink, schema) as writer:
-            batch: list[dict[str, Any]] = []
+            batch: list[bytes] = []
             for row in rows:
-                batch.append(json.loads(row))
+                batch.append(row)
                 if len(batch) >= batch_rows:
-                    writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
+                    writer.write_batch(record_batch(batch, schema))
                     count += len(batch)
                     batch = []
             if batch:
-                writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
+                writer.write_batch(record_batch(batch, schema))
                 count += len(batch)
     return ShardInfo(filename=posixpath.basename(path), rows=count, bytes=sink.size, sha256=sink.digest.hexdigest())
 
