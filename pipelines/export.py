@@ -173,6 +173,8 @@ def _sharegpt_turns(sample: Sample, report: ExportReport, loss_key: str | None) 
             raise SkipSample("assistant_turn_after_call_without_result")
         if turns and name == "human" and turns[-1]["from"] == "function_call":
             raise SkipSample("call_without_result")
+        if turns and name == "human" and turns[-1]["from"] == "observation":
+            raise SkipSample("user_turn_after_tool_result")
         turns.append(_flags({"from": name, "value": message.content}, message.loss, loss_key))
     flush_results()
     while turns and turns[-1]["from"] in ("human", "observation"):

@@ -79,6 +79,7 @@ def test_sharegpt_export_is_llamafactory_shaped_and_reads_back_to_the_same_calls
     report = ExportReport("sharegpt")
     record = to_sharegpt(parallel_sample(), report)
     assert record["system"] == "Be brief." and json.loads(record["tools"])[0]["name"] == "w"
+    assert llamafactory_alternates(record["conversations"])
     assert [t["from"] for t in record["conversations"]] == [
         "human",
         "function_call",
@@ -110,6 +111,9 @@ def test_sharegpt_drops_what_it_cannot_hold_and_counts_it():
     )
     with pytest.raises(SkipSample, match="tool_result_without_call"):
         to_sharegpt(orphan, ExportReport("sharegpt"))
+    no_reply = sample.model_copy(update={"messages": [*sample.messages[1:5], Message(role=Role.USER, content="ok?")]})
+    with pytest.raises(SkipSample, match="user_turn_after_tool_result"):
+        to_sharegpt(no_reply, ExportReport("sharegpt"))
     report = ExportReport("sharegpt")
     assert list(export_records([orphan, parallel_sample()], "sharegpt", report)) and report.skipped == {
         "tool_result_without_call": 1
@@ -139,6 +143,15 @@ def test_export_command_writes_both_targets_from_an_output(tmp_path):
         exported = json.loads(line)
         assert ("messages" if target == "openai" else "conversations") in exported
     assert main(["export", str(tmp_path / "nowhere"), "--to", "openai", "--output", str(tmp_path / "x.jsonl")]) == 2
+
+
+def llamafactory_alternates(conversations: list[dict]) -> bool:
+    """LLaMA-Factory's ShareGPT rule: human or observation at even positions, gpt or
+    function_call at odd ones, an even number of turns."""
+    prompt, reply = ("human", "observation"), ("gpt", "function_call")
+    return len(conversations) % 2 == 0 and all(
+        turn["from"] in (prompt if i % 2 == 0 else reply) for i, turn in enumerate(conversations)
+    )
 
 
 def _openai_calls(record: dict) -> list[tuple[str, object]]:
@@ -199,6 +212,7 @@ def test_every_glaive_call_survives_read_chat_write_and_export(external, tmp_pat
     with_calls = {s.id for s in samples if any(m.tool_calls for m in s.messages)}
     assert with_calls <= {record["id"] for record in shared}  # ShareGPT skips only call-free samples
     for record in shared:
+        assert llamafactory_alternates(record["conversations"]), record["id"]
         calls = []
         for turn in record["conversations"]:
             if turn["from"] == "function_call":
