@@ -157,14 +157,19 @@ def test_report_charts_need_no_matplotlib():
 
 
 def test_shards_are_the_same_without_the_memoizations(tmp_path):
-    """The demo's shards with Beam's introspection memoized and without."""
+    """The demo's shards with Beam's introspection memoized and without; neither run imports
+    matplotlib or datasets."""
     outputs = {}
     for name, prelude in (("memoized", ""), ("plain", "import pipelines.beam_speed as b; b.apply = lambda: None\n")):
         out = tmp_path / name
         command = f"main(['run', 'pipelines/demo.yaml', '-o', {str(out)!r}, '-q'])"
-        code = f"{prelude}from pipelines.cli import main\nraise SystemExit({command})"
+        code = (
+            f"{prelude}import sys\nfrom pipelines.cli import main\nrc = {command}\n"
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\nraise SystemExit(rc)"
+        )
         result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stderr[-2000:]
+        assert not set(result.stdout.split()) & {"matplotlib", "datasets"}  # a run imports neither
         outputs[name] = out
     assert shard_hashes(outputs["memoized"]) == shard_hashes(outputs["plain"])
     for name in ("dataset_info.json", "state.json"):

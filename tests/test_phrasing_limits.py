@@ -230,3 +230,18 @@ def test_arguments_json_is_a_string_at_run_time_as_at_validation(tmp_path):
     assert samples, outputs
     arguments = [m.content for m in samples[0].messages if m.part == "arguments"]
     assert arguments == ['{"city": "Oslo"}']
+
+
+def test_negatives_and_instruction_pairs_books_are_limited_too(tmp_path):
+    loop = "{% for i in range(10**9) %}x{% endfor %}"
+    (tmp_path / "n.yaml").write_text(json.dumps({"en.help_general": [loop]}))
+    with pytest.raises(PhrasingError, match=r"^n\.yaml: slot 'en\.help_general' variant 0: .*range of 1,000,000,000"):
+        negatives.load_answer_book("n.yaml", str(tmp_path))
+    (tmp_path / "i.yaml").write_text(json.dumps({"react_rules": [loop]}))
+    with pytest.raises(PhrasingError, match=r"^i\.yaml: slot 'react_rules' variant 0: .*range of 1,000,000,000"):
+        load_book("instruction_pairs/default.yaml", "i.yaml", str(tmp_path), instruction_pairs.SLOT_VARIABLES)
+
+
+def test_large_numbers_that_are_not_sizes_render():
+    book = PhraseBook({"s": ["{{ '{:,}'.format(n) }} / {{ n * 2 }} / {{ (n ~ '') | length }} / {{ 'ab'.center(6) }}"]})
+    assert book.render("s", "k", n=123456789012) == "123,456,789,012 / 246913578024 / 12 /   ab"

@@ -66,7 +66,7 @@ from transforms.base import (
     StepContext,
     check_regexes,
 )
-from transforms.phrasing import PhraseBook, PhrasingError, builtin_text, load_book, parse_book, read_text
+from transforms.phrasing import Book, PhraseBook, PhrasingError, builtin_text, load_book, parse_book, read_text
 from transforms.quality.language import detect_language
 from transforms.react import StepParseError, has_markers, parse_turn
 from transforms.samples import sample_of
@@ -358,7 +358,7 @@ def load_answer_book(user_path: str | None, base_dir: str) -> dict[str, list[str
     unknown = set(user) - set(variables)
     if unknown:
         raise PhrasingError(f"{user_path}: unknown slots {', '.join(sorted(unknown))}; slots are <language>.<slot>")
-    builtin = {slot: v for slot, v in builtin.items() if slot in variables}
+    builtin = Book({slot: v for slot, v in builtin.items() if slot in variables}, builtin.origins)
     return load_book_from(builtin | user, variables)
 
 

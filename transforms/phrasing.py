@@ -66,6 +66,9 @@ class Book(dict[str, list[str]]):
         merged.origins.update(getattr(other, "origins", {}))
         return merged
 
+    def __or__(self, other: Mapping[str, list[str]]) -> Book:  # type: ignore[override]
+        return self.overlay(other)
+
 
 class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """YAML's safe loader that refuses a key given twice in one mapping (YAML would keep the last)."""

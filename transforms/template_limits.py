@@ -10,9 +10,10 @@ render (see :func:`render_limited`):
   ``Template.generate``, so a template never builds an unbounded string first;
 * a loop budget (:data:`MAX_ITERATIONS` iterations of all ``for`` loops together, nested or
   not); ``range`` refuses more items than the budget;
-* no amplification in one operation: ``*`` and ``**`` on big operands, a call or filter given an
-  integer above the output limit (``center(10**9)``, ``'x'.ljust(...)``), a format width above it,
-  ``replace`` that would grow past it, a ``namespace`` attribute or macro argument above it;
+* no amplification in one operation: ``*`` and ``**`` on big operands, a width or count above
+  the output limit given to a padding method or filter (``center(10**9)``, ``'x'.ljust(...)``,
+  ``indent``, ``wordwrap``, ``batch``, ``slice``), a format width above it, ``replace`` that
+  would grow past it, a ``namespace`` attribute, macro or call argument longer than it;
 * no ``lipsum`` (it writes random text: calling it is an error) and no ``random`` filter (the
   output must be deterministic);
 * no ``{% include %}``, ``{% import %}``, ``{% from %}`` or ``{% extends %}`` (a phrase-book
@@ -80,9 +81,14 @@ def _check_size(value: Any, what: str) -> None:
         raise TemplateLimitError(f"{what} has {len(value):,} items, over the limit of {MAX_OUTPUT_CHARS:,}")
 
 
-def _check_argument(value: Any) -> None:
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_OUTPUT_CHARS:
-        raise TemplateLimitError(f"an argument of {value} is over the limit of {MAX_OUTPUT_CHARS:,}")
+#: Methods and filters whose integer arguments are sizes of their output (a width, a count).
+SIZE_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs", "__mul__", "__rmul__"})
+SIZE_FILTERS = frozenset({"do_center", "do_indent", "do_wordwrap", "do_batch", "do_slice"})
+
+
+def _check_argument(value: Any, sizes: bool) -> None:
+    if sizes and isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_OUTPUT_CHARS:
+        raise TemplateLimitError(f"a size of {value} is over the limit of {MAX_OUTPUT_CHARS:,}")
     _check_size(value, "an argument")
 
 
@@ -93,11 +99,13 @@ def _check_format(text: str) -> None:
             raise TemplateLimitError(f"a format width of {match.group(1)} is over the limit of {MAX_OUTPUT_CHARS:,}")
 
 
-def _check_arguments(args: Iterable[Any], kwargs: Mapping[str, Any]) -> None:
+def _check_arguments(args: Iterable[Any], kwargs: Mapping[str, Any], sizes: bool) -> None:
+    """No argument over the output limit in length, nor, when the integers are ``sizes`` of
+    the output (a width, a count), in value."""
     for value in args:
-        _check_argument(value)
+        _check_argument(value, sizes)
     for value in kwargs.values():
-        _check_argument(value)
+        _check_argument(value, sizes)
 
 
 def _bounded(iterable: Iterable[Any]) -> Iterator[Any]:
@@ -136,11 +144,12 @@ class _LimitedNamespace(Namespace):
 def _guard_filter(function: Any) -> Any:
     # the value filtered comes first, after the context or environment for pass_* filters
     skip = 2 if hasattr(function, "jinja_pass_arg") else 1
+    sizes = function.__name__ in SIZE_FILTERS
 
     @functools.wraps(function)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         _tick()
-        _check_arguments(args[skip:], kwargs)
+        _check_arguments(args[skip:], kwargs, sizes)
         value = args[skip - 1] if len(args) >= skip else None
         if function.__name__ == "do_format" and isinstance(value, str):
             _check_format(value)
@@ -203,9 +212,10 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _tick()
-        if __obj is not _range:  # range checks its own length
-            _check_arguments(args, kwargs)
         name, owner = getattr(__obj, "__name__", None), getattr(__obj, "__self__", None)
+        if __obj is not _range:  # range checks its own length
+            sizes = name in SIZE_METHODS and isinstance(owner, (str, bytes, list, tuple))
+            _check_arguments(args, kwargs, sizes)
         if name in ("format", "format_map") and isinstance(owner, str):
             _check_format(owner)
         if name == "replace" and _replace_grows_too_much(owner, args):
