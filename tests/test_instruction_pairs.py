@@ -53,7 +53,7 @@ def weather_turns(arguments: dict | None = None, name: str = "get_weather") -> l
             role=Role.ASSISTANT,
             text="",
             loss=True,
-            tool_call=ToolCall(name=name, arguments={"city": "Oslo"} if arguments is None else arguments),
+            tool_calls=[ToolCall(name=name, arguments={"city": "Oslo"} if arguments is None else arguments)],
         ),
         Turn(role=Role.TOOL, text='{"temperature": -3}'),
         Turn(role=Role.ASSISTANT, text="Yes, it is -3 degrees in Oslo.", loss=True),
@@ -77,7 +77,7 @@ def test_prompt_declares_tools_and_format_and_never_holds_the_target(fmt, placem
     sample = pair_of(traj(weather_turns()), formats=[fmt], placements=[placement], multi_turn_share=1.0)
     system, first_user = sample.messages[0], sample.messages[1]
     assert system.role is Role.SYSTEM and "get_weather" in system.content and '"city"' in system.content
-    demand = "Action Input" if fmt == "react" else "JSON"
+    demand = "Action Input" if fmt == "react" else '"arguments"'  # the tools say "JSON Schema" too
     assert demand in (system.content if placement == "system" else first_user.content)
     assert demand not in (first_user.content if placement == "system" else system.content)
     assert "Is it cold in Oslo right now?" in first_user.content
@@ -242,3 +242,148 @@ def test_real_pairs_need_format_skill(external):
                 is_copied = True
         copied += is_copied
     assert copied / len(samples) <= 0.05
+
+
+WEBSHOP_PROMPT = (
+    "You are web shopping.\nI will give you instructions about what to do.\n"
+    "An action should be of the following structure:\nsearch[keywords]\nclick[value]\n"
+    "Your response should use the following format:\n\nThought:\nI think ... \n\nAction: \nclick[something]"
+)
+BABYAI_PROMPT = "You are an exploration master that wants to finish every goal you are given. ... Action: turn left"
+
+
+def agentgym(env: str, messages: list[tuple[str, str]], reward: float, success: int) -> Trajectory:
+    """An AgentGym rollout record (openai format, no loss flags), read by the openai reader."""
+    from transforms.formats import openai
+    from transforms.formats.common import ParseContext
+
+    record = {
+        "conversations": [{"role": r, "content": c, "reasoning_content": None} for r, c in messages],
+        "item_id": f"{env}_7",
+        "reward": reward,
+        "success": success,
+        "task_name": env,
+    }
+    return openai.parse(record, ParseContext(source="agentgym", file_name="f.jsonl", index=0, fields=openai.FIELDS))
+
+
+def webshop_rollout(reward: float = 1.0, success: int = 1) -> Trajectory:
+    task = "WebShop [SEP] Instruction: [SEP] Find me a red wool scarf, price lower than 30.00 dollars [SEP] Search"
+    return agentgym(
+        "webshop",
+        [
+            ("user", WEBSHOP_PROMPT),
+            ("assistant", "Ok."),
+            ("user", task),
+            ("assistant", "Thought:\nI should search for the scarf.\n\nAction:\nsearch[red wool scarf]"),
+            (
+                "user",
+                "Instruction: [SEP] Find me a red wool scarf [SEP] Back to Search [SEP] B01 [SEP] Red Scarf [SEP] $12",
+            ),
+            ("assistant", "Thought:\nB01 fits.\n\nAction:\nclick[B01]"),
+            ("user", "Instruction: [SEP] Find me a red wool scarf [SEP] Back to Search [SEP] Buy Now"),
+            ("assistant", "Action:\nclick[Buy Now]"),
+        ],
+        reward,
+        success,
+    )
+
+
+def babyai_rollout(reward: float, success: int = 0) -> Trajectory:
+    return agentgym(
+        "babyai",
+        [
+            ("user", BABYAI_PROMPT),
+            ("assistant", "OK. I'll follow your instructions and try my best to solve the task."),
+            ("user", "Your goal: go to the red ball\nIn front of you in this room, you can see a red ball 1."),
+            ("assistant", "Thought:\nThe ball is ahead.\n\nAction:\ngo to red ball 1"),
+            ("user", "The task is completed."),
+        ],
+        reward,
+        success,
+    )
+
+
+def test_agentgym_acknowledgement_is_unsupervised_and_webshop_rollouts_give_pairs():
+    """AgentGym's "Ok." after the environment's prompt is read loss=false (as AgentInstruct marks
+    it), so the prompt and its acknowledgement go with the card's prompt rules and the task is
+    the first observation: WebShop rollouts give pairs whose targets parse back."""
+    rollout = webshop_rollout()
+    assert [t.loss for t in rollout.turns if t.role is Role.ASSISTANT] == [False, True, True, True]
+    conversation = read_conversation(rollout, load_cards())
+    assert (
+        conversation.task.startswith("WebShop [SEP] Instruction:") and "Find me a red wool scarf" in conversation.task
+    )
+    calls = [step.call for kind, step in conversation.events if kind == "assistant"]
+    assert [(c.name, c.arguments) for c in calls] == [
+        ("search", {"keywords": "red wool scarf"}),
+        ("click", {"button": "B01"}),
+        ("click", {"button": "Buy Now"}),
+    ]
+    for fmt in ("react", "json"):
+        (pair,) = [o for o in maker(formats=[fmt])(rollout, selected=[rollout.id]) if not isinstance(o, Stat)]
+        assert pair.tools and {t.name for t in pair.tools} == {"search", "click"}
+        assert "You are web shopping" not in "\n".join(m.content for m in pair.messages)
+        target = next(m for m in pair.messages if m.loss)
+        assert "red wool scarf" in target.content and "red wool scarf" not in pair.messages[0].content
+
+
+def test_an_acknowledgement_with_a_loss_flag_or_a_real_reply_stays_as_the_source_says():
+    from transforms.formats import openai
+    from transforms.formats.common import ParseContext
+
+    ctx = ParseContext(source="s", file_name="f", index=0, fields=openai.FIELDS)
+
+    def losses(messages):
+        return [t.loss for t in openai.parse({"messages": messages}, ctx).turns if t.role is Role.ASSISTANT]
+
+    flagged = [
+        {"role": "user", "content": "Rules."},
+        {"role": "assistant", "content": "OK.", "loss": True},
+        {"role": "user", "content": "Task."},
+        {"role": "assistant", "content": "Done."},
+    ]
+    assert losses(flagged) == [True, True]
+    real = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "OK, here is a plan: ..."}]
+    assert losses(real) == [True]
+    real_then_user = [*real, {"role": "user", "content": "Thanks"}, {"role": "assistant", "content": "Sure."}]
+    assert losses(real_then_user) == [True, True]
+    unflagged = [{k: v for k, v in m.items() if k != "loss"} for m in flagged]
+    assert losses(unflagged) == [False, True]
+
+
+def test_babyai_episodes_are_judged_by_reward_when_their_success_flag_is_ignored():
+    """AgentGym's BabyAI success flag is always 0: with ``ignore_success_flag: [babyai]`` (as in
+    reward_filter and the audit) a rewarded episode gives a pair, one with reward 0 does not."""
+    won, lost = babyai_rollout(reward=0.89), babyai_rollout(reward=0.0)
+    with pytest.raises(NotEligible, match="failed_episode"):
+        read_conversation(won, load_cards())
+    conversation = read_conversation(won, load_cards(), ignore_success_flag=["babyai"])
+    (step,) = [step for kind, step in conversation.events if kind == "assistant"]
+    assert step.call == ToolCall(name="go_to", arguments={"object": "red ball 1"})
+    with pytest.raises(NotEligible, match="failed_episode") as info:
+        read_conversation(lost, load_cards(), ignore_success_flag=["babyai"])
+    assert info.value.detail == "reward 0"
+    outs = list(maker(ignore_success_flag=["babyai"])(won, selected=[won.id]))
+    assert [o.metadata["format"] for o in outs if not isinstance(o, Stat)]
+    assert [o.reason for o in maker()(won, selected=[won.id]) if isinstance(o, Filtered)] == ["failed_episode"]
+
+
+def test_screened_trajectories_are_read_again_only_when_drawn(monkeypatch):
+    """The step's screening pass reads each conversation once; the pairs pass reads only the
+    drawn ones again, and filters the others with the screening's reason."""
+    import transforms.instruction_pairs as module
+
+    reads = []
+    real = module.read_conversation
+    monkeypatch.setattr(module, "read_conversation", lambda *a, **k: reads.append(1) or real(*a, **k))
+    fn = maker()
+    trajectory = traj(weather_turns())
+    screening = fn.screen(trajectory)
+    assert screening == module.ELIGIBLE and len(reads) == 1
+    outs = list(fn(trajectory, selected=[], screening=screening))
+    assert [o.reason for o in outs if isinstance(o, Filtered)] == ["not_selected"] and len(reads) == 1
+    outs = list(fn(trajectory, selected=[], screening=("no_task", "why")))
+    assert [(o.reason, o.detail) for o in outs if isinstance(o, Filtered)] == [("no_task", "why")] and len(reads) == 1
+    outs = list(fn(trajectory, selected=[trajectory.id], screening=screening))
+    assert len([o for o in outs if not isinstance(o, Stat)]) == 1 and len(reads) == 2

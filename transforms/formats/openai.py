@@ -10,11 +10,18 @@ the source's ``tool_call_id``, else answers the next unanswered call of the assi
 it, in order; its ``name`` is the source's, else the answered call's. A tool message without an
 id after parallel calls whose content is a JSON list with one item per call (``[{"tool_call_id",
 "name", "content"}]``, LLaMA-Factory's reason_tool_use) becomes one tool turn per call.
+
+Acknowledgements: in a record without loss flags, an assistant message that only acknowledges the
+first user message ("Ok.", AgentGym's "OK. I'll follow your instructions and try my best to solve
+the task.") and is followed by another user message is read ``loss=false``, as AgentInstruct and
+AgentGym's own AgentTraj-L mark the same turn: it answers the environment's format prompt, not a
+task (docs/transforms/read.md). A message with an explicit ``loss`` keeps it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from schemas import Role, ToolCall, Trajectory, Turn
@@ -41,6 +48,11 @@ FIELDS = FieldNames(
     tools=("tools",),
 )
 MESSAGE_KEYS = ("messages", "conversations", "conversation")
+#: An assistant message that only acknowledges the instructions before it (case-insensitive).
+ACKNOWLEDGEMENT = re.compile(
+    r"^\s*(?:ok(?:ay)?|sure|understood)\s*[.!]?(?:\s*I(?:'ll| will) follow (?:your|the) instructions[^\n]*)?\s*$",
+    re.IGNORECASE,
+)
 
 
 def _content(raw: Any, where: str) -> tuple[str, str | None, list[ToolCall]]:
@@ -116,6 +128,7 @@ def parse_turns(messages: list[Any], ctx: ParseContext, extra_keys: tuple[str, .
     """Turns from OpenAI-style messages; ``extra_keys`` are per-message keys to tolerate."""
     turns = []
     linker = CallLinker()
+    acknowledgement = _acknowledgement(messages, ctx)
     for i, message in enumerate(messages):
         where = f"turn {i}"
         message = require_turn(message, where)
@@ -125,7 +138,7 @@ def parse_turns(messages: list[Any], ctx: ParseContext, extra_keys: tuple[str, .
         calls += _function_calls(message.get("function_call"), where)
         thought = message.get("reasoning_content")
         thought = thought if isinstance(thought, str) and thought else reasoning
-        loss = resolve_loss(message.get("loss"), role, where)
+        loss = False if i == acknowledgement else resolve_loss(message.get("loss"), role, where)
         if calls and role is not Role.ASSISTANT:
             raise RecordError("invalid_field", f"{where}: only assistant turns may carry tool calls")
         if role is Role.ASSISTANT and not calls and message.get("content", message.get("value")) is None:
@@ -144,6 +157,31 @@ def parse_turns(messages: list[Any], ctx: ParseContext, extra_keys: tuple[str, .
             calls = linker.calls(calls)
         turns.append(Turn(role=role, text=text, loss=loss, thought=thought, tool_calls=calls))
     return turns
+
+
+def _role_of(message: Any, ctx: ParseContext) -> Role | None:
+    if not isinstance(message, dict):
+        return None
+    try:
+        return resolve_role(message.get("role", message.get("from")), ctx, "")
+    except RecordError:
+        return None
+
+
+def _acknowledgement(messages: list[Any], ctx: ParseContext) -> int | None:
+    """Index of the message that only acknowledges the first user message (see the module
+    docstring), or ``None``: the first non-system messages are user, assistant, user, and the
+    assistant message has no ``loss`` flag, no tool call and a text matching
+    :data:`ACKNOWLEDGEMENT`."""
+    order = [(i, role) for i, m in enumerate(messages[:8]) if (role := _role_of(m, ctx)) is not Role.SYSTEM]
+    if [role for _, role in order[:3]] != [Role.USER, Role.ASSISTANT, Role.USER]:
+        return None
+    index = order[1][0]
+    message = messages[index]
+    content = message.get("content", message.get("value"))
+    if message.get("loss") is not None or message.get("tool_calls") or message.get("function_call"):
+        return None
+    return index if isinstance(content, str) and ACKNOWLEDGEMENT.match(content) else None
 
 
 def parse(obj: Any, ctx: ParseContext) -> Trajectory:
