@@ -38,9 +38,15 @@ class Measured:
     peak_tree_rss: int
     max_rss: int
     load_before: float
+    #: CPU seconds of every process of the tree seen by the sampler (its last sample of each):
+    #: counts descendants the child never reaps (e.g. a forkserver's workers), which ``cpu_s``
+    #: misses; a process shorter than one interval can be missed.
+    tree_cpu_s: float = 0.0
 
 
-def _tree_rss(root: psutil.Process) -> int:
+def _tree_rss(root: psutil.Process, cpu: dict[int, float] | None = None) -> int:
+    """Sum of RSS over ``root`` and its descendants; with ``cpu``, also record each one's CPU
+    seconds so far (user + system) under its pid."""
     total = 0
     try:
         procs = [root, *root.children(recursive=True)]
@@ -49,6 +55,9 @@ def _tree_rss(root: psutil.Process) -> int:
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             total += proc.memory_info().rss
+            if cpu is not None:
+                times = proc.cpu_times()
+                cpu[proc.pid] = times.user + times.system
     return total
 
 
@@ -71,16 +80,20 @@ def measure(
         proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     root = psutil.Process(proc.pid)
     peak = 0
+    seen: dict[int, float] = {}
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        peak = max(peak, _tree_rss(root))
+        peak = max(peak, _tree_rss(root, seen))
         time.sleep(interval)
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, keep Popen consistent
     wall = time.monotonic() - started
     cpu = usage.ru_utime + usage.ru_stime
-    return Measured(proc.returncode, wall, cpu, peak, usage.ru_maxrss * 1024, load)  # ru_maxrss: KiB on Linux
+    # wait4 counts the child and what it reaped, exactly; the samples count every process of
+    # the tree, reaped or not, up to its last sample: the larger is the better estimate.
+    tree_cpu = max(cpu, sum(seen.values()))
+    return Measured(proc.returncode, wall, cpu, peak, usage.ru_maxrss * 1024, load, tree_cpu)  # ru_maxrss: KiB
 
 
 def _mark_copy(conversations: list[dict], copy: int) -> list[dict]:

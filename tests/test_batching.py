@@ -148,3 +148,76 @@ def test_write_shard_builds_its_batches_with_record_batch(external, tmp_path, mo
             writer.write_batch(slow_record_batch(rows[start : start + 50], schema))
     assert (tmp_path / "fast.arrow").read_bytes() == sink.getvalue().to_pybytes()
     assert info.rows == len(rows)
+
+
+# --- record coders: JSON parsed by json.loads, then validated ------------------------------------
+
+
+@pytest.mark.real_data
+def test_coders_decode_real_records_as_pydantic_json_validation_does(external):
+    from schemas import Sample, Trajectory
+    from transforms.coders import SampleCoder, TrajectoryCoder
+
+    trajectories, _ = parse_file(external("agentinstruct_thudm", "webshop.shared80.parquet"), "agentinstruct")
+    samples = [to_chat(t, ToChatConfig(kind="agent"), StepContext(step_id="chat")) for t in trajectories]
+    for coder, model, records in ((TrajectoryCoder(), Trajectory, trajectories), (SampleCoder(), Sample, samples)):
+        for record in records:
+            encoded = coder.encode(record)
+            decoded = coder.decode(encoded)
+            assert decoded == model.model_validate_json(encoded) == record
+            assert coder.encode(decoded) == encoded
+
+
+def test_coders_still_validate_what_they_decode():
+    from pydantic import ValidationError
+
+    from transforms.coders import SampleCoder
+
+    coder = SampleCoder()
+    with pytest.raises(ValidationError):
+        coder.decode(b'{"id": 5}')  # a record that is not a Sample
+    with pytest.raises(ValueError):
+        coder.decode(b'{"id": "x"')  # not JSON
+
+
+def test_a_strict_model_keeps_pydantic_json_validation():
+    import datetime
+
+    from pydantic import BaseModel, ConfigDict
+
+    from transforms.coders import PydanticJsonCoder
+
+    class When(BaseModel):
+        model_config = ConfigDict(strict=True)
+        at: datetime.date
+
+    class WhenCoder(PydanticJsonCoder):
+        model = When
+
+    # strict JSON validation parses the date string; strict Python validation would refuse it
+    assert WhenCoder().decode(b'{"at": "2024-01-02"}') == When(at=datetime.date(2024, 1, 2))
+
+
+def test_coders_do_not_use_pydantic_json_validation_for_records(monkeypatch):
+    """The slow path (model_validate_json, about 3x slower on these records) is not taken."""
+    from schemas import Sample
+    from transforms.coders import SampleCoder
+
+    sample = Sample.model_validate(json.loads(SampleCoder().encode(_a_sample())))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("model_validate_json was called")
+
+    monkeypatch.setattr(Sample, "model_validate_json", refuse)
+    assert SampleCoder().decode(SampleCoder().encode(sample)) == sample
+
+
+def _a_sample():
+    from schemas import Lineage, Message, Sample
+
+    return Sample(
+        id="s1",
+        kind="agent",
+        messages=[Message(role="user", content="hi"), Message(role="assistant", content="hello", loss=True)],
+        lineage=Lineage(source="test", source_id="1", trajectory_id="t1"),
+    )

@@ -25,6 +25,9 @@ def test_ratios_are_the_issues_wall_time_ratios():
         "datatrove 2 workers": {"seconds": 5.0},
     }
     got = {what: (value, target) for what, value, target in ratios(medians)}
+    assert [r[1] for r in ratios({v: {"cpu": 2 * m["seconds"]} for v, m in medians.items()}, "cpu")] == [
+        value for _, value, _ in ratios(medians)
+    ]
     assert got["agentmill in-process / plain loop"] == (1.25, 1.10)
     assert got["agentmill 2 workers / in-process"] == (0.6, 0.62)
     assert got["agentmill best / datatrove best"] == (1.2, 1.00)
