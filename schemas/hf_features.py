@@ -59,7 +59,8 @@ def _feature(arrow_type: pa.DataType, full: bool) -> Any:
     if dtype is not None:
         return {"dtype": dtype, "id": None, "_type": "Value"} if full else {"dtype": dtype, "_type": "Value"}
     if pa.types.is_struct(arrow_type):
-        return {arrow_type.field(i).name: _feature(arrow_type.field(i).type, full) for i in range(arrow_type.num_fields)}
+        fields = (arrow_type.field(i) for i in range(arrow_type.num_fields))
+        return {f.name: _feature(f.type, full) for f in fields}
     if pa.types.is_list(arrow_type):
         inner = _feature(arrow_type.value_type, full)
         if full:
