@@ -11,9 +11,11 @@ message with native calls adds ``tool_calls: [{"id"?, "type": "function", "funct
 
 Guarantees of :func:`message_dict`:
 
-- a message whose part spells its call in its content (``arguments``, ``react``; see
-  :data:`CALL_IN_TEXT_PARTS`) renders its content only: the call is trained as the text it is,
-  never twice;
+- a message whose content spells its calls (:func:`calls_in_text`: align's ``arguments`` part,
+  a kept-format ``react`` turn whose text has an action line naming every call) renders its
+  content only: the call is trained as the text it is, never twice. A ``react`` turn whose
+  content does not spell its calls (a kept OpenAI/ToolBench turn: prose or nothing beside a
+  structured call) renders them natively, so a call is never lost;
 - other calls are passed as native ``tool_calls`` when the template renders them
   (``native_calls=True``); otherwise they are appended to the content as one JSON line
   ``{"name": ..., "arguments": ...}`` each, so no call is ever dropped from the rendering.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -69,13 +72,27 @@ def calls_as_text(calls: Sequence[ToolCall]) -> str:
     )
 
 
-#: Parts whose text names or spells a call (the call format is the sample's own, not the template's).
-TEXT_CALL_PARTS = frozenset({*CALL_IN_TEXT_PARTS, "tool"})
+_ACTION_LINE = re.compile(r"^[ \t]*(?:Action|ACTION|Act)[ \t]*:", re.MULTILINE)
+
+
+def calls_in_text(message: Message) -> bool:
+    """Whether the message's content spells its calls: align's ``arguments`` part (checked by
+    align to parse to its call), or a ``react`` turn with no structured call or with an action
+    line and every call's name in its text."""
+    if message.part not in CALL_IN_TEXT_PARTS:
+        return False
+    if message.part != "react":
+        return True
+    calls = getattr(message, "tool_calls", None) or []
+    if not calls:
+        return True
+    return bool(_ACTION_LINE.search(message.content)) and all(c.name in message.content for c in calls)
 
 
 def spells_calls(sample: Sample) -> bool:
-    """Whether the sample supervises calls written as text (see :data:`TEXT_CALL_PARTS`)."""
-    return any(m.part in TEXT_CALL_PARTS for m in sample.messages)
+    """Whether the sample supervises calls written as text: align's ``tool`` part (the tool
+    choice in words) or a message whose content spells its calls (:func:`calls_in_text`)."""
+    return any(m.part == "tool" or calls_in_text(m) for m in sample.messages)
 
 
 def call_convention(samples: Iterable[Sample]) -> str:
@@ -101,7 +118,7 @@ def template_tools(sample: Sample, convention: str = "mixed") -> list[dict[str, 
 def native_calls(message: Message) -> list[ToolCall]:
     """The calls a message makes that its content does not already spell."""
     calls = list(getattr(message, "tool_calls", None) or [])
-    if not calls or message.part in CALL_IN_TEXT_PARTS:
+    if not calls or calls_in_text(message):
         return []
     return calls
 

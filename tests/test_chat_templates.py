@@ -148,6 +148,18 @@ def test_calls_spelled_in_text_render_once_and_without_the_template_tool_block()
     ]
 
 
+def test_a_kept_react_turn_renders_its_call_natively_unless_its_text_spells_it():
+    # A kept-format ToolBench turn: nothing beside the structured call. Its call must be rendered.
+    bare = Message(role=Role.ASSISTANT, content="", loss=True, part="react", tool_calls=[OSLO])
+    assert message_dict(bare)["tool_calls"][0]["function"]["name"] == "get_weather"
+    prose = bare.model_copy(update={"content": "I will look at get_weather first."})
+    assert "tool_calls" in message_dict(prose)  # names the tool, but no action line: prose
+    react = bare.model_copy(update={"content": 'Thought: check.\nAction: get_weather\nAction Input: {"city": "Oslo"}'})
+    assert message_dict(react) == {"role": "assistant", "content": react.content}
+    text_only = bare.model_copy(update={"content": "Act: click[Buy Now]", "tool_calls": []})
+    assert message_dict(text_only) == {"role": "assistant", "content": "Act: click[Buy Now]"}
+
+
 def test_call_free_samples_show_the_tool_block_unless_the_data_spells_every_call_in_text(tokenizer):
     template = load_template("chatml")
     ensure_special_tokens(tokenizer, template)

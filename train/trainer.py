@@ -52,11 +52,11 @@ log = logging.getLogger("agentmill.train")
 
 def _model_type(args: argparse.Namespace) -> str | None:
     """The model's ``model_type`` (what ``transformers serve`` picks a fallback response template by)."""
+    if args.chat_template != "tokenizer":
+        return None  # only the tokenizer's own template falls back to serve's response templates
     if args.model_config is not None:
         with open(args.model_config, encoding="utf-8") as handle:
             return json.load(handle).get("model_type")
-    if args.chat_template != "tokenizer":
-        return None
     from transformers import AutoConfig
 
     try:
