@@ -132,14 +132,24 @@ _PLAIN = (str, int, float, bool)
 
 class _Variant:
     """One compiled variant: a ``str.format_map`` pattern when it is plain text and ``{{ name }}``
-    substitutions only (the fast path), else a template of the limited sandbox."""
+    substitutions only (the fast path), else a template of the limited sandbox. A fast variant's
+    Jinja template is compiled only if it is needed (an undefined name: Jinja gives the error);
+    text and names cannot fail to compile."""
 
-    __slots__ = ("names", "pattern", "template")
+    __slots__ = ("_template", "env", "names", "pattern", "tree")
 
-    def __init__(self, template: Template, tree: nodes.Template, fast: bool) -> None:
-        self.template = template
+    def __init__(self, env: LimitedSandbox, tree: nodes.Template, fast: bool) -> None:
+        self.env = env
+        self.tree = tree
         self.names = frozenset(meta.find_undeclared_variables(tree))
         self.pattern = _format_pattern(tree) if fast else None
+        self._template: Template | None = None if self.pattern is not None else env.from_string(tree)
+
+    @property
+    def template(self) -> Template:
+        if self._template is None:
+            self._template = self.env.from_string(self.tree)
+        return self._template
 
 
 _ENVIRONMENT: list[LimitedSandbox] = []
@@ -154,8 +164,8 @@ def _compile(source: str, fast: bool) -> _Variant:
     with _CACHE_LOCK:
         if not _ENVIRONMENT:
             _ENVIRONMENT.append(LimitedSandbox())
-    template, tree = _ENVIRONMENT[0].template(source)
-    return _Variant(template, tree, fast)
+    env = _ENVIRONMENT[0]
+    return _Variant(env, env.checked_tree(source), fast)
 
 
 def _format_pattern(tree: nodes.Template) -> str | None:

@@ -235,6 +235,12 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
     def template(self, source: str) -> tuple[Template, nodes.Template]:
         """Compile ``source`` with its ``for`` loops bounded; refused tags and recursive macros
         raise :class:`TemplateLimitError`. Returns the template and its (rewritten) syntax tree."""
+        tree = self.checked_tree(source)
+        return self.from_string(tree), tree
+
+    def checked_tree(self, source: str) -> nodes.Template:
+        """The syntax tree of ``source`` with its ``for`` loops bounded, ready for
+        ``from_string``; refused tags and recursive macros raise :class:`TemplateLimitError`."""
         tree = self.parse(source)
         for node_type, tag in REFUSED_TAGS.items():
             if tree.find(node_type) is not None:
@@ -245,7 +251,7 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
                     raise TemplateLimitError(f"macro {macro.name!r} calls itself; recursive macros are not allowed")
         for loop in tree.find_all(nodes.For):
             loop.iter = nodes.Call(nodes.EnvironmentAttribute("loop_limit"), [loop.iter], [], None, None)
-        return self.from_string(tree), tree
+        return tree
 
 
 def render_limited(template: Template, variables: Mapping[str, Any]) -> str:
