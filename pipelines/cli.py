@@ -245,8 +245,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         stdout.out(json.dumps(report.as_dict(), sort_keys=True))
     console.print(
-        f"[green]wrote[/] {args.output}: {report.written} of {report.samples} samples ({report.calls} tool calls) "
-        f"as {args.to}",
+        f"[green]wrote[/] {args.output}: {report.written} of {report.samples} samples ({report.calls} structured "
+        f"tool calls, {report.calls_in_text} spelled in text) as {args.to}",
         highlight=False,
     )
     for what, counts in (("skipped", report.skipped), ("lost in the target format", report.lost)):

@@ -22,10 +22,18 @@ Per-turn loss flags: with ``loss_key="train"`` every message gets axolotl's ``tr
 default, as TRL and LLaMA-Factory do not read them (docs/export.md says what each target
 loses).
 
+The export renders what ``agentmill-train`` trains on (:mod:`schemas.chat`): a call a message
+already spells in its text (align's ``arguments`` part, kept-format ``react``) stays text and is
+not exported a second time as a structured call (counted as ``calls_in_text``), and a sample's
+tools are exported only where the trainer gives them to the template
+(:func:`schemas.chat.template_tools`: not for a sample that writes its calls as text, nor for any
+sample of an output whose calls are all text, :func:`schemas.chat.call_convention`), so TRL and
+LLaMA-Factory see the same prompt and the same call format as ``train/sft.py``.
+
 Guarantees: samples are written in shard order, one line each, the file replaced atomically;
-every structured call is exported with its name and arguments (JSON-equal), its id (openai)
-and its order; a sample that cannot be exported is counted with its reason, never silently
-dropped.
+every native structured call is exported with its name and arguments (JSON-equal), its id
+(openai) and its order; a sample that cannot be exported is counted with its reason, never
+silently dropped.
 """
 
 from __future__ import annotations
@@ -38,7 +46,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pipelines.errors import OutputError
-from schemas import Message, Role, Sample, ToolCall, ToolSpec
+from schemas import Message, Role, Sample, ToolCall
+from schemas.chat import call_convention, native_calls, template_tools
 
 Target = Literal["openai", "sharegpt"]
 LossKey = Literal["train", "weight"]
@@ -54,6 +63,8 @@ class ExportReport:
     samples: int = 0
     written: int = 0
     calls: int = 0
+    calls_in_text: int = 0
+    convention: str = "mixed"
     skipped: Counter[str] = field(default_factory=Counter)
     lost: Counter[str] = field(default_factory=Counter)
 
@@ -63,6 +74,8 @@ class ExportReport:
             "samples": self.samples,
             "written": self.written,
             "calls": self.calls,
+            "calls_in_text": self.calls_in_text,
+            "convention": self.convention,
             "skipped": dict(sorted(self.skipped.items())),
             "lost": dict(sorted(self.lost.items())),
         }
@@ -74,14 +87,6 @@ class SkipSample(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def openai_tools(tools: Iterable[ToolSpec]) -> list[dict[str, Any]]:
-    """OpenAI function specs of the declared tools."""
-    return [
-        {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
-        for t in tools
-    ]
 
 
 def _arguments(call: ToolCall, arguments: str) -> Any:
@@ -99,14 +104,15 @@ def _flags(entry: dict[str, Any], loss: bool, loss_key: str | None) -> dict[str,
 def openai_message(message: Message, loss_key: str | None = None, arguments: str = "string") -> dict[str, Any]:
     """One message in OpenAI chat form (see the module docstring)."""
     entry: dict[str, Any] = {"role": message.role.value, "content": message.content}
-    if message.tool_calls:
+    calls = native_calls(message)
+    if calls:
         entry["tool_calls"] = [
             {
                 "id": call.id or f"call_{i}",
                 "type": "function",
                 "function": {"name": call.name, "arguments": _arguments(call, arguments)},
             }
-            for i, call in enumerate(message.tool_calls)
+            for i, call in enumerate(calls)
         ]
     if message.role is Role.TOOL:
         if message.tool_call_id is not None:
@@ -119,11 +125,12 @@ def openai_message(message: Message, loss_key: str | None = None, arguments: str
 def to_openai(
     sample: Sample, report: ExportReport, loss_key: str | None = None, arguments: str = "string"
 ) -> dict[str, Any]:
-    """The sample as ``{"messages", "tools"}`` (plus ``id`` when asked by the caller)."""
+    """The sample as ``{"messages", "tools"}`` (plus ``id`` when asked by the caller); ``tools``
+    as the trainer gives them to the template (module docstring), else ``[]``."""
     messages = [openai_message(m, loss_key, arguments) for m in sample.messages]
     if loss_key is None and any(not m.loss for m in sample.messages if m.role is Role.ASSISTANT):
         report.lost["unsupervised_assistant_turn_without_loss_key"] += 1
-    return {"messages": messages, "tools": openai_tools(sample.tools)}
+    return {"messages": messages, "tools": template_tools(sample, report.convention) or []}
 
 
 def _sharegpt_turns(sample: Sample, report: ExportReport, loss_key: str | None) -> list[dict[str, Any]]:
@@ -131,6 +138,7 @@ def _sharegpt_turns(sample: Sample, report: ExportReport, loss_key: str | None) 
     turns: list[dict[str, Any]] = []
     results: list[str] = []
     result_loss = False
+    text_call = False
 
     def flush_results() -> None:
         nonlocal results, result_loss
@@ -143,16 +151,19 @@ def _sharegpt_turns(sample: Sample, report: ExportReport, loss_key: str | None) 
         if message.role is Role.SYSTEM:
             continue
         if message.role is Role.TOOL:
-            if turns and turns[-1]["from"] != "function_call" and not results:
+            answered = turns and (turns[-1]["from"] == "function_call" or (turns[-1]["from"] == "gpt" and text_call))
+            if not answered and not results:
                 raise SkipSample("tool_result_without_call")
             results.append(message.content)
             result_loss = result_loss or message.loss
             continue
         flush_results()
-        if message.tool_calls:
+        text_call = bool(message.tool_calls)  # a gpt turn that spells its call may be answered
+        native = native_calls(message)
+        if native:
             if message.content.strip():
                 report.lost["prose_beside_calls"] += 1
-            calls = [{"name": c.name, "arguments": c.arguments} for c in message.tool_calls]
+            calls = [{"name": c.name, "arguments": c.arguments} for c in native]
             value = json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
             if turns and turns[-1]["from"] == "function_call":
                 raise SkipSample("call_after_call_without_result")
@@ -197,10 +208,8 @@ def to_sharegpt(sample: Sample, report: ExportReport, loss_key: str | None = Non
     record: dict[str, Any] = {"conversations": _sharegpt_turns(sample, report, loss_key)}
     if systems:
         record["system"] = systems[0]
-    record["tools"] = json.dumps(
-        [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in sample.tools],
-        ensure_ascii=False,
-    )
+    tools = template_tools(sample, report.convention) or []
+    record["tools"] = json.dumps([t["function"] for t in tools], ensure_ascii=False)
     return record
 
 
@@ -213,7 +222,9 @@ def export_records(
     arguments: str = "string",
     with_ids: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """The export records of ``samples``, in order; skipped samples are counted in ``report``."""
+    """The export records of ``samples``, in order; skipped samples are counted in ``report``.
+    Tools follow ``report.convention``, the call convention of the whole output (set it with
+    :func:`schemas.chat.call_convention` before exporting part of an output)."""
     if target not in TARGETS:
         raise ValueError(f"unknown export target {target!r}; one of {', '.join(TARGETS)}")
     if loss_key is not None and loss_key not in LOSS_KEYS:
@@ -231,7 +242,10 @@ def export_records(
         if with_ids:
             record = {"id": sample.id, **record}
         report.written += 1
-        report.calls += sum(len(m.tool_calls) for m in sample.messages)
+        for message in sample.messages:
+            native = len(native_calls(message))
+            report.calls += native
+            report.calls_in_text += len(message.tool_calls) - native
         yield record
 
 
@@ -259,7 +273,7 @@ def export_directory(
     if not check.ok:
         raise OutputError(f"{directory!r} does not match its manifest: {check.summary()}")
     paths = [os.path.join(directory, shard.filename) for shard in check.manifest.output.shards]
-    report = ExportReport(target=target)
+    report = ExportReport(target=target, convention=call_convention(samples_of_shards(paths)))
     tmp = f"{output}.tmp-{os.getpid()}"
     try:
         parent = os.path.dirname(os.path.abspath(output))

@@ -121,6 +121,37 @@ def test_sharegpt_drops_what_it_cannot_hold_and_counts_it():
     assert (report.samples, report.written, report.calls) == (2, 1, 2)
 
 
+def test_calls_spelled_in_text_are_exported_as_the_trainer_renders_them():
+    """An align-style sample (tool choice and arguments as text, the call also carried in
+    tool_calls) is exported as text with no structured call and no tools, as train/sft.py gives
+    it to the template; a native sample of the same output keeps both."""
+    call = ToolCall(name="w", arguments={"city": "Oslo"}, id="call_0")
+    aligned = parallel_sample().model_copy(
+        update={
+            "messages": [
+                Message(role=Role.USER, content="Weather in Oslo?"),
+                Message(role=Role.ASSISTANT, content="I will use w.", loss=True, part="tool"),
+                Message(role=Role.USER, content="Go on.", part="elicit"),
+                Message(
+                    role=Role.ASSISTANT, content='{"city": "Oslo"}', loss=True, part="arguments", tool_calls=[call]
+                ),
+                Message(role=Role.TOOL, content="3", tool_call_id="call_0", name="w"),
+                Message(role=Role.ASSISTANT, content="3 degrees.", loss=True, part="prose"),
+            ]
+        }
+    )
+    report = ExportReport("openai", convention="mixed")
+    (text, native) = export_records([aligned, parallel_sample()], "openai", report)
+    assert not any("tool_calls" in m for m in text["messages"]) and text["tools"] == []
+    assert text["messages"][3]["content"] == '{"city": "Oslo"}'
+    assert native["tools"] and "tool_calls" in native["messages"][2]
+    assert (report.calls, report.calls_in_text) == (2, 1)
+    shared = to_sharegpt(aligned, ExportReport("sharegpt"))
+    assert [t["from"] for t in shared["conversations"]] == ["human", "gpt", "human", "gpt", "observation", "gpt"]
+    # in an output whose calls are all text, no sample gets tools (train/sft.py withholds them all)
+    assert to_openai(parallel_sample(), ExportReport("openai", convention="text"))["tools"] == []
+
+
 def test_export_command_writes_both_targets_from_an_output(tmp_path):
     record = {
         "conversations": [

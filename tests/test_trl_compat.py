@@ -334,12 +334,7 @@ def test_demo_samples_whose_tools_the_trainer_renders_export_to_the_tokens_train
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the export gives every sample its tools (and a call its content spells as structured "
-    "tool_calls too), while train/sft.py renders no tool block for samples that spell their calls in text or "
-    "belong to a data set that does (schemas.chat.template_tools, call_convention 'text' for the demo): TRL sees "
-    "a longer prompt with a <tools> block, and such calls twice",
-)
 def test_demo_samples_whose_tools_the_trainer_withholds_export_to_the_tokens_trained_on(demo_export):
+    """Samples that spell their calls in text: the export withholds their tools and keeps their
+    calls as text, as the trainer does (pipelines/export.py follows schemas.chat)."""
     assert demo_mismatches(demo_export, withheld=True) == {}
