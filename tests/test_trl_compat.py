@@ -11,6 +11,7 @@ equal ``train.data.tokenize_sample``'s for every sample, token by token. No down
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import subprocess
@@ -253,6 +254,41 @@ def test_trl_sft_trainer_masks_agree_with_agentmill_labels(exported, tokenizer, 
         assert sum(label != -100 for label in trl_row["labels"][1:]) == mine.n_supervised
     output = trainer.train()
     assert output.global_step == 2 and math.isfinite(output.training_loss)
+
+
+@pytest.mark.slow
+def test_trl_completion_only_loss_trains_the_last_turn_and_the_newline_after_it(exported, tokenizer, tmp_path):
+    """TRL's other masking path, prompt-completion data with ``completion_only_loss``, on the plain
+    built-in chatml (no markers needed): the same tokens as ``train/sft.py``, but only the last
+    assistant turn is supervised, as ``train/sft.py`` labels it plus one token: the newline the
+    template prints after ``<|im_end|>`` (context for ``train/sft.py``; docs/training.md)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from train.templates import load_template
+    from train.tiny import tiny_llama_config
+
+    ours = agentmill_tokens(exported, tokenizer)
+    path = tmp_path / "prompt_completion.jsonl"
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in export_rows(exported[1]):
+            messages = [{k: v for k, v in m.items() if k != "train"} for m in row["messages"]]
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            record = {"id": row["id"], "prompt": messages[:last], "completion": [messages[last]], "tools": row["tools"]}
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = load_template("chatml").source
+    config = tiny_llama_config(len(plain), pad_token_id=plain.pad_token_id, hidden_size=32, intermediate_size=64)
+    args = SFTConfig(output_dir=str(tmp_path / "trl"), max_length=1024, use_cpu=True, report_to="none")
+    model = LlamaForCausalLM(LlamaConfig(**config))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=load_export(path), processing_class=plain)
+    newline = plain.convert_tokens_to_ids(plain.tokenize("\n"))
+    for row in trainer.train_dataset:
+        mine, ids, labels = ours[row["id"]], row["input_ids"], row["labels"]
+        assert ids == mine.input_ids and ids[-1:] == newline  # the newline closing the turn: context for agentmill
+        supervised = [t for t in range(len(ids)) if labels[t] != -100]
+        last_turn = [t for t in range(supervised[0], len(ids)) if mine.labels[t] != -100]
+        assert supervised == [*last_turn, len(ids) - 1]
 
 
 def test_a_lost_loss_flag_shows_as_a_mask_difference(exported, tokenizer):
