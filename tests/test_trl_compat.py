@@ -4,9 +4,10 @@ A small pipeline run (OpenAI records -> read -> to_chat -> write) makes a multi-
 (parallel calls, their results, a follow-up call, answers) and a sample whose first assistant turn
 is an unsupervised acknowledgement. ``agentmill export --to openai --arguments object --loss-key
 train`` writes them as TRL reads them. TRL's ``SFTTrainer`` (``assistant_only_loss=True``) then
-trains a tiny local model for 2 steps with ``templates/trl/chatml_training.jinja`` (the built-in
-``chatml`` plus ``{% generation %}`` markers), and its prepared ``input_ids`` / ``labels`` must
-equal ``train.data.tokenize_sample``'s for every sample, token by token. No downloads.
+trains a tiny local model for 2 steps with ``templates/trl/<name>_training.jinja`` (the built-in
+``chatml`` or ``llama3`` plus ``{% generation %}`` markers), and its prepared ``input_ids`` /
+``labels`` must equal ``train.data.tokenize_sample``'s for every sample, token by token. The
+demo's shards (every kind of sample) are checked the same way. No downloads.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from tests.helpers import run, write_spec
 
 pytest.importorskip("trl")
 
-TRL_TEMPLATE = REPO / "templates" / "trl" / "chatml_training.jinja"
+#: The TRL variants of the built-in templates: the same text plus ``{% generation %}`` markers.
+TRL_TEMPLATES = {name: REPO / "templates" / "trl" / f"{name}_training.jinja" for name in ("chatml", "llama3")}
+#: What each template prints to end an assistant turn, and after that (context for train/sft.py).
+END_OF_TURN = {"chatml": ("<|im_end|>", "\n"), "llama3": ("<|eot_id|>", "")}
 
 TOOLS = [
     {
@@ -110,18 +114,24 @@ def exported(tmp_path_factory) -> tuple[Path, Path]:
     return out, path
 
 
+@pytest.fixture(scope="module", params=sorted(TRL_TEMPLATES))
+def template_name(request) -> str:
+    """The built-in template under test (each has a TRL variant)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def tokenizer(exported):
-    """A byte-level BPE trained on the samples' text, with the chatml special tokens, and the TRL
-    template as its chat template."""
+def tokenizer(exported, template_name):
+    """A byte-level BPE trained on the samples' text, with the template's special tokens, and the
+    template's TRL variant as its chat template."""
     from train.data import load_samples
     from train.templates import ensure_special_tokens, load_template
     from train.tiny import train_tokenizer
 
     texts = [m.content for s in load_samples([str(exported[0])]) for m in s.messages]
     tok = train_tokenizer(texts, vocab_size=400)
-    ensure_special_tokens(tok, load_template("chatml"))
-    tok.chat_template = TRL_TEMPLATE.read_text(encoding="utf-8")
+    ensure_special_tokens(tok, load_template(template_name))
+    tok.chat_template = TRL_TEMPLATES[template_name].read_text(encoding="utf-8")
     return tok
 
 
@@ -139,12 +149,12 @@ def export_rows(path: Path) -> list[dict[str, Any]]:
     return list(load_export(path))
 
 
-def agentmill_tokens(exported, tokenizer) -> dict[str, Any]:
-    """``train.data.tokenize_sample`` of every sample (template ``chatml``), by sample id."""
+def agentmill_tokens(exported, tokenizer, template_name: str) -> dict[str, Any]:
+    """``train.data.tokenize_sample`` of every sample with the built-in template, by sample id."""
     from train.data import TokenizedSample, load_samples, tokenize_sample
     from train.templates import load_template
 
-    template = load_template("chatml")
+    template = load_template(template_name)
     result = {}
     for sample in load_samples([str(exported[0])]):
         tokens = tokenize_sample(sample, tokenizer, template, 1024)
@@ -189,22 +199,22 @@ def test_the_export_holds_the_tool_sample_as_trl_reads_it(exported):
     assert [m["train"] for m in acknowledged["messages"] if m["role"] == "assistant"] == [False, True]
 
 
-def test_the_trl_template_renders_what_agentmill_trains_on(exported, tokenizer):
-    """Byte for byte the built-in chatml, on every prefix, with and without the generation prompt."""
+def test_the_trl_template_renders_what_agentmill_trains_on(exported, tokenizer, template_name):
+    """Byte for byte the built-in template, on every prefix, with and without the generation prompt."""
     from train.templates import load_template
 
-    chatml = load_template("chatml").source
+    builtin = load_template(template_name).source
     for row in export_rows(exported[1]):
         messages, tools = row["messages"], row.get("tools")
         for end in range(1, len(messages) + 1):
             for prompt in (False, True):
                 kwargs = {"tools": tools, "tokenize": False, "add_generation_prompt": prompt}
-                ours = tokenizer.apply_chat_template(messages[:end], chat_template=chatml, **kwargs)
+                ours = tokenizer.apply_chat_template(messages[:end], chat_template=builtin, **kwargs)
                 assert tokenizer.apply_chat_template(messages[:end], **kwargs) == ours
 
 
 @pytest.mark.slow
-def test_trl_sft_trainer_masks_agree_with_agentmill_labels(exported, tokenizer, tmp_path):
+def test_trl_sft_trainer_masks_agree_with_agentmill_labels(exported, tokenizer, template_name, tmp_path):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     from trl import SFTConfig, SFTTrainer
@@ -212,7 +222,7 @@ def test_trl_sft_trainer_masks_agree_with_agentmill_labels(exported, tokenizer, 
 
     from train.tiny import tiny_llama_config
 
-    ours = agentmill_tokens(exported, tokenizer)
+    ours = agentmill_tokens(exported, tokenizer, template_name)
     rows = export_rows(exported[1])
     assert {row["id"] for row in rows} == set(ours)
     torch.manual_seed(0)
@@ -245,7 +255,7 @@ def test_trl_sft_trainer_masks_agree_with_agentmill_labels(exported, tokenizer, 
         processing_class=tokenizer,
     )
     assert trainer.chat_template is None  # TRL uses the template as given: it has generation markers
-    assert is_chat_template_stop_token_trained(tokenizer)  # <|im_end|> is in the mask
+    assert is_chat_template_stop_token_trained(tokenizer)  # <|im_end|> / <|eot_id|> is in the mask
     prepared = list(trainer.train_dataset)
     assert len(prepared) == len(rows)
     for row, trl_row in zip(rows, prepared, strict=True):
@@ -257,18 +267,22 @@ def test_trl_sft_trainer_masks_agree_with_agentmill_labels(exported, tokenizer, 
 
 
 @pytest.mark.slow
-def test_trl_completion_only_loss_trains_the_last_turn_and_the_newline_after_it(exported, tokenizer, tmp_path):
+def test_trl_completion_only_loss_trains_the_last_turn_and_what_follows_its_end(
+    exported, tokenizer, template_name, tmp_path
+):
     """TRL's other masking path, prompt-completion data with ``completion_only_loss``, on the plain
-    built-in chatml (no markers needed): the same tokens as ``train/sft.py``, but only the last
-    assistant turn is supervised, as ``train/sft.py`` labels it plus one token: the newline the
-    template prints after ``<|im_end|>`` (context for ``train/sft.py``; docs/training.md)."""
+    built-in template (no markers needed): the same tokens as ``train/sft.py``, but only the last
+    assistant turn is supervised, as ``train/sft.py`` labels it plus whitespace that
+    ``train/sft.py`` leaves as context: what the template prints after the end-of-turn marker
+    (chatml: a newline; llama3: nothing) and, where the tokenizer merges differently at the
+    prompt's end, the header's newlines."""
     from transformers import LlamaConfig, LlamaForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     from train.templates import load_template
     from train.tiny import tiny_llama_config
 
-    ours = agentmill_tokens(exported, tokenizer)
+    ours = agentmill_tokens(exported, tokenizer, template_name)
     path = tmp_path / "prompt_completion.jsonl"
     with open(path, "w", encoding="utf-8") as handle:
         for row in export_rows(exported[1]):
@@ -277,24 +291,30 @@ def test_trl_completion_only_loss_trains_the_last_turn_and_the_newline_after_it(
             record = {"id": row["id"], "prompt": messages[:last], "completion": [messages[last]], "tools": row["tools"]}
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     plain = copy.deepcopy(tokenizer)
-    plain.chat_template = load_template("chatml").source
+    plain.chat_template = load_template(template_name).source
     config = tiny_llama_config(len(plain), pad_token_id=plain.pad_token_id, hidden_size=32, intermediate_size=64)
     args = SFTConfig(output_dir=str(tmp_path / "trl"), max_length=1024, use_cpu=True, report_to="none")
     model = LlamaForCausalLM(LlamaConfig(**config))
     trainer = SFTTrainer(model=model, args=args, train_dataset=load_export(path), processing_class=plain)
-    newline = plain.convert_tokens_to_ids(plain.tokenize("\n"))
+    end, after = END_OF_TURN[template_name]
     for row in trainer.train_dataset:
         mine, ids, labels = ours[row["id"]], row["input_ids"], row["labels"]
-        assert ids == mine.input_ids and ids[-1:] == newline  # the newline closing the turn: context for agentmill
+        assert ids == mine.input_ids
         supervised = [t for t in range(len(ids)) if labels[t] != -100]
         last_turn = [t for t in range(supervised[0], len(ids)) if mine.labels[t] != -100]
-        assert supervised == [*last_turn, len(ids) - 1]
+        assert plain.decode(ids[last_turn[-1]]) == end and plain.decode(ids[last_turn[-1] + 1 :]) == after
+        # TRL's completion starts where the tokens of the prompt alone and of prompt + completion
+        # diverge: a tokenizer that splits the header's trailing "\n\n" differently before the
+        # answer (this tiny BPE with llama3) puts those newline tokens in the completion too.
+        before = range(supervised[0], last_turn[0])
+        assert not before or plain.decode([ids[t] for t in before]).strip() == ""
+        assert supervised == [*before, *last_turn, *range(last_turn[-1] + 1, len(ids))]
 
 
-def test_a_lost_loss_flag_shows_as_a_mask_difference(exported, tokenizer):
+def test_a_lost_loss_flag_shows_as_a_mask_difference(exported, tokenizer, template_name):
     """The check has teeth: without the export's ``train`` flags TRL supervises the unsupervised
-    acknowledgement, and exactly its tokens ("Ok." and its <|im_end|>) differ."""
-    ours = agentmill_tokens(exported, tokenizer)
+    acknowledgement, and exactly its tokens ("Ok." and its end-of-turn marker) differ."""
+    ours = agentmill_tokens(exported, tokenizer, template_name)
     for row in export_rows(exported[1]):
         if row.get("tools"):
             continue
@@ -306,7 +326,7 @@ def test_a_lost_loss_flag_shows_as_a_mask_difference(exported, tokenizer):
         labels = [t if keep else -100 for t, keep in zip(ids, encoded["assistant_masks"], strict=True)]
         found = mismatches(ours[row["id"]], ids, labels, tokenizer)
         trained = "".join(tokenizer.convert_tokens_to_string([f.split("'")[1]]) for f in found)
-        assert found and trained == "Ok.<|im_end|>", found
+        assert found and trained == "Ok." + END_OF_TURN[template_name][0], found
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +347,7 @@ def demo_export(tmp_path_factory) -> tuple[list[Any], list[dict[str, Any]], Any]
     samples = load_samples([str(shards)])
     tok = train_tokenizer([m.content for s in samples for m in s.messages], vocab_size=512)
     ensure_special_tokens(tok, load_template("chatml"))
-    tok.chat_template = TRL_TEMPLATE.read_text(encoding="utf-8")
+    tok.chat_template = TRL_TEMPLATES["chatml"].read_text(encoding="utf-8")
     return samples, export_rows(path), tok
 
 
