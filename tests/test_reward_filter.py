@@ -455,7 +455,8 @@ def test_real_rollouts_that_break_the_rules(external):
     invented = _at(root / "textcraft__gemini-3-pro-preview_20251216_101619.jsonl", 305)
     assert invented.success and _reasons(invented) == ["invalid_action"]
     assert "output writes 'Could not find'" in judge(invented).violations[0][1]
-    assert "Crafted 1 minecraft:slime_block" in episode(fake).raw_outputs[1]  # written by the model
+    # written by the model, in its first output (the "OK." acknowledgement of the prompt is not one)
+    assert "Crafted 1 minecraft:slime_block" in episode(fake).raw_outputs[0]
     # webshop: the same thought and click six times in a row, reward 0.857
     paging = _at(root / "webshop__qwen-max_20251127_090652.jsonl", 1)
     assert _reasons(paging) == ["below_threshold", "unsuccessful", "repeated_output"]
