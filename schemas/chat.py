@@ -23,10 +23,11 @@ Guarantees of :func:`message_dict`:
 :func:`template_tools`: a sample's tools go to the template unless the sample spells its calls
 in text (align's ``tool`` / ``arguments`` parts, kept-format ``react`` turns): such a sample
 already describes its tools and its call format in its own prompt, and a template's tool block
-(``<tools>`` with "return <tool_call> JSON") would contradict the format it supervises. Nor do
-they when the data's convention (:func:`call_convention`) is ``text``: if the call-free samples
-of a text-call data set (its negatives) alone showed the tool block, the model would learn that
-a tool block means "never call".
+(``<tools>`` with "return <tool_call> JSON") would contradict the format it supervises. A sample
+with native calls always gets them. A call-free sample (a negative) follows the data set's
+convention (:func:`call_convention`, the way most calling samples write their calls): not when
+it is ``text``, since if the negatives of a text-call data set alone showed the tool block, the
+model would learn that a tool block means "never call".
 """
 
 from __future__ import annotations
@@ -95,22 +96,37 @@ def spells_calls(sample: Sample) -> bool:
     return any(m.part == "tool" or calls_in_text(m) for m in sample.messages)
 
 
-def call_convention(samples: Iterable[Sample]) -> str:
-    """How a data set writes its calls: ``native`` (structured calls only), ``text`` (calls
-    spelled in text only), ``mixed`` (both), ``none`` (no calls)."""
-    native = text = False
+def call_counts(samples: Iterable[Sample]) -> tuple[int, int]:
+    """``(native, text)``: the samples with a native call, and those that spell calls in text."""
+    native = text = 0
     for sample in samples:
-        text = text or spells_calls(sample)
-        native = native or any(native_calls(m) for m in sample.messages)
-        if native and text:
-            return "mixed"
-    return "native" if native else "text" if text else "none"
+        if spells_calls(sample):
+            text += 1
+        elif any(native_calls(m) for m in sample.messages):
+            native += 1
+    return native, text
 
 
-def template_tools(sample: Sample, convention: str = "mixed") -> list[dict[str, Any]] | None:
-    """The tools to give the template: the sample's, unless it has none, spells its calls in
-    text, or belongs to a data set whose ``convention`` is ``text`` (module docstring)."""
-    if not sample.tools or convention == "text" or spells_calls(sample):
+def call_convention(samples: Iterable[Sample]) -> str:
+    """How a data set writes its calls: ``native`` or ``text``, whichever more samples that call
+    use (``native`` on a tie), ``none`` when no sample calls."""
+    return convention_of(*call_counts(samples))
+
+
+def convention_of(native: int, text: int) -> str:
+    """:func:`call_convention` from :func:`call_counts`."""
+    if not native and not text:
+        return "none"
+    return "text" if text > native else "native"
+
+
+def template_tools(sample: Sample, convention: str = "native") -> list[dict[str, Any]] | None:
+    """The tools to give the template (module docstring): the sample's, unless it has none or
+    spells its calls in text; a call-free sample's only when the data's ``convention`` is not
+    ``text``."""
+    if not sample.tools or spells_calls(sample):
+        return None
+    if convention == "text" and not any(native_calls(m) for m in sample.messages):
         return None
     return tool_schemas(sample.tools)
 

@@ -186,7 +186,14 @@ def test_call_free_samples_show_the_tool_block_unless_the_data_spells_every_call
         assert report.call_convention == convention and len(kept) == 2
         assert ("<tools>" in tokenizer.decode(kept[1].input_ids)) is block
         assert "<tools>" not in tokenizer.decode(kept[0].input_ids) or convention == "native"
-    assert tokenize_all([tool_sample(), spelled], tokenizer, template, 4096)[1].call_convention == "mixed"
+    # Mixed data: each calling sample keeps its own; call-free ones follow the majority (a tie: native).
+    kept, report = tokenize_all([tool_sample(), spelled, negative], tokenizer, template, 4096)
+    assert report.call_convention == "native" and report.as_dict()["samples_calling"] == {"native": 1, "text": 1}
+    assert ["<tools>" in tokenizer.decode(k.input_ids) for k in kept] == [True, False, True]
+    twice = spelled.model_copy(update={"id": "text2"})
+    kept, report = tokenize_all([tool_sample(), spelled, twice, negative], tokenizer, template, 4096)
+    assert report.call_convention == "text"
+    assert ["<tools>" in tokenizer.decode(k.input_ids) for k in kept] == [True, False, False, False]
 
 
 @pytest.mark.parametrize("name", ["chatml", "llama3"])

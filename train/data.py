@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.arrow import ArrowCodec
-from schemas.chat import call_convention, conversation, native_calls, template_tools, tool_schemas
+from schemas.chat import call_counts, convention_of, conversation, native_calls, template_tools, tool_schemas
 from schemas.integrity import require_intact
 from schemas.sample import Capability, Sample
 from train.templates import ChatTemplate, TemplateError, render_with_spans, round_trip
@@ -89,6 +89,7 @@ class TokenizeReport:
     round_trip_turns: int = 0
     calls_as_text: int = 0
     call_convention: str = "none"
+    samples_calling: tuple[int, int] = (0, 0)
 
     def add(self, result: TokenizedSample | Dropped) -> None:
         self.samples_in += 1
@@ -123,6 +124,7 @@ class TokenizeReport:
             "round_trip": {"turns_checked": self.round_trip_turns, "failed_samples": self.dropped["round_trip"]},
             "calls_as_text": self.calls_as_text,
             "call_convention": self.call_convention,
+            "samples_calling": {"native": self.samples_calling[0], "text": self.samples_calling[1]},
         }
 
 
@@ -242,7 +244,7 @@ def tokenize_sample(
     system_prompt: str | None = None,
     render_tools: bool = True,
     check_round_trip: bool = False,
-    convention: str = "mixed",
+    convention: str = "native",
 ) -> TokenizedSample | Dropped:
     """Render, tokenize and label one sample (guarantees in the module docstring).
 
@@ -311,7 +313,8 @@ def tokenize_all(
     template's tool block (not when every call is spelled in text).
     """
     samples = list(samples)
-    report = TokenizeReport(call_convention=call_convention(samples))
+    native, text = call_counts(samples)
+    report = TokenizeReport(call_convention=convention_of(native, text), samples_calling=(native, text))
     kept: list[TokenizedSample] = []
     for sample in samples:
         result = tokenize_sample(
