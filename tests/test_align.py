@@ -611,3 +611,12 @@ def test_user_tool_cards_replace_builtins_and_bad_cards_are_clear_errors(tmp_pat
         load_cards("bad", str(tmp_path))
     with pytest.raises(ValueError, match="tool cards"):
         aligner(tmp_path, tool_cards="absent")
+
+
+def test_a_tool_schema_with_python_type_names_is_a_reason_not_a_crash():
+    # reason_tool_use declares parameters as {"type": "dict", "properties": {"year": {"type": "int"}}};
+    # jsonschema raises UnknownType while validating, which align once reported as unexpected_error
+    tools = [ToolSpec(name="gdp", parameters={"type": "dict", "properties": {"year": {"type": "int"}}})]
+    with pytest.raises(ToolCardError) as info:
+        validate_call(ToolCall(name="gdp", arguments={"year": 2020}), tools)
+    assert info.value.reason == "invalid_arguments" and "unknown type 'dict'" in info.value.detail

@@ -195,6 +195,9 @@ def validate_call(call: ToolCall, tools: list[ToolSpec]) -> None:
         error = jsonschema.exceptions.best_match(validator.iter_errors(call.arguments))
     except jsonschema.SchemaError as exc:
         raise ToolCardError("invalid_arguments", f"tool {call.name!r} has an invalid schema: {exc.message}") from None
+    except jsonschema.exceptions.UnknownType as exc:  # e.g. Python's 'dict' or 'int' as a type name
+        detail = f"tool {call.name!r} has an invalid schema: unknown type {exc.type!r}"
+        raise ToolCardError("invalid_arguments", detail) from None
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(arguments)"
         raise ToolCardError("invalid_arguments", f"{call.name} {where}: {error.message}")
