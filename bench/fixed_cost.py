@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                         return 1
                     results.setdefault((tree, name), []).append((m.wall_s, m.cpu_s, m.load_before))
                 shutil.rmtree(output, ignore_errors=True)
-        print(f"| tree | command | median wall s | median CPU s | load before (median) | runs |")
+        print("| tree | command | median wall s | median CPU s | load before (median) | runs |")
         print("|---|---|---:|---:|---:|---:|")
         for (tree, name), rows in results.items():
             walls, cpus, loads = zip(*rows, strict=True)
