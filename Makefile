@@ -33,6 +33,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.io
 	$(BIN)/python -m bench.train
+	$(BIN)/python -m bench.train_vs_trl
 
 clean:
 	rm -rf out .pytest_cache
