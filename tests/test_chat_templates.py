@@ -299,6 +299,17 @@ def test_gate_sees_content_the_end_marker_cuts_short():
     assert round_trip(template, text, spans, messages) == [(1, "content: expected 'a<|eot_id|>b', parsed 'b'")]
 
 
+@pytest.mark.parametrize("name", ["chatml", "llama3"])
+def test_content_that_ends_like_a_call_separator_keeps_its_text(name):
+    # SQL in the content ends with ';' (Llama 3 separates parallel calls with '; ').
+    template = load_template(name)
+    call = {"type": "function", "function": {"name": "run_sql", "arguments": {"q": "SELECT 1; SELECT 2"}}}
+    content = "The query would be: SELECT COUNT(*) FROM posts;"
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": content, "tool_calls": [call, call]}]
+    text, spans = render_with_spans(template, SpecialTokens(), messages, [False, True])
+    assert round_trip(template, text, spans, messages) == []
+
+
 def test_gate_compares_arguments_as_json_values():
     template = load_template("chatml")
     call = {"type": "function", "function": {"name": "f", "arguments": {"n": 1, "flag": True}}}
