@@ -110,6 +110,8 @@ def validate_args(args: argparse.Namespace) -> None:
         raise SystemExit("give --grad-accum or --global-batch-size, not both")
     if args.max_seq_len < 2:
         raise SystemExit("--max-seq-len must be at least 2")
+    if args.strict and not args.round_trip:
+        raise SystemExit("--strict checks the round trip: drop --no-round-trip")
     from train.checkpoint import clear_run_files, output_dir_problem
 
     problem = output_dir_problem(args.output, args.resume, args.overwrite_output)
@@ -119,8 +121,6 @@ def validate_args(args: argparse.Namespace) -> None:
         build_parser().error("--overwrite-output starts over; --resume continues: give one of them")
     if args.overwrite_output:
         clear_run_files(args.output)  # each rank, before any rank writes (they meet at init first)
-    if args.strict and not args.round_trip:
-        raise SystemExit("--strict checks the round trip: drop --no-round-trip")
 
 
 def grad_accum_steps(args: argparse.Namespace, world_size: int) -> int:
