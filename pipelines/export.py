@@ -26,8 +26,8 @@ The export renders what ``agentmill-train`` trains on (:mod:`schemas.chat`): a c
 already spells in its text (align's ``arguments`` part, kept-format ``react``) stays text and is
 not exported a second time as a structured call (counted as ``calls_in_text``), and a sample's
 tools are exported only where the trainer gives them to the template
-(:func:`schemas.chat.template_tools`: not for a sample that writes its calls as text, nor for any
-sample of an output whose calls are all text, :func:`schemas.chat.call_convention`), so TRL and
+(:func:`schemas.chat.template_tools`: not for a sample that writes its calls as text, nor for a
+call-free sample of an output whose calls are all text, :func:`schemas.chat.call_convention`), so TRL and
 LLaMA-Factory see the same prompt and the same call format as ``train/sft.py``.
 
 Guarantees: samples are written in shard order, one line each, the file replaced atomically;

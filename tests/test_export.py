@@ -148,8 +148,13 @@ def test_calls_spelled_in_text_are_exported_as_the_trainer_renders_them():
     assert (report.calls, report.calls_in_text) == (2, 1)
     shared = to_sharegpt(aligned, ExportReport("sharegpt"))
     assert [t["from"] for t in shared["conversations"]] == ["human", "gpt", "human", "gpt", "observation", "gpt"]
-    # in an output whose calls are all text, no sample gets tools (train/sft.py withholds them all)
-    assert to_openai(parallel_sample(), ExportReport("openai", convention="text"))["tools"] == []
+    # in an output whose calls are all text, a call-free sample gets no tools (train/sft.py withholds
+    # them, so a tool block never teaches "never call"); a sample with native calls keeps its tools
+    call_free = parallel_sample().model_copy(
+        update={"messages": [Message(role=Role.USER, content="Hi"), Message(role=Role.ASSISTANT, content="Hello.")]}
+    )
+    assert to_openai(call_free, ExportReport("openai", convention="text"))["tools"] == []
+    assert to_openai(parallel_sample(), ExportReport("openai", convention="text"))["tools"]
 
 
 def test_export_command_writes_both_targets_from_an_output(tmp_path):
