@@ -14,12 +14,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -400,6 +403,32 @@ def run_plan(
             ) from None
 
 
+@contextlib.contextmanager
+def _interrupts_noted() -> Iterator[list[int]]:
+    """Ctrl-C raises ``KeyboardInterrupt`` as usual and is also noted in the yielded list, so a
+    pipeline error caused by it (Beam reraises it from a DoFn as ``RuntimeError``) is still told
+    apart as an interruption. Only in the main thread, where Python delivers signals."""
+    noted: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+
+    beam_log = logging.getLogger("apache_beam")
+    level = beam_log.level
+
+    def handler(signum: int, frame: Any) -> None:
+        noted.append(signum)
+        beam_log.setLevel(logging.CRITICAL + 1)  # not Beam's traceback of the DoFn we interrupted
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+        beam_log.setLevel(level)
+
+
 def _discard(work: str) -> None:
     """Remove a run's working directory after it failed (best effort: the next run also does)."""
     with contextlib.suppress(Exception):
@@ -426,10 +455,14 @@ def _run_and_publish(
         shutil.rmtree(spill_root, ignore_errors=True)  # left by a run that was killed
     build(pipeline, plan, work, spill_root)
     try:
-        result = pipeline.run()
-        state = result.wait_until_finish()
-    except Exception as exc:
-        raise RunError(f"the pipeline failed: {type(exc).__name__}: {exc}") from exc
+        with _interrupts_noted() as interrupted:
+            try:
+                result = pipeline.run()
+                state = result.wait_until_finish()
+            except Exception as exc:
+                if interrupted:  # Beam wraps a Ctrl-C that lands inside a DoFn in its own error
+                    raise KeyboardInterrupt from None
+                raise RunError(f"the pipeline failed: {type(exc).__name__}: {exc}") from exc
     finally:
         if spill_root is not None:
             shutil.rmtree(spill_root, ignore_errors=True)
