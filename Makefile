@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[train,dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[train,dev,bench]"
 	touch $(STAMP)
 
 install: $(STAMP)
