@@ -7,11 +7,11 @@ registered under the ``agentmill.transforms`` entry-point group.
 
 from __future__ import annotations
 
-import ast
 import functools
 import importlib
 import os
 import pkgutil
+import re
 from importlib.metadata import entry_points
 
 import transforms
@@ -20,12 +20,17 @@ from transforms.base import Step
 ENTRY_POINT_GROUP = "agentmill.transforms"
 
 
+_CLASS = re.compile(r"^class (\w+)\b", re.M)
+_TYPE_NAME = re.compile(r"^    type_name(?:\s*:\s*[^=\n]+)?\s*=\s*([\"'])([^\"'\n]+)\1\s*(?:#.*)?$", re.M)
+
+
 @functools.cache
 def builtin_steps() -> dict[str, str]:
     """Name -> ``module:Class`` of every built-in step in the ``transforms`` package.
 
-    Found by reading the modules' source (a class body that assigns ``type_name = "..."``), so
-    listing the steps imports none of them; a spec imports only the steps it uses.
+    Found by reading the modules' source (a top-level class whose body assigns a string literal
+    to ``type_name``), so listing the steps imports none of them and parses none of them (a
+    line scan: ``validate`` runs this on every call); a spec imports only the steps it uses.
     """
     found: dict[str, str] = {}
     for module_info in sorted(pkgutil.iter_modules(transforms.__path__), key=lambda m: m.name):
@@ -33,23 +38,16 @@ def builtin_steps() -> dict[str, str]:
             continue
         path = os.path.join(transforms.__path__[0], f"{module_info.name}.py")
         with open(path, encoding="utf-8") as handle:
-            tree = ast.parse(handle.read(), filename=path)
-        for node in tree.body:
-            if not isinstance(node, ast.ClassDef):
+            source = handle.read()
+        classes = [(m.start(), m.group(1)) for m in _CLASS.finditer(source)]
+        for match in _TYPE_NAME.finditer(source):
+            owner = [name for start, name in classes if start < match.start()]
+            if not owner:
                 continue
-            for statement in node.body:
-                targets = (
-                    statement.targets if isinstance(statement, ast.Assign) else [getattr(statement, "target", None)]
-                )
-                value = getattr(statement, "value", None)
-                if any(isinstance(t, ast.Name) and t.id == "type_name" for t in targets) and isinstance(
-                    value, ast.Constant
-                ):
-                    if not isinstance(value.value, str) or not value.value:
-                        continue
-                    if value.value in found:
-                        raise RuntimeError(f"two built-in steps are named {value.value!r}")
-                    found[value.value] = f"transforms.{module_info.name}:{node.name}"
+            name = match.group(2)
+            if name in found:
+                raise RuntimeError(f"two built-in steps are named {name!r}")
+            found[name] = f"transforms.{module_info.name}:{owner[-1]}"
     return found
 
 
