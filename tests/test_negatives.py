@@ -92,6 +92,26 @@ def test_irrelevant_tools_never_reuse_source_names_or_share_words():
     assert [t.name for t in kept] == ["search_books"]
 
 
+def test_irrelevant_tools_described_in_the_query_language_come_first():
+    # a Chinese description shares no word with an English query by construction; without the
+    # language preference the word check would favour such tools (the function_calling recipe
+    # showed 46 of 77 English irrelevant-tools prompts with Chinese tool descriptions)
+    chinese = [ToolSpec(name=f"zh_tool_{i}", description=f"根据关键词搜索第{i}类图像并返回结果列表") for i in range(6)]
+    english = [CURRENCY, BOOKS]
+    query = "What is the weather in Oslo tomorrow?"
+    picked = pick_irrelevant_tools(query, [WEATHER], chinese + english, 2, 0, "neg", "k")
+    assert {t.name for t in picked} == {"convert_currency", "search_books"}
+    # more tools than the query's language has: the others fill up, in keyed-hash order
+    assert len(pick_irrelevant_tools(query, [WEATHER], chinese + english, 3, 0, "neg", "k")) == 3
+    chinese_query = pick_irrelevant_tools("明天奥斯陆的天气怎么样？", [], chinese + english, 2, 0, "neg", "k")
+    assert all(t.name.startswith("zh_tool") for t in chinese_query)
+    # off: the keyed-hash order alone; on: the same order, the query's language first
+    off = pick_irrelevant_tools(query, [WEATHER], chinese + english, 8, 0, "neg", "k", same_language=False)
+    on = pick_irrelevant_tools(query, [WEATHER], chinese + english, 8, 0, "neg", "k")
+    assert sorted(t.name for t in off) == sorted(t.name for t in on) and len(on) == 8
+    assert [t.name for t in on] == [t.name for t in off if t in english] + [t.name for t in off if t in chinese]
+
+
 def test_quotas_split_count_exactly_by_case_and_query_kind():
     config = NegativesConfig(agent_inputs=["a"])
     assert config.quotas() == {"irrelevant_tools": 381, "no_tools": 380}  # the paper: half and half

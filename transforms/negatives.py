@@ -188,6 +188,7 @@ class NegativesConfig(StepConfig):
     model: str | None = None
     max_new_tokens: int = Field(128, ge=1)
     tools_per_sample: int = Field(3, ge=1)
+    same_language_tools: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> NegativesConfig:
@@ -427,15 +428,29 @@ def pick_irrelevant_tools(
     key: str,
     banned_names: Iterable[str] = (),
     banned_words: Iterable[str] = (),
+    same_language: bool = True,
 ) -> list[ToolSpec]:
     """Up to ``k`` pool tools that do not fit ``query`` (see the module docstring for the rule):
     a tool qualifies only if its name is none of ``source_tools`` / ``banned_names`` and its
-    content words meet none of the query's, the source tools' or ``banned_words``."""
+    content words meet none of the query's, the source tools' or ``banned_words``.
+
+    With ``same_language``, qualifying tools described in the query's language come first (in
+    keyed-hash order), then the others: a description in another language shares no word with
+    the query by construction, so without this the check would favour foreign tools, and a
+    prompt mixing languages is not one a user writes."""
     names = {t.name for t in source_tools} | set(banned_names)
     words = content_words(query).union(*(tool_words(t) for t in source_tools), banned_words)
     fitting = [t for t in pool if t.name not in names and not (tool_words(t) & words)]
     fitting.sort(key=lambda t: keyed_hash(seed, step_id, f"{key}:{t.name}"))
+    if same_language:
+        language = query_language(query)
+        fitting.sort(key=lambda t: _description_language(t.description) not in (None, language))
     return fitting[:k]
+
+
+@lru_cache(maxsize=65536)
+def _description_language(description: str) -> str | None:
+    return query_language(description) if description else None
 
 
 def query_index(trajectory: Trajectory) -> int | None:
@@ -939,6 +954,7 @@ class NegativeMaker:
                 key,
                 banned_names=names,
                 banned_words=words,
+                same_language=self.config.same_language_tools,
             )
             if not tools:
                 raise RecordError("no_irrelevant_tools", "no pool tool passes the irrelevance check for this query")
