@@ -27,4 +27,3 @@ def test_the_old_message_schema_is_refused_and_the_current_one_read():
     with pytest.raises(OldShardError, match=r"older agentmill.*rebuild"):
         refuse_old_shards(old, "out/data")
     refuse_old_shards(arrow_schema(Sample), "out/data")  # no error
-
