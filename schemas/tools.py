@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -70,3 +72,34 @@ def parse_tool_list(value: Any) -> list[ToolSpec]:
             )
         )
     return tools
+
+
+def strict_parameters(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with ``additionalProperties: false`` added to an object schema with properties
+    that does not say (a call may then pass no key the tool does not declare)."""
+    if schema.get("type") == "object" and "properties" in schema and "additionalProperties" not in schema:
+        return {**schema, "additionalProperties": False}
+    return schema
+
+
+def parameters_validator(parameters: Any, forbid_extra: bool = True) -> Any:
+    """A ``jsonschema`` validator for a tool's ``parameters`` (draft 7 unless the schema names its
+    ``$schema``; with ``forbid_extra``, :func:`strict_parameters` first), or the text of the
+    schema's own error when it is not a valid JSON Schema. Built once per schema content and
+    process, so the step that filters calls and the audit that checks them judge alike."""
+    return _parameters_validator(json.dumps(parameters, sort_keys=True, ensure_ascii=False), forbid_extra)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parameters_validator(key: str, forbid_extra: bool) -> Any:
+    import jsonschema
+
+    schema = json.loads(key)
+    if forbid_extra and isinstance(schema, dict):
+        schema = strict_parameters(schema)
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return exc.message
+    return cls(schema)

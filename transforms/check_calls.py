@@ -25,11 +25,11 @@ reason; ``calls`` counts the calls of the samples kept.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 from schemas import Role, Sample, ToolCall, ToolSpec
+from schemas.tools import parameters_validator
 from transforms.base import Filtered, RecordStep, Stat, StepConfig, StepContext
 
 PYTHON_TYPES = {
@@ -71,34 +71,12 @@ def json_schema_types(schema: Any) -> Any:
     return out
 
 
-def _strict(schema: dict[str, Any]) -> dict[str, Any]:
-    if schema.get("type") == "object" and "properties" in schema and "additionalProperties" not in schema:
-        return {**schema, "additionalProperties": False}
-    return schema
-
-
 class CallChecker:
     """Picklable processor: validators are built once per schema (per worker)."""
 
     def __init__(self, config: CheckCallsConfig, context: StepContext) -> None:
         self.config = config
         self.context = context
-        self._validators: dict[str, Any] = {}
-
-    def _validator(self, parameters: dict[str, Any]) -> Any:
-        """A validator, or the text of the schema's own error."""
-        import jsonschema
-
-        key = json.dumps(parameters, sort_keys=True, ensure_ascii=False)
-        if key not in self._validators:
-            schema = _strict(parameters) if self.config.forbid_extra else parameters
-            cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
-            try:
-                cls.check_schema(schema)
-                self._validators[key] = cls(schema)
-            except jsonschema.SchemaError as exc:
-                self._validators[key] = exc.message
-        return self._validators[key]
 
     def problem(self, call: ToolCall, tools: dict[str, ToolSpec]) -> Filtered | None:
         """Why ``call`` fails against the declared ``tools``, or None."""
@@ -108,7 +86,7 @@ class CallChecker:
             return Filtered("undeclared_tool", f"call of {call.name!r}; declared: {listed}")
         if not isinstance(spec.parameters, dict) or not spec.parameters:
             return None
-        validator = self._validator(spec.parameters)
+        validator = parameters_validator(spec.parameters, self.config.forbid_extra)
         if isinstance(validator, str):
             return Filtered("invalid_schema", f"tool {call.name!r}: {validator}")
         error = next(iter(validator.iter_errors(call.arguments)), None)

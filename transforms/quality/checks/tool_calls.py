@@ -12,7 +12,6 @@ reads from the command; a structured call must name its tool exactly.
 from __future__ import annotations
 
 import functools
-import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from schemas import Role, Sample, ToolCall, ToolSpec, Turn
+from schemas.tools import parameters_validator
 from transforms.quality.check import SampleCheck, Verdict
 from transforms.react import StepParseError, has_markers, parse_turn
 from transforms.tool_cards import ToolCardError, validate_call
@@ -128,12 +128,6 @@ class SchemaOptions(BaseModel):
     forbid_extra: bool = True
 
 
-def _strict(schema: dict[str, Any]) -> dict[str, Any]:
-    if schema.get("type") == "object" and "properties" in schema and "additionalProperties" not in schema:
-        return {**schema, "additionalProperties": False}
-    return schema
-
-
 class ArgumentSchema(SampleCheck):
     name = "argument_schema"
     definition = (
@@ -146,29 +140,12 @@ class ArgumentSchema(SampleCheck):
     severity = "block"
     Options = SchemaOptions
 
-    def setup(self) -> None:
-        if not hasattr(self, "_validators"):
-            self._validators: dict[str, Any] = {}
-
     def _validator(self, parameters: Any) -> Any:
-        """A validator for ``parameters``, or the ``SchemaError`` text when it is invalid."""
-        import jsonschema
-
-        key = json.dumps(parameters, sort_keys=True, ensure_ascii=False)
-        if key not in self._validators:
-            schema = parameters
-            if self.options.forbid_extra and isinstance(schema, dict):  # type: ignore[attr-defined]
-                schema = _strict(schema)
-            cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
-            try:
-                cls.check_schema(schema)
-                self._validators[key] = cls(schema)
-            except jsonschema.SchemaError as exc:
-                self._validators[key] = f"invalid schema: {exc.message}"
-        return self._validators[key]
+        """A validator for ``parameters``, or the text of the schema's own error."""
+        validator = parameters_validator(parameters, self.options.forbid_extra)  # type: ignore[attr-defined]
+        return f"invalid schema: {validator}" if isinstance(validator, str) else validator
 
     def inspect(self, sample: Sample) -> Verdict | None:
-        self.setup()
         schemas = {tool.name: tool.parameters for tool in sample.tools if tool.parameters}
         judged = False
         for call, from_text in supervised_calls(sample):
