@@ -82,22 +82,28 @@ def strict_parameters(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def parameters_validator(parameters: Any, forbid_extra: bool = True) -> Any:
-    """A ``jsonschema`` validator for a tool's ``parameters`` (draft 7 unless the schema names its
-    ``$schema``; with ``forbid_extra``, :func:`strict_parameters` first), or the text of the
-    schema's own error when it is not a valid JSON Schema. Built once per schema content and
-    process, so the step that filters calls and the audit that checks them judge alike."""
-    return _parameters_validator(json.dumps(parameters, sort_keys=True, ensure_ascii=False), forbid_extra)
+def parameters_validator(parameters: Any, forbid_extra: bool = True, draft7_by_default: bool = True) -> Any:
+    """A ``jsonschema`` validator for a tool's ``parameters`` (the draft the schema names in
+    ``$schema``, else draft 7, or the latest draft with ``draft7_by_default=False``; with
+    ``forbid_extra``, :func:`strict_parameters` first), or the text of the schema's own error when
+    it is not a valid JSON Schema. Built and checked once per schema (content and key order) and
+    process: checking a schema costs far more than validating arguments against it, and the
+    steps that filter calls and the audit that checks them judge alike."""
+    key = json.dumps(parameters, ensure_ascii=False)
+    return _parameters_validator(key, forbid_extra, draft7_by_default)
 
 
 @functools.lru_cache(maxsize=4096)
-def _parameters_validator(key: str, forbid_extra: bool) -> Any:
+def _parameters_validator(key: str, forbid_extra: bool, draft7_by_default: bool) -> Any:
     import jsonschema
 
     schema = json.loads(key)
     if forbid_extra and isinstance(schema, dict):
         schema = strict_parameters(schema)
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
+    if draft7_by_default:
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
+    else:
+        cls = jsonschema.validators.validator_for(schema)
     try:
         cls.check_schema(schema)
     except jsonschema.SchemaError as exc:

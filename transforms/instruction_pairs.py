@@ -47,6 +47,7 @@ import jsonschema
 from pydantic import Field
 
 from schemas import Message, Role, Sample, ToolCall, ToolSpec, Trajectory, Turn
+from schemas.tools import parameters_validator
 from transforms.base import (
     LEDGER,
     MAIN,
@@ -199,13 +200,10 @@ def check_call(call: ToolCall, tools: dict[str, ToolSpec]) -> None:
         arguments = call.arguments if isinstance(call.arguments, dict) else {}
         if ("final_answer" in arguments or "return_type" in arguments) and _finish_answer(arguments) is None:
             raise NotEligible("gives_up", "the episode ends by giving up")
-    schema = tool.parameters or {"type": "object"}
-    try:
-        validator_class = jsonschema.validators.validator_for(schema)
-        validator_class.check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise NotEligible("invalid_tool_schema", f"{call.name}: {exc.message}") from None
-    error = jsonschema.exceptions.best_match(validator_class(schema).iter_errors(call.arguments))
+    validator = parameters_validator(tool.parameters or {"type": "object"}, forbid_extra=False, draft7_by_default=False)
+    if isinstance(validator, str):
+        raise NotEligible("invalid_tool_schema", f"{call.name}: {validator}")
+    error = jsonschema.exceptions.best_match(validator.iter_errors(call.arguments))
     if error is not None:
         raise NotEligible("arguments_fail_schema", f"{call.name}: {error.message}")
 
