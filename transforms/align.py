@@ -71,7 +71,7 @@ from transforms.base import (
 from transforms.json_text import dumps_indented
 from transforms.phrasing import Deferred, PhraseBook, PhrasingError, load_book, parse_book, read_text
 from transforms.react import FINISH_NAMES, ParsedStep, StepParseError, has_markers, parse_turn
-from transforms.samples import sample_of
+from transforms.samples import message_of, sample_of
 from transforms.sampling import RankKey, keyed_fraction, prefix_threshold, rank_key
 from transforms.tool_cards import CardFileError, ToolCard, ToolCardError, ToolCards, load_cards, validate_call
 
@@ -221,17 +221,7 @@ class Aligner:
             part = None
             if turn.role is Role.ASSISTANT:
                 part = "react" if turn.tool_calls or has_markers(turn.text) else "prose"
-            messages.append(
-                Message(
-                    role=turn.role,
-                    content=turn.text,
-                    loss=turn.loss,
-                    tool_calls=turn.tool_calls,
-                    tool_call_id=turn.tool_call_id,
-                    name=turn.name,
-                    part=part,
-                )
-            )
+            messages.append(message_of(turn, part))
         card = self.cards.card_for(trajectory)
         tools = card.tools_for(trajectory) if card is not None else None
         return self._sample(trajectory, messages, derivation, tools)

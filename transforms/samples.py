@@ -4,8 +4,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas import Lineage, Message, Sample, SampleKind, ToolSpec, Trajectory, count_tokens, stable_id
+from schemas import (
+    Lineage,
+    Message,
+    MessagePart,
+    Sample,
+    SampleKind,
+    ToolSpec,
+    Trajectory,
+    Turn,
+    count_tokens,
+    stable_id,
+)
 from transforms.base import StepContext
+
+
+def message_of(turn: Turn, part: MessagePart | None = None) -> Message:
+    """``turn`` as a message, text, loss flag, calls and call link untouched."""
+    return Message(
+        role=turn.role,
+        content=turn.text,
+        loss=turn.loss,
+        tool_calls=turn.tool_calls,
+        tool_call_id=turn.tool_call_id,
+        name=turn.name,
+        part=part,
+    )
 
 
 def source_metadata(trajectory: Trajectory) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from schemas import Message, Role, Sample, SampleKind, Trajectory
 from transforms.base import Filtered, RecordStep, StepConfig, StepContext
-from transforms.samples import sample_of
+from transforms.samples import message_of, sample_of
 
 
 class ToChatConfig(StepConfig):
@@ -33,17 +33,7 @@ def to_chat(trajectory: Trajectory, config: ToChatConfig, context: StepContext) 
         messages.append(Message(role=Role.SYSTEM, content=config.system_prompt, loss=False))
         if config.replace_system and turns and turns[0].role is Role.SYSTEM:
             turns = turns[1:]
-    messages += [
-        Message(
-            role=t.role,
-            content=t.text,
-            loss=t.loss,
-            tool_calls=t.tool_calls,
-            tool_call_id=t.tool_call_id,
-            name=t.name,
-        )
-        for t in turns
-    ]
+    messages += [message_of(t) for t in turns]
     if config.require_supervised and not any(m.loss for m in messages):
         return Filtered("no_supervised_turn", "no turn has loss=true")
     return sample_of(trajectory, messages, kind=config.kind, derivation="to_chat", context=context)
