@@ -215,25 +215,14 @@ def test_the_trl_template_renders_what_agentmill_trains_on(exported, tokenizer, 
 
 @pytest.mark.slow
 def test_trl_sft_trainer_masks_agree_with_agentmill_labels(exported, tokenizer, template_name, tmp_path):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
     from trl import SFTConfig, SFTTrainer
     from trl.chat_template_utils import is_chat_template_stop_token_trained
 
-    from train.tiny import tiny_llama_config
+    from tests.tiny_model import tiny_llama_for
 
     ours = agentmill_tokens(exported, tokenizer, template_name)
     rows = export_rows(exported[1])
     assert {row["id"] for row in rows} == set(ours)
-    torch.manual_seed(0)
-    config = tiny_llama_config(
-        len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        hidden_size=32,
-        intermediate_size=64,
-    )
     args = SFTConfig(
         output_dir=str(tmp_path / "trl"),
         assistant_only_loss=True,
@@ -249,7 +238,7 @@ def test_trl_sft_trainer_masks_agree_with_agentmill_labels(exported, tokenizer, 
         seed=0,
     )
     trainer = SFTTrainer(
-        model=LlamaForCausalLM(LlamaConfig(**config)),
+        model=tiny_llama_for(tokenizer),
         args=args,
         train_dataset=load_export(exported[1]),
         processing_class=tokenizer,

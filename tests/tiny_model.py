@@ -11,14 +11,13 @@ CHATML = (
 TEXT = ["I will use the weather tool.", "Thought: call it. Action: search", "The answer is 42.", "hello world"] * 20
 
 
-def build_tiny_model(directory: Path) -> Path:
+def tiny_llama_for(tokenizer):
+    """A tiny randomly initialised Llama (seed 0) sized for ``tokenizer``, with its special ids."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from train.tiny import tiny_llama_config, train_tokenizer
+    from train.tiny import tiny_llama_config
 
-    tokenizer = train_tokenizer(TEXT, vocab_size=300)
-    tokenizer.chat_template = CHATML
     torch.manual_seed(0)
     config = tiny_llama_config(
         len(tokenizer),
@@ -28,7 +27,15 @@ def build_tiny_model(directory: Path) -> Path:
         hidden_size=32,
         intermediate_size=64,
     )
-    model = LlamaForCausalLM(LlamaConfig(**config))
+    return LlamaForCausalLM(LlamaConfig(**config))
+
+
+def build_tiny_model(directory: Path) -> Path:
+    from train.tiny import train_tokenizer
+
+    tokenizer = train_tokenizer(TEXT, vocab_size=300)
+    tokenizer.chat_template = CHATML
+    model = tiny_llama_for(tokenizer)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
