@@ -32,7 +32,7 @@ from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import beam_workarounds, storage
+from pipelines import beam_workarounds, forked_workers, storage
 from pipelines.build import AUDIT_FILE, LEDGER_FILE, REJECTED_DIR, SHARDS_FILE, build, check_step_contracts
 from pipelines.errors import OutputError, RunError, SpecError
 from pipelines.graph import Plan, load_plan
@@ -70,6 +70,8 @@ def make_options(beam_args: list[str]) -> tuple[PipelineOptions, Any]:
     options = PipelineOptions(beam_args)
     runner = options.view_as(StandardOptions).runner
     if runner is None:
+        if forked_workers.enabled():  # the FnApiRunner, its multi-processing workers forked warm
+            return options, forked_workers.ForkedWorkersRunner()
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         return options, FnApiRunner()
@@ -77,7 +79,13 @@ def make_options(beam_args: list[str]) -> tuple[PipelineOptions, Any]:
 
 
 #: Runners that execute on one machine and hold what crosses a stage boundary in memory.
-_IN_MEMORY_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
+_IN_MEMORY_RUNNERS = {
+    "FnApiRunner",
+    "ForkedWorkersRunner",
+    "DirectRunner",
+    "BundleBasedDirectRunner",
+    "SwitchingDirectRunner",
+}
 
 
 def spills(options: PipelineOptions, runner: Any) -> bool:
@@ -455,7 +463,7 @@ def _run_and_publish(
         shutil.rmtree(spill_root, ignore_errors=True)  # left by a run that was killed
     build(pipeline, plan, work, spill_root)
     try:
-        with _interrupts_noted() as interrupted:
+        with forked_workers.forked_workers(runner, options), _interrupts_noted() as interrupted:
             try:
                 result = pipeline.run()
                 state = result.wait_until_finish()
