@@ -38,7 +38,7 @@ from transforms.base import Failed, Filtered, Stat
 from transforms.files import resolve_paths
 from transforms.read import ReadFile
 from transforms.to_chat import to_chat
-from transforms.write import EncodeRow, shard_filename, shard_of, shard_schema, write_shard
+from transforms.write import EncodeRow, shard_filename, shard_of_key, shard_schema, write_shard
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("bench", "pipelines", "schemas", "transforms")  # snapshot the subprocesses import
@@ -83,7 +83,7 @@ def run_loop(spec: str, output: str) -> int:
     reader = ReadFile(read.config, read.config.source or read.id)
     context = chat.context(plan.spec.seed, plan.base_dir, None)
     encode = EncodeRow()
-    rows: list[tuple[str, bytes]] = []
+    rows: list[tuple[bytes, bytes]] = []
     for path in resolve_paths(read.config.paths, plan.base_dir):
         for trajectory in reader(path):
             if isinstance(trajectory, Failed):
@@ -93,9 +93,9 @@ def run_loop(spec: str, output: str) -> int:
                 continue
             rows += [out for out in encode(sample) if not isinstance(out, Stat)]
     count = write.config.num_shards or max(1, math.ceil(len(rows) / write.config.rows_per_shard))
-    buckets: list[list[tuple[str, bytes]]] = [[] for _ in range(count)]
+    buckets: list[list[tuple[bytes, bytes]]] = [[] for _ in range(count)]
     for row in rows:
-        buckets[shard_of(row[0], count)].append(row)
+        buckets[shard_of_key(row[0], count)].append(row)
     del rows
     os.makedirs(output, exist_ok=True)
     schema = shard_schema()

@@ -153,7 +153,7 @@ class WriteArrow(_AgentmillStep):
 
         write = load_plan(self.spec).by_id["write"]
         encode = EncodeRow()
-        rows: list[tuple[str, bytes]] = []
+        rows: list[tuple[bytes, bytes]] = []
         for sample in data:
             with self.track_time():
                 rows += [out for out in encode(sample) if not isinstance(out, Stat)]

@@ -20,11 +20,11 @@ from pipelines import beam_speed, storage
 from pipelines.errors import AgentmillError, StepError
 from pipelines.graph import Plan, PlannedStep
 from schemas import StepLedger
-from transforms.audit import AuditSamples
+from transforms.audit import AuditCheck, AuditSamples
 from transforms.base import LEDGER, MAIN, REJECTED, STEP_CONTRACT
 from transforms.quality.auditor import Auditor
 from transforms.spill import Merge, SortedGroups
-from transforms.write import AUDIT_ROWS
+from transforms.write import AUDIT_ROWS, Write
 
 LEDGER_FILE = "ledger.json"
 AUDIT_FILE = "audit.json"
@@ -119,7 +119,8 @@ def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str, spill_root: str | 
     beam_speed.apply()  # Beam's per-transform introspection, memoized (pipelines/beam_speed.py)
     outputs: dict[tuple[str, str], beam.PCollection] = {}
     rejected, ledgers, shard_infos = [], [], None
-    published = audit_rows = None
+    published = audit_check = audit_rows = None
+    auditor = Auditor(plan.spec.audit, plan.base_dir) if plan.spec.audit.enabled else None
     for planned in plan.steps:
         step = planned.instantiate(plan.spec.seed, plan.base_dir, work_dir, spill_root)
         step_input = None
@@ -130,13 +131,18 @@ def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str, spill_root: str | 
                 upstream = {(f"{i}" if p == MAIN else f"{i}.{p}"): outputs[(i, p)] for i, p in planned.inputs}
                 if step.fan_in == "named":
                     result = upstream | step
-                elif len(upstream) == 1:
-                    step_input = next(iter(upstream.values()))
-                    result = step_input | step
                 else:
-                    spill = step.context.spill_dir("merge")
-                    merge = Merge(spill, planned.cls.input_type)
-                    step_input = tuple(upstream.values()) | f"{planned.id}/Merge" >> merge
+                    if len(upstream) == 1:
+                        step_input = next(iter(upstream.values()))
+                    else:
+                        spill = step.context.spill_dir("merge")
+                        merge = Merge(spill, planned.cls.input_type)
+                        step_input = tuple(upstream.values()) | f"{planned.id}/Merge" >> merge
+                    if planned is plan.sink and auditor is not None and isinstance(step, Write):
+                        # The audit's checks run beside write's encoding; write picks the rows
+                        # the excerpts need as it writes them (no pass of the audit's own).
+                        audit_check = step_input | "Run/Audit/Check" >> AuditCheck(auditor)
+                        step.pick_for_audit(audit_check)
                     result = step_input | step
         _check_outputs(planned, step, result)
         for port in step.output_ports():
@@ -160,10 +166,11 @@ def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str, spill_root: str | 
         | "Run/Rejected/Sort" >> SortedGroups(rejected_spill)
         | "Run/Rejected/Write" >> beam.ParDo(_WriteRejected(FileSystems.join(work_dir, REJECTED_DIR)))
     )
-    if plan.spec.audit.enabled and published is not None:
-        auditor = Auditor(plan.spec.audit, plan.base_dir)
+    if auditor is not None and published is not None:
         spill = None if spill_root is None else FileSystems.join(spill_root, "run", "audit")
-        published | "Run/Audit" >> AuditSamples(auditor, FileSystems.join(work_dir, AUDIT_FILE), audit_rows, spill)
+        checked = audit_check if audit_rows is not None else None
+        audit = AuditSamples(auditor, FileSystems.join(work_dir, AUDIT_FILE), spill, checked, audit_rows)
+        published | "Run/Audit" >> audit
     (
         shard_infos
         | "Run/Shards/List" >> beam.combiners.ToList()

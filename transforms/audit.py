@@ -99,35 +99,51 @@ class _WriteReport(beam.DoFn):
             handle.write(report.model_dump_json(indent=2).encode("utf-8"))
 
 
+class AuditCheck(beam.PTransform):
+    """Samples -> the singleton ``(report JSON, pending)``: the checks' result, before excerpts."""
+
+    def __init__(self, auditor: Auditor, label: str | None = None) -> None:
+        super().__init__(label)
+        self.auditor = auditor
+
+    def expand(self, samples: beam.PCollection) -> beam.PCollection:
+        return samples | "Combine" >> beam.CombineGlobally(AuditCombineFn(self.auditor))
+
+
 class AuditSamples(beam.PTransform):
     """Audits a PCollection of samples and writes the report as JSON to ``path``.
 
-    ``rows`` may give the samples already encoded as ``(id, row JSON)`` behind a barrier (what
-    ``write`` holds); otherwise the samples are encoded and spilled to ``spill_dir`` for the
-    excerpt pass (``None``: Beam's own materialization).
+    ``checked`` and ``picked`` may give the result of :class:`AuditCheck` on these samples and
+    the rows (JSON) of the samples its ``pending`` names, picked by whoever reads the samples
+    anyway (``write``; see :meth:`transforms.write.Write.pick_for_audit`); otherwise the samples
+    are checked here, encoded and spilled to ``spill_dir`` for the excerpt pass (``None``:
+    Beam's own materialization).
     """
 
     def __init__(
-        self, auditor: Auditor, path: str, rows: beam.PCollection | None = None, spill_dir: str | None = None
+        self,
+        auditor: Auditor,
+        path: str,
+        spill_dir: str | None = None,
+        checked: beam.PCollection | None = None,
+        picked: beam.PCollection | None = None,
     ) -> None:
         super().__init__()
         self.auditor = auditor
         self.path = path
-        self.rows = rows
         self.spill_dir = spill_dir
+        self.checked = checked
+        self.picked = picked
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
-        result = samples | "Check" >> beam.CombineGlobally(AuditCombineFn(self.auditor))
-        rows = self.rows
-        if rows is None:
+        result = self.checked if self.checked is not None else samples | "Check" >> AuditCheck(self.auditor)
+        picked = self.picked
+        if picked is None:
             encoded = samples | "Encode" >> beam.Map(encode_row).with_output_types(beam.typehints.Tuple[str, bytes])
             rows = encoded | "AwaitReport" >> Merge(self.spill_dir, beam.typehints.Tuple[str, bytes])
-        picked = (
-            rows
-            | "Pick" >> beam.FlatMap(_pick, beam.pvalue.AsSingleton(result)).with_output_types(bytes)
-            | "Examples" >> beam.combiners.ToList()
-        )
-        return result | "Write" >> beam.ParDo(_WriteReport(self.auditor, self.path), beam.pvalue.AsSingleton(picked))
+            picked = rows | "Pick" >> beam.FlatMap(_pick, beam.pvalue.AsSingleton(result)).with_output_types(bytes)
+        examples = picked | "Examples" >> beam.combiners.ToList()
+        return result | "Write" >> beam.ParDo(_WriteReport(self.auditor, self.path), beam.pvalue.AsSingleton(examples))
 
 
 def _identity(sample: Sample) -> Iterator[Sample]:

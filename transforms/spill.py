@@ -30,7 +30,7 @@ import hashlib
 import heapq
 import struct
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -206,18 +206,112 @@ class _SortRuns(beam.DoFn):
         if self.size >= self.buffer_bytes:
             yield from self._flush()
 
-    def _flush(self) -> Iterator[tuple[Any, str]]:
+    def _flush(self) -> Iterator[Any]:
         buffers, self.buffers, self.size = self.buffers, {}, 0
         for partition, pairs in buffers.items():
             pairs.sort()
             path, handle = _new_run(self.directory, _label(partition))
             with handle:
                 write_frames(handle, pairs)
-            yield partition, path
+            yield self._emit(partition, path, len(pairs))
+
+    def _emit(self, partition: Any, path: str, pairs: int) -> Any:
+        return partition, path
 
     def finish_bundle(self) -> Iterator[Any]:
         for element in self._flush():
             yield GlobalWindows.windowed_value(element)
+
+
+class _SortPairRuns(_SortRuns):
+    """``(key, payload)`` pairs -> ``(path, pairs in it)`` of run files, each sorted."""
+
+    def process(self, element: Pair) -> Iterator[tuple[str, int]]:  # type: ignore[override]
+        yield from super().process((0, element))
+
+    def _emit(self, partition: Any, path: str, pairs: int) -> tuple[str, int]:
+        return path, pairs
+
+
+class _Repartition(beam.DoFn):
+    """``(path of a sorted run, pairs)`` -> ``(partition, path)`` once the partition count is
+    known (a side input): with one partition the run passes as it is (nothing is read); with
+    more, its pairs are split into one run per partition they fall in
+    (``partition_of(key, count)``), each still sorted, as a subsequence of a sorted run."""
+
+    def __init__(self, directory: str, partition_of: Callable[[bytes, int], int]) -> None:
+        self.directory = directory
+        self.partition_of = partition_of
+
+    def process(self, run: tuple[str, int], count: int) -> Iterator[tuple[int, str]]:
+        path = run[0]
+        if count == 1:
+            yield 0, path
+            return
+        runs: dict[int, tuple[str, Any]] = {}
+        for key, payload in read_frames(path):
+            partition = self.partition_of(key, count)
+            if partition not in runs:
+                runs[partition] = _new_run(self.directory, _label(partition))
+            write_frames(runs[partition][1], [(key, payload)])
+        for partition, (new_path, handle) in sorted(runs.items()):
+            handle.close()
+            yield partition, new_path
+        FileSystems.delete([path])
+
+
+class SortedPartitions(beam.PTransform):
+    """``(key: bytes, payload: bytes)`` pairs -> ``(groups, count)``: ``count`` is the singleton
+    ``partitions(number of pairs)``, and ``groups`` is ``KV[partition, Iterable[(key,
+    payload)]]``, the pairs of each of the ``count`` partitions sorted (by key, then payload),
+    the partition of a pair being ``partition_of(key, count)``.
+
+    With a ``directory``, each bundle's pairs are sorted into run files *before* the count is
+    known (a sort does not need it), and the runs count their pairs, so the pairs cross the
+    barrier that waits for the count on disk once, already sorted, and nothing is done per pair
+    to count them; once the count is known, runs are split by partition (a pass over them only
+    when ``count > 1``) and merged lazily per partition. The result equals assigning partitions
+    first and then :class:`SortedGroups`, which is what runs without a ``directory`` (the
+    runner materializes the pairs at the side input)."""
+
+    def __init__(
+        self,
+        directory: str | None,
+        partitions: Callable[[int], int],
+        partition_of: Callable[[bytes, int], int],
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        label: str | None = None,
+    ) -> None:
+        super().__init__(label)
+        self.directory = directory
+        self.partitions = partitions
+        self.partition_of = partition_of
+        self.buffer_bytes = buffer_bytes
+
+    def expand(self, pairs: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        partition_of = self.partition_of
+        if self.directory is None:
+            count = pairs | "Count" >> beam.combiners.Count.Globally() | "Partitions" >> beam.Map(self.partitions)
+            groups = (
+                pairs
+                | "Assign" >> beam.Map(lambda pair, n: (partition_of(pair[0], n), pair), beam.pvalue.AsSingleton(count))
+                | "Sort" >> SortedGroups(None)
+            )
+            return groups, count
+        runs = pairs | "SortRuns" >> beam.ParDo(_SortPairRuns(self.directory, self.buffer_bytes))
+        count = (
+            runs
+            | "RunSizes" >> beam.Map(lambda run: run[1])
+            | "Count" >> beam.CombineGlobally(sum)
+            | "Partitions" >> beam.Map(self.partitions)
+        )
+        groups = (
+            runs
+            | "Repartition" >> beam.ParDo(_Repartition(self.directory, partition_of), beam.pvalue.AsSingleton(count))
+            | "GroupRuns" >> beam.GroupByKey()
+            | "MergeRuns" >> beam.MapTuple(lambda partition, paths: (partition, MergedRuns(paths)))
+        )
+        return groups, count
 
 
 def _sorted_in_memory(element: tuple[Any, Iterable[Pair]]) -> tuple[Any, list[Pair]]:
@@ -264,6 +358,7 @@ __all__ = [
     "Merge",
     "MergedRuns",
     "SortedGroups",
+    "SortedPartitions",
     "read_frames",
     "write_frames",
 ]

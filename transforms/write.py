@@ -4,35 +4,42 @@ Guarantees: shard membership is a hash of the sample id and rows inside a shard 
 id, so the same samples give byte-identical shards on every runner and worker count. The number
 of shards is ``num_shards`` or ``ceil(rows / rows_per_shard)``. Rows are sorted into shards
 with an external merge sort when the run spills (:mod:`transforms.spill`), so memory does not
-grow with the data; a fixed ``num_shards`` saves the pass that waits for the count. The step
+grow with the data. Without a fixed ``num_shards`` the rows are sorted into runs on disk while
+they are counted, and only the runs wait for the count (a pass that splits them by shard is
+needed only when there is more than one shard). The step
 reports the token, supervised-token and per-kind counts as ledger stats. Publishing (state.json, dataset_info.json,
 manifest) is done by the runner once the pipeline has finished.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
 import json
 import math
 import posixpath
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.pvalue import TaggedOutput
 from pydantic import Field
 
 from schemas import ArrowCodec, Sample, ShardInfo
 from schemas.hf_features import features_dict
 from transforms.base import LEDGER, MAIN, REJECTED, RecordDoFn, RecordError, Stat, Step, StepConfig
 from transforms.batching import record_batch
-from transforms.spill import Merge, SortedGroups
+from transforms.spill import SortedGroups, SortedPartitions
 
 SAMPLE_CODEC = ArrowCodec(Sample)
-KeyedRow = tuple[str, bytes]
-#: Extra entry of the step's result: its encoded rows once they wait behind a barrier on disk
-#: (``None`` with a fixed ``num_shards``), for the audit's excerpt pass to read.
+#: ``(sample id as UTF-8, JSON of its Arrow row)``: bytes sort as the ids' code points do.
+KeyedRow = tuple[bytes, bytes]
+#: Extra entry of the step's result: the rows the publish audit picked for its excerpts (JSON;
+#: ``None`` unless :meth:`Write.pick_for_audit` was called).
 AUDIT_ROWS = "__audit_rows__"
 
 
@@ -48,7 +55,12 @@ def shard_filename(index: int, count: int) -> str:
 
 def shard_of(sample_id: str, num_shards: int) -> int:
     """Shard index of a sample: a hash of its id, independent of runner and worker count."""
-    return int(hashlib.sha256(sample_id.encode("utf-8")).hexdigest()[:16], 16) % num_shards
+    return shard_of_key(sample_id.encode("utf-8"), num_shards)
+
+
+def shard_of_key(key: bytes, num_shards: int) -> int:
+    """:func:`shard_of` of a sample id given as UTF-8 bytes."""
+    return int(hashlib.sha256(key).hexdigest()[:16], 16) % num_shards
 
 
 def features_metadata(schema: pa.Schema) -> dict[str, str]:
@@ -84,42 +96,60 @@ class _HashingSink:
         self.closed = True
 
 
+#: Threads that turn a shard's rows into Arrow batches while the writer merges and writes
+#: (Arrow's JSON parser releases the GIL): a shard is written by one worker after the others are
+#: done, so the cores it leaves idle parse the next batches. Batches in flight stay bounded.
+PARSE_THREADS = 2
+
+
 def write_shard(path: str, rows: Iterable[bytes], schema: pa.Schema, batch_rows: int) -> ShardInfo:
-    """Write JSON-encoded Arrow rows as one IPC stream file; return its size, hash and count."""
+    """Write JSON-encoded Arrow rows as one IPC stream file; return its size, hash and count.
+
+    Batches are parsed on :data:`PARSE_THREADS` threads and written in order, so the file is the
+    same as parsing and writing one batch after the other; at most ``PARSE_THREADS + 1``
+    batches are held at once."""
     count = 0
-    with FileSystems.create(path) as handle:
+    in_flight: collections.deque[Future[pa.RecordBatch]] = collections.deque()
+    with FileSystems.create(path) as handle, ThreadPoolExecutor(PARSE_THREADS) as pool:
         sink = _HashingSink(handle)
         with pa.ipc.new_stream(sink, schema) as writer:
-            batch: list[bytes] = []
-            for row in rows:
-                batch.append(row)
-                if len(batch) >= batch_rows:
-                    writer.write_batch(record_batch(batch, schema))
+            try:
+                source = iter(rows)
+                for batch in iter(lambda: list(itertools.islice(source, batch_rows)), []):
+                    in_flight.append(pool.submit(record_batch, batch, schema))
                     count += len(batch)
-                    batch = []
-            if batch:
-                writer.write_batch(record_batch(batch, schema))
-                count += len(batch)
+                    while len(in_flight) > PARSE_THREADS:
+                        writer.write_batch(in_flight.popleft().result())
+                while in_flight:
+                    writer.write_batch(in_flight.popleft().result())
+            finally:
+                for future in in_flight:
+                    future.cancel()
     return ShardInfo(filename=posixpath.basename(path), rows=count, bytes=sink.size, sha256=sink.digest.hexdigest())
 
 
 class EncodeRow:
-    """``Sample -> (id, JSON of its Arrow row)`` plus token and kind statistics."""
+    """``Sample -> (id as UTF-8, JSON of its Arrow row)`` plus token and kind statistics."""
 
     def __call__(self, sample: Sample) -> Iterator[Any]:
         row = SAMPLE_CODEC.to_row(sample)
         try:
             encoded = json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            key = sample.id.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise RecordError("invalid_unicode", f"text that is not valid Unicode: {exc.reason}") from None
-        yield (sample.id, encoded)
+        yield (key, encoded)
         yield Stat("tokens", sample.counts.tokens)
         yield Stat("supervised_tokens", sample.counts.supervised_tokens)
         yield Stat(f"kind:{sample.kind}", 1)
 
 
 class WriteShards(beam.DoFn):
-    """Writes one shard from ``(index, [(id, row), ...])`` sorted by (id, row)."""
+    """Writes one shard from ``(index, [(id, row), ...])`` sorted by (id, row).
+
+    With the publish audit's result as the side input ``audit`` (``(report JSON, pending)``),
+    the rows of the samples whose excerpts the audit still has to make (``pending``, a few ids)
+    also go to the output ``AUDIT_ROWS`` as they pass: the audit needs no pass of its own."""
 
     def __init__(self, output_dir: str, schema: pa.Schema, batch_rows: int) -> None:
         self.output_dir = output_dir
@@ -129,25 +159,45 @@ class WriteShards(beam.DoFn):
     def setup(self) -> None:
         self.schema = pa.ipc.read_schema(pa.py_buffer(self.schema_bytes))
 
-    def process(self, element: tuple[int, Iterable[tuple[bytes, bytes]]], num_shards: int) -> Iterator[str]:
+    def process(
+        self, element: tuple[int, Iterable[tuple[bytes, bytes]]], num_shards: int, audit: Any = None
+    ) -> Iterator[Any]:
         index, pairs = element
-        rows = (row for _, row in pairs)
+        wanted = {key.encode("utf-8") for key in audit[1]} if audit else set()
+        picked: list[bytes] = []
+
+        def rows() -> Iterator[bytes]:
+            for key, row in pairs:
+                if key in wanted:
+                    picked.append(row)
+                yield row
+
         path = FileSystems.join(self.output_dir, shard_filename(index, num_shards))
-        yield write_shard(path, rows, self.schema, self.batch_rows).model_dump_json()
+        yield write_shard(path, rows(), self.schema, self.batch_rows).model_dump_json()
+        for row in picked:
+            yield TaggedOutput(AUDIT_ROWS, row)
 
 
-def _assign(row: KeyedRow, num_shards: int) -> tuple[int, tuple[bytes, bytes]]:
-    sample_id, encoded = row
-    return shard_of(sample_id, num_shards), (sample_id.encode("utf-8"), encoded)
+def _assign(row: KeyedRow, num_shards: int) -> tuple[int, KeyedRow]:
+    return shard_of_key(row[0], num_shards), row
 
 
 class Write(Step):
-    """Writes the dataset shards into the run's output directory."""
+    """Writes the dataset shards into the run's output directory.
+
+    :meth:`pick_for_audit` hands the step the publish audit's result; the step's result then
+    has an extra entry ``AUDIT_ROWS``: the rows (JSON) of the samples the audit names."""
 
     type_name = "write"
     config_model = WriteConfig
     input_type = Sample
     output_type = None
+    audit_result: beam.PCollection | None = None
+
+    def pick_for_audit(self, audit_result: beam.PCollection) -> None:
+        """Also emit the rows of the samples ``audit_result`` (a singleton ``(report JSON,
+        pending)``, computed from this step's input) names, as ``AUDIT_ROWS``."""
+        self.audit_result = audit_result
 
     def expand(self, samples: beam.PCollection) -> dict[str, Any]:
         if self.context.output_dir is None:
@@ -157,29 +207,34 @@ class Write(Step):
             REJECTED, LEDGER, main=MAIN
         )
         rows = encoded[MAIN]
-        rows.element_type = beam.typehints.Tuple[str, bytes]
+        rows.element_type = beam.typehints.Tuple[bytes, bytes]
 
-        awaited = None
         if config.num_shards:
             # A fixed count: rows stream into the sort (nothing waits for a count).
             num_shards: Any = config.num_shards
+            sorted_shards = (
+                rows
+                | "Assign" >> beam.Map(_assign, num_shards)
+                | "Sort" >> SortedGroups(self.context.spill_dir("sort"))
+            )
         else:
 
             def shard_count(rows_total: int) -> int:
                 return max(1, math.ceil(rows_total / config.rows_per_shard))
 
-            counted = rows | "Count" >> beam.combiners.Count.Globally() | "Shards" >> beam.Map(shard_count)
-            num_shards = beam.pvalue.AsSingleton(counted)
-            # The rows wait for the count on disk, not in the runner's memory.
-            rows = rows | "AwaitCount" >> Merge(self.context.spill_dir("rows"), beam.typehints.Tuple[str, bytes])
-            awaited = rows
-        shard_infos = (
-            rows
-            | "Assign" >> beam.Map(_assign, num_shards)
-            | "Sort" >> SortedGroups(self.context.spill_dir("sort"))
-            | "WriteShard"
-            >> beam.ParDo(
-                WriteShards(self.context.output_dir, shard_schema(), config.batch_rows), num_shards=num_shards
+            # The rows are sorted into runs on disk while they are counted; the runs (not the
+            # rows) wait for the count, and are split by shard once it is known.
+            sorted_shards, counted = rows | "Sort" >> SortedPartitions(
+                self.context.spill_dir("sort"), shard_count, shard_of_key
             )
-        )
-        return {MAIN: shard_infos, REJECTED: encoded[REJECTED], LEDGER: encoded[LEDGER], AUDIT_ROWS: awaited}
+            num_shards = beam.pvalue.AsSingleton(counted)
+        audit = {} if self.audit_result is None else {"audit": beam.pvalue.AsSingleton(self.audit_result)}
+        written = sorted_shards | "WriteShard" >> beam.ParDo(
+            WriteShards(self.context.output_dir, shard_schema(), config.batch_rows), num_shards=num_shards, **audit
+        ).with_outputs(AUDIT_ROWS, main=MAIN)
+        return {
+            MAIN: written[MAIN],
+            REJECTED: encoded[REJECTED],
+            LEDGER: encoded[LEDGER],
+            AUDIT_ROWS: None if self.audit_result is None else written[AUDIT_ROWS],
+        }
