@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
@@ -42,6 +43,9 @@ PORT = "port"
 STEP_CONTRACT = "step_contract"
 
 LedgerKey = tuple[str, str, str]  # (step id, category, reason or stat name)
+_IN_KEY, _PASSED_KEY, _EMITTED_KEY = (IN, ""), (PASSED, ""), (EMITTED, "")
+#: What processors usually return: iterables that are certainly not a record, text or a dict.
+_OUTCOME_SEQUENCES = frozenset({list, tuple, types.GeneratorType})
 
 
 def check_regexes(patterns: Iterable[str]) -> list[str]:
@@ -238,13 +242,14 @@ class RecordDoFn(beam.DoFn):
 
     def process(self, record: Any, **side_inputs):  # no annotation: Beam type-checks process hints
         acct = self.acct
-        acct.counts[(IN, "")] += 1
+        acct.counts[_IN_KEY] += 1
         try:
             result = self.processor(record, **side_inputs)
-            broken = self._contract(result)
-            if broken is not None:
-                yield acct.rejected(DEAD_LETTER, STEP_CONTRACT, broken, record)
-                return
+            if type(result) not in _OUTCOME_SEQUENCES:  # the common kinds need no contract check
+                broken = self._contract(result)
+                if broken is not None:
+                    yield acct.rejected(DEAD_LETTER, STEP_CONTRACT, broken, record)
+                    return
             outcomes = list(result)
         except RecordError as exc:
             yield acct.rejected(DEAD_LETTER, exc.reason, exc.detail, record)
@@ -255,6 +260,18 @@ class RecordDoFn(beam.DoFn):
         except Exception as exc:  # a bug or an unexpected input: never lose the record
             yield acct.rejected(DEAD_LETTER, "unexpected_error", f"{type(exc).__name__}: {exc}", record)
             return
+        output_type = self.output_type
+        if len(outcomes) == 1 and output_type is not None and type(outcomes[0]) is output_type:
+            # The common case, one record of the declared type: the checks below all pass.
+            acct.counts[_PASSED_KEY] += 1
+            acct.counts[_EMITTED_KEY] += 1
+            yield outcomes[0]
+            return
+        yield from self._route(record, outcomes)
+
+    def _route(self, record: Any, outcomes: list[Any]) -> Iterator[Any]:
+        """Check and route a processor's outcomes (see the class docstring)."""
+        acct = self.acct
         port = self._undeclared(outcomes)
         if port is not None:
             declared = ", ".join(sorted(self.ports or ())) or "none"
@@ -291,13 +308,13 @@ class RecordDoFn(beam.DoFn):
         if not outputs:
             yield acct.rejected(DEAD_LETTER, "no_output", "processor emitted nothing and gave no reason", record)
             return
-        acct.counts[(PASSED, "")] += 1
+        acct.counts[_PASSED_KEY] += 1
         for output in outputs:
             if isinstance(output, Routed):
                 acct.counts[(PORT, output.port)] += 1
                 yield TaggedOutput(output.port, output.record)
             else:
-                acct.counts[(EMITTED, "")] += 1
+                acct.counts[_EMITTED_KEY] += 1
                 yield output
 
     def finish_bundle(self) -> Iterator[Any]:
