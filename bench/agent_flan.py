@@ -44,7 +44,7 @@ from transforms.files import common_folder
 from transforms.instruction_pairs import _candidate_ranks, allocate
 from transforms.negatives import select
 from transforms.read import ReadFile
-from transforms.write import EncodeRow, shard_filename, shard_of, shard_schema, write_shard
+from transforms.write import EncodeRow, shard_filename, shard_of_key, shard_schema, write_shard
 
 RECIPE = REPO / "pipelines" / "agent_flan.yaml"
 REPLICATED = "read_agentinstruct"  # the read whose files are replicated
@@ -123,14 +123,14 @@ def write(step: Any, samples: list[Any], output: str, seconds: Counter[str]) -> 
     """encode -> shard, sort, write: what ``Write`` and the runner do with the samples."""
     started = time.perf_counter()
     encode = EncodeRow()
-    rows: list[tuple[str, bytes]] = [row for s in samples for row in apply(encode, s)]
+    rows: list[tuple[bytes, bytes]] = [row for s in samples for row in apply(encode, s)]
     seconds["encode"] += time.perf_counter() - started
     started = time.perf_counter()
     config = step.config
     count = config.num_shards or max(1, math.ceil(len(rows) / config.rows_per_shard))
-    buckets: list[list[tuple[str, bytes]]] = [[] for _ in range(count)]
+    buckets: list[list[tuple[bytes, bytes]]] = [[] for _ in range(count)]
     for row in rows:
-        buckets[shard_of(row[0], count)].append(row)
+        buckets[shard_of_key(row[0], count)].append(row)
     del rows
     os.makedirs(output, exist_ok=True)
     schema, written = shard_schema(), 0
@@ -219,12 +219,16 @@ def bench(args: argparse.Namespace) -> int:
     code = snapshot_packages(str(REPO), PACKAGES, src)
     print(f"  done in {time.monotonic() - started:.1f} s; code snapshot {code} in {src}")
 
-    results = run_variants("bench.agent_flan", list(VARIANTS), work, src)
+    variants = list(VARIANTS) if not args.only else [v.strip() for v in args.only.split(",")]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    results = run_variants("bench.agent_flan", variants, work, src)
 
-    loop = results["plain loop"]
-    inputs = sum(loop["reads"].values())
+    reference = results.get("plain loop") or next(iter(results.values()))  # what the others must equal
+    inputs = sum(reference["reads"].values())
     table = [VARIANT_HEADER] + [variant_row(variant, r, inputs) for variant, r in results.items()]
-    others = inputs - loop["reads"][REPLICATED]
+    others = inputs - reference["reads"][REPLICATED]
     print(f"\n{n:,} AgentInstruct trajectories + {others:,} read from the other four sources = {inputs:,} inputs, "
           f"{args.files} AgentInstruct files, {os.cpu_count()} cores, code snapshot {code}")  # fmt: skip
     print("\n".join(format_table(table)))
@@ -234,21 +238,24 @@ def bench(args: argparse.Namespace) -> int:
         "and its workers; load: 1-min load average at the start (above the core count = other work competed\n"
         f"for the CPUs).\n{RSS_HOW}."
     )
-    work_s = loop["seconds"]
-    steps = [["loop step", "seconds", "share"]]
-    steps += [[p, f"{s:.1f}", f"{100 * s / work_s:.0f} %"] for p, s in loop["steps"].items()]
-    print("\n" + "\n".join(format_table(steps)))
+    if "plain loop" in results:
+        loop = results["plain loop"]
+        steps = [["loop step", "seconds", "share"]]
+        steps += [[p, f"{s:.1f}", f"{100 * s / loop['seconds']:.0f} %"] for p, s in loop["steps"].items()]
+        print("\n" + "\n".join(format_table(steps)))
+    if "beam in-process" in results and "beam 2 workers" in results:
+        ratio = results["beam 2 workers"]["seconds"] / results["beam in-process"]["seconds"]
+        print(f"\n2 workers / in-process wall time (work s): {ratio:.2f}")
     for variant, r in results.items():
         if r["error"]:
             print(f"{variant} FAILED: {r['error']}")
     ok = {
         "rows written, per-step emitted and read counts equal across variants": all(
-            (r["rows"], r["emitted"], r["reads"]) == (loop["rows"], loop["emitted"], loop["reads"])
+            (r["rows"], r["emitted"], r["reads"]) == (reference["rows"], reference["emitted"], reference["reads"])
             for r in results.values()
         ),
-        "Beam shard sha256s identical across the two runners": bool(loop["shards"])
-        and results["beam in-process"]["shards"] == results["beam 2 workers"]["shards"],
-        "plain-loop shards identical to Beam's": loop["shards"] == results["beam in-process"]["shards"],
+        "shard sha256s identical across the variants run": bool(reference["shards"])
+        and all(r["shards"] == reference["shards"] for r in results.values()),
     }
     for check, passed in ok.items():
         print(f"{check}: {'yes' if passed else 'NO'}")
@@ -269,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=16, help="files the AgentInstruct copies are spread over (16)")
     parser.add_argument("--work-dir", help="where data and outputs go (default: a new temp dir, removed afterwards)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    parser.add_argument("--only", help=f"comma-separated variants to run (default: all of {', '.join(VARIANTS)})")
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
