@@ -8,6 +8,7 @@ matplotlib to draw the same charts cost about 0.6 s of every run.
 
 from __future__ import annotations
 
+import bisect
 import html
 import math
 from collections.abc import Sequence
@@ -164,21 +165,13 @@ def bin_edges(values: Sequence[float], bins: int = BINS) -> list[float]:
 
 
 def counts(values: Sequence[float], edges: Sequence[float]) -> list[int]:
-    """Values per bin; the last bin holds its right edge (as numpy counts)."""
-    bins = len(edges) - 1
-    low, high = edges[0], edges[-1]
-    out = [0] * bins
-    norm = bins / (high - low)
-    for value in values:
-        if value < low or value > high:
-            continue
-        index = min(bins - 1, int((value - low) * norm))
-        if value < edges[index]:  # rounding, corrected against the edges as numpy does
-            index -= 1
-        elif index != bins - 1 and value >= edges[index + 1]:
-            index += 1
-        out[index] += 1
-    return out
+    """Values per bin: bin ``i`` holds ``edges[i] <= v < edges[i + 1]``, the last one also its
+    right edge (as numpy counts); values outside the edges are not counted. One sort, then a
+    binary search per edge."""
+    ordered = sorted(values)
+    starts = [bisect.bisect_left(ordered, edge) for edge in edges[:-1]]
+    starts.append(bisect.bisect_right(ordered, edges[-1]))
+    return [starts[i + 1] - starts[i] for i in range(len(edges) - 1)]
 
 
 def _histogram_panel(canvas: _Canvas, groups: dict[str, list[int]], edges: list[float]) -> None:

@@ -222,16 +222,6 @@ class RecordDoFn(beam.DoFn):
             )
         return None
 
-    def _undeclared(self, outcomes: list[Any]) -> str | None:
-        """The first port an outcome is routed to that the step does not declare, or None."""
-        if self.ports is None:
-            return None
-        for outcome in outcomes:
-            port = outcome.port if isinstance(outcome, (Routed, Filtered)) else None
-            if port is not None and port not in self.ports:
-                return port
-        return None
-
     def setup(self) -> None:
         setup = getattr(self.processor, "setup", None)
         if callable(setup):
@@ -241,6 +231,7 @@ class RecordDoFn(beam.DoFn):
         self.acct = _Accounting(self.step_id)
 
     def process(self, record: Any, **side_inputs):  # no annotation: Beam type-checks process hints
+        """The record's outputs as a list (Beam iterates it without resuming a generator)."""
         acct = self.acct
         acct.counts[_IN_KEY] += 1
         try:
@@ -248,74 +239,76 @@ class RecordDoFn(beam.DoFn):
             if type(result) not in _OUTCOME_SEQUENCES:  # the common kinds need no contract check
                 broken = self._contract(result)
                 if broken is not None:
-                    yield acct.rejected(DEAD_LETTER, STEP_CONTRACT, broken, record)
-                    return
+                    return [acct.rejected(DEAD_LETTER, STEP_CONTRACT, broken, record)]
             outcomes = list(result)
         except RecordError as exc:
-            yield acct.rejected(DEAD_LETTER, exc.reason, exc.detail, record)
-            return
+            return [acct.rejected(DEAD_LETTER, exc.reason, exc.detail, record)]
         except ValidationError as exc:
-            yield acct.rejected(DEAD_LETTER, "invalid_output", str(exc), record)
-            return
+            return [acct.rejected(DEAD_LETTER, "invalid_output", str(exc), record)]
         except Exception as exc:  # a bug or an unexpected input: never lose the record
-            yield acct.rejected(DEAD_LETTER, "unexpected_error", f"{type(exc).__name__}: {exc}", record)
-            return
+            return [acct.rejected(DEAD_LETTER, "unexpected_error", f"{type(exc).__name__}: {exc}", record)]
         output_type = self.output_type
         if len(outcomes) == 1 and output_type is not None and type(outcomes[0]) is output_type:
             # The common case, one record of the declared type: the checks below all pass.
             acct.counts[_PASSED_KEY] += 1
             acct.counts[_EMITTED_KEY] += 1
-            yield outcomes[0]
-            return
-        yield from self._route(record, outcomes)
+            return outcomes
+        return self._route(record, outcomes)
 
-    def _route(self, record: Any, outcomes: list[Any]) -> Iterator[Any]:
+    def _route(self, record: Any, outcomes: list[Any]) -> list[Any]:
         """Check and route a processor's outcomes (see the class docstring)."""
         acct = self.acct
-        port = self._undeclared(outcomes)
-        if port is not None:
-            declared = ", ".join(sorted(self.ports or ())) or "none"
-            detail = f"step {self.step_id!r} routed a record to port {port!r}, which it does not declare ({declared})"
-            yield acct.rejected(DEAD_LETTER, "undeclared_port", detail, record)
-            return
+        ports = self.ports
         outputs = []
+        stats = []
         filtered = None
+        undeclared = None  # the first port an outcome is routed to that the step does not declare
         for outcome in outcomes:
             if isinstance(outcome, Stat):
-                acct.counts[(STAT, outcome.name)] += outcome.value
-            elif isinstance(outcome, Filtered):
+                stats.append(outcome)
+                continue
+            if isinstance(outcome, Filtered):
                 filtered = outcome
             else:
                 outputs.append(outcome)
-        wrong = next((o for o in outputs if self.output_type and not isinstance(o, (Routed, self.output_type))), None)
-        if wrong is not None:
+            port = outcome.port if isinstance(outcome, (Routed, Filtered)) else None
+            if undeclared is None and ports is not None and port is not None and port not in ports:
+                undeclared = port
+        if undeclared is not None:
+            declared = ", ".join(sorted(ports or ())) or "none"
             detail = (
-                f"the processor emitted a {type(wrong).__name__}, "
-                f"not a {getattr(self.output_type, '__name__', self.output_type)}"
+                f"step {self.step_id!r} routed a record to port {undeclared!r}, which it does not declare ({declared})"
             )
-            yield acct.rejected(DEAD_LETTER, STEP_CONTRACT, detail, record)
-            return
+            return [acct.rejected(DEAD_LETTER, "undeclared_port", detail, record)]
+        for stat in stats:
+            acct.counts[(STAT, stat.name)] += stat.value
+        output_type = self.output_type
+        wrong = next((o for o in outputs if output_type and not isinstance(o, (Routed, output_type))), None)
+        if wrong is not None:
+            expected = getattr(output_type, "__name__", output_type)
+            detail = f"the processor emitted a {type(wrong).__name__}, not a {expected}"
+            return [acct.rejected(DEAD_LETTER, STEP_CONTRACT, detail, record)]
         if filtered is not None:
             if outputs:
-                yield acct.rejected(DEAD_LETTER, STEP_CONTRACT, "processor both filtered and emitted", record)
-                return
+                return [acct.rejected(DEAD_LETTER, STEP_CONTRACT, "processor both filtered and emitted", record)]
             omit = {} if filtered.keep_payload else {"payload": ""}
-            yield acct.rejected(FILTERED, filtered.reason, filtered.detail, record, **omit)
+            routed = [acct.rejected(FILTERED, filtered.reason, filtered.detail, record, **omit)]
             if filtered.port:
                 acct.counts[(PORT, filtered.port)] += 1
-                yield TaggedOutput(filtered.port, record)
-            return
+                routed.append(TaggedOutput(filtered.port, record))
+            return routed
         if not outputs:
-            yield acct.rejected(DEAD_LETTER, "no_output", "processor emitted nothing and gave no reason", record)
-            return
+            return [acct.rejected(DEAD_LETTER, "no_output", "processor emitted nothing and gave no reason", record)]
         acct.counts[_PASSED_KEY] += 1
+        routed = []
         for output in outputs:
             if isinstance(output, Routed):
                 acct.counts[(PORT, output.port)] += 1
-                yield TaggedOutput(output.port, output.record)
+                routed.append(TaggedOutput(output.port, output.record))
             else:
                 acct.counts[_EMITTED_KEY] += 1
-                yield output
+                routed.append(output)
+        return routed
 
     def finish_bundle(self) -> Iterator[Any]:
         yield from self.acct.flush()

@@ -521,7 +521,7 @@ class _ScreenedRecordDoFn(RecordDoFn):
 
     def process(self, element, **side_inputs):  # no annotation: Beam type-checks process hints
         trajectory, screening = element
-        yield from super().process(trajectory, screening=screening, **side_inputs)
+        return super().process(trajectory, screening=screening, **side_inputs)
 
 
 def allocate(ranked: dict[str, list[tuple[tuple[int, str], str]]], count: int) -> list[str]:

@@ -363,9 +363,9 @@ class _ByInput:
 class _MixDoFn(RecordDoFn):
     """A RecordDoFn whose processor gets the plan and decisions from side inputs."""
 
-    def process(self, record: Any, plan: MixPlan, decisions: dict[str, GroupDecision]) -> Iterator[Any]:  # type: ignore[override]
+    def process(self, record: Any, plan: MixPlan, decisions: dict[str, GroupDecision]) -> list[Any]:  # type: ignore[override]
         self.processor.bind(plan, decisions)
-        yield from super().process(record)
+        return super().process(record)
 
 
 class _Light:

@@ -53,23 +53,25 @@ Pair = tuple[bytes, bytes]
 
 def write_frames(handle: Any, pairs: Iterable[Pair]) -> None:
     """Append ``(key, payload)`` pairs to an open binary file."""
+    pack, write = _FRAME.pack, handle.write
     for key, payload in pairs:
-        handle.write(_FRAME.pack(len(key), len(payload)))
-        handle.write(key)
-        handle.write(payload)
+        write(pack(len(key), len(payload)) + key)
+        write(payload)
 
 
 def read_frames(path: str) -> Iterator[Pair]:
     """The ``(key, payload)`` pairs of one run file, in file order."""
+    size, unpack = _FRAME.size, _FRAME.unpack
     with FileSystems.open(path, compression_type="uncompressed") as handle:
-        while header := handle.read(_FRAME.size):
-            if len(header) != _FRAME.size:
+        read = handle.read
+        while header := read(size):
+            if len(header) != size:
                 raise OSError(f"spill file {path} is truncated")
-            key_size, payload_size = _FRAME.unpack(header)
-            key, payload = handle.read(key_size), handle.read(payload_size)
-            if len(key) != key_size or len(payload) != payload_size:
+            key_size, payload_size = unpack(header)
+            frame = read(key_size + payload_size)
+            if len(frame) != key_size + payload_size:
                 raise OSError(f"spill file {path} is truncated")
-            yield key, payload
+            yield frame[:key_size], frame[key_size:]
 
 
 def _new_run(directory: str, label: str) -> tuple[str, Any]:
