@@ -19,7 +19,8 @@ Guarantees:
 - the workers run the same harness, get the same options and environment, and produce the
   same results as Beam's cold-started ones (the tests compare shards across both);
 - they stay descendants of the runner: the zygote reaps each worker and the runner reaps the
-  zygote, so CPU time and exit statuses are accounted as before;
+  zygote, so CPU time and exit statuses are accounted as before (the runner waits for the
+  zygote at the end of the run and kills it after ``REAP_SECONDS`` if a worker never ends);
 - a client that cannot reach the zygote starts Beam's usual worker instead (``exec``), so the
   run never depends on the zygote being there;
 - the zygote holds no file of the run open (every descriptor but its socket and the pipe to
@@ -46,6 +47,7 @@ import socket
 import struct
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -242,8 +244,24 @@ def forked_workers(runner: Any, options: Any) -> Iterator[None]:
     finally:
         runner._worker_command = None
         os.close(alive_write)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+        _reap(pid)
         with contextlib.suppress(OSError):
             os.unlink(path)
             os.rmdir(folder)
+
+
+#: Seconds the runner waits for the zygote (and so its workers) to exit once the run is over.
+REAP_SECONDS = 60.0
+
+
+def _reap(pid: int, seconds: float = REAP_SECONDS) -> None:
+    """Wait for the zygote to exit; one still there after ``seconds`` (a worker that does not
+    end after its runner closed the control channel) is killed, so a run never hangs on it."""
+    deadline = time.monotonic() + seconds
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(pid, os.WNOHANG)[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.01)

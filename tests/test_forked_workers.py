@@ -127,3 +127,15 @@ def test_forked_and_cold_workers_write_the_same_shards(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     hashes = json.loads(done.stdout.strip().splitlines()[-1])
     assert hashes["in-process"] and hashes["forked"] == hashes["in-process"] == hashes["cold"]
+
+
+def test_a_zygote_that_does_not_end_is_killed_so_the_run_does_not_hang():
+    pid = os.fork()
+    if pid == 0:  # a zygote whose worker never ends
+        import time
+
+        time.sleep(600)
+        os._exit(0)
+    forked_workers._reap(pid, seconds=0.2)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
