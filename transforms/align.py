@@ -73,6 +73,7 @@ from transforms.phrasing import Deferred, PhraseBook, PhrasingError, load_book, 
 from transforms.react import FINISH_NAMES, ParsedStep, StepParseError, has_markers, parse_turn
 from transforms.samples import message_of, sample_of
 from transforms.sampling import RankKey, keyed_fraction, prefix_threshold, rank_key
+from transforms.spill import Merge
 from transforms.tool_cards import CardFileError, ToolCard, ToolCardError, ToolCards, load_cards, validate_call
 
 EXAMPLE_TOOL = {"name": "get_weather", "description": "Weather of a city.", "arguments": "city (string, required)"}
@@ -571,7 +572,8 @@ class Align(RecordStep):
 
     def expand(self, pcoll: beam.PCollection) -> dict[str, Any]:
         """Count, then select: the rank keys of the trajectories of sources with a kept-format
-        share are gathered per source into exact quota thresholds, a side input of the ParDo."""
+        share are gathered per source into exact quota thresholds, a side input of the ParDo;
+        the trajectories wait for them behind a disk barrier (:class:`transforms.spill.Merge`)."""
         config, seed, step_id = self.config, self.context.seed, self.step_id
         thresholds = (
             pcoll
@@ -587,7 +589,10 @@ class Align(RecordStep):
             | "Thresholds"
             >> beam.MapTuple(lambda source, keys: (source, quota_threshold(keys, config.keep_share_of(source))))
         )
-        outputs = pcoll | "Process" >> beam.ParDo(
+        # The trajectories wait for the thresholds on disk, not in the runner's memory (a ParDo
+        # whose side input comes from its own input would hold the whole input there).
+        waiting = pcoll | "AwaitThresholds" >> Merge(self.context.spill_dir("records"), Trajectory)
+        outputs = waiting | "Process" >> beam.ParDo(
             RecordDoFn(self.processor(), self.step_id), thresholds=beam.pvalue.AsDict(thresholds)
         ).with_outputs(REJECTED, LEDGER, *self.extra_outputs, main=MAIN)
         return self._typed(outputs)
