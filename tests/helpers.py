@@ -56,6 +56,16 @@ def run(spec: Path, output: Path, beam_args: list[str] | None = None) -> RunSumm
     return run_spec(str(spec), str(output), beam_args or [])
 
 
+def run_recipe(spec: Path, tmp_path_factory: Any, name: str, needs: str) -> tuple[Path, RunSummary]:
+    """Run a recipe once on the shared real data into a new folder ``name``: (output, summary).
+    Skipped (failed under ``CI=true``) when the data set ``needs`` is absent, before running."""
+    from tests.conftest import external_path
+
+    external_path(needs)
+    out = tmp_path_factory.mktemp(name) / "out"
+    return out, run(spec, out)
+
+
 def shard_hashes(directory: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("data-*.arrow"))}
 

@@ -7,7 +7,7 @@ import pytest
 
 from schemas import Sample
 from tests.conftest import REPO
-from tests.helpers import MULTI_PROCESS, PORTABLE, PORTABLE_PROCESS, run, shard_hashes
+from tests.helpers import MULTI_PROCESS, PORTABLE, PORTABLE_PROCESS, run, run_recipe, shard_hashes
 from transforms.react import has_markers
 from transforms.tool_cards import validate_call
 
@@ -49,11 +49,7 @@ EXPLAINED = {
 
 @pytest.fixture(scope="module")
 def flan(tmp_path_factory):
-    from tests.conftest import external_path
-
-    external_path("agentinstruct_thudm")  # skip or fail early without the data
-    out = tmp_path_factory.mktemp("flan") / "out"
-    return out, run(SPEC, out)
+    return run_recipe(SPEC, tmp_path_factory, "flan", needs="agentinstruct_thudm")
 
 
 def test_every_record_is_accounted_for_with_reasons(flan):

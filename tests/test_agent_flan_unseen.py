@@ -12,7 +12,7 @@ import pytest
 from pipelines.auditing import audit_path
 from schemas import ArrowCodec, Role, Sample, Turn
 from tests.conftest import REPO
-from tests.helpers import run
+from tests.helpers import run_recipe
 from transforms.negatives import query_language
 from transforms.react import parse_turn
 
@@ -22,11 +22,7 @@ SPEC = REPO / "bench" / "agent_flan_unseen.yaml"
 
 @pytest.fixture(scope="module")
 def unseen(tmp_path_factory):
-    from tests.conftest import external_path
-
-    external_path("agentgym_sampled_trajectories_with_reward")  # skip or fail early without the data
-    out = tmp_path_factory.mktemp("unseen") / "out"
-    summary = run(SPEC, out)
+    out, summary = run_recipe(SPEC, tmp_path_factory, "unseen", needs="agentgym_sampled_trajectories_with_reward")
     report, failures = audit_path(str(out), None, "agent", None)
     assert not failures
     samples = [ArrowCodec(Sample).from_row(row) for row in datasets.load_from_disk(str(out)).to_list()]

@@ -15,7 +15,7 @@ from pipelines.graph import load_plan
 from schemas import Role, Sample
 from schemas.arrow import ArrowCodec
 from tests.conftest import REPO
-from tests.helpers import MULTI_PROCESS, PORTABLE, PORTABLE_PROCESS, run, shard_hashes
+from tests.helpers import MULTI_PROCESS, PORTABLE, PORTABLE_PROCESS, run, run_recipe, shard_hashes
 from transforms.dedup import DedupConfig, dedup_key
 from transforms.quality.identity import identity_patterns
 
@@ -27,11 +27,7 @@ SYSTEM_PROMPT = "You are a helpful, respectful and honest assistant."
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
     """One run of the recipe with the default runner: (summary, output dir, samples)."""
-    from tests.conftest import external_path
-
-    external_path("agentinstruct_thudm")  # skip (or fail under CI) when the real data is absent
-    out = tmp_path_factory.mktemp("agenttuning") / "out"
-    summary = run(SPEC, out)
+    out, summary = run_recipe(SPEC, tmp_path_factory, "agenttuning", needs="agentinstruct_thudm")
     codec = ArrowCodec(Sample)
     samples = []
     for shard in sorted(out.glob("data-*.arrow")):

@@ -10,7 +10,7 @@ import pytest
 from pipelines.auditing import samples_of_shards, shard_files
 from schemas import Role
 from tests.conftest import REPO
-from tests.helpers import run
+from tests.helpers import run_recipe
 from transforms.react import has_markers
 from transforms.tool_cards import validate_call
 
@@ -20,11 +20,7 @@ SPEC = REPO / "pipelines" / "function_calling.yaml"
 
 @pytest.fixture(scope="module")
 def native(tmp_path_factory):
-    from tests.conftest import external_path
-
-    external_path("llamafactory_glaive_toolcall")  # skip or fail early without the data
-    out = tmp_path_factory.mktemp("fc") / "out"
-    summary = run(SPEC, out)
+    out, summary = run_recipe(SPEC, tmp_path_factory, "fc", needs="llamafactory_glaive_toolcall")
     return summary, list(samples_of_shards(shard_files(str(out))))
 
 
