@@ -15,7 +15,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipelines.run import spills
 from tests.conftest import REPO
 from tests.helpers import rejected, shard_hashes
-from transforms.spill import Merge, MergedRuns, SortedGroups, read_frames, write_frames
+from transforms.spill import Merge, MergedRuns, SortedGroups, SortedPartitions, read_frames, write_frames
 
 
 def _pipeline() -> beam.Pipeline:
@@ -60,6 +60,33 @@ def test_sorted_groups_spilled_in_many_runs_equal_the_in_memory_sort(tmp_path):
             assert_that(grouped, equal_to([(k, [list(x) for x in v]) for k, v in expected.items()]))
         results[name] = True
     assert results == {"memory": True, "disk": True}
+    assert _files(tmp_path / "spill") == []
+
+
+def _last_byte_partition(key: bytes, count: int) -> int:
+    return key[-1] % count
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_sorted_partitions_spilled_in_many_runs_equal_the_in_memory_sort(tmp_path, partitions):
+    """Runs sorted before the count is known, then split by partition, give what assigning
+    partitions first and sorting in memory gives (one partition: no split pass)."""
+    pairs = [pair for _, pair in _pairs(3000, 1)]
+    expected: dict[int, list] = {}
+    for pair in pairs:
+        expected.setdefault(_last_byte_partition(pair[0], partitions), []).append(pair)
+    expected_rows = [(k, [list(x) for x in sorted(v)]) for k, v in expected.items()]
+    for name, directory in (("memory", None), ("disk", str(tmp_path / "spill"))):
+        with _pipeline() as p:
+            groups, count = (
+                p
+                | f"Create {name}" >> beam.Create(pairs)
+                | f"Sort {name}"
+                >> SortedPartitions(directory, lambda n: partitions, _last_byte_partition, buffer_bytes=2_000)
+            )
+            listed = groups | f"List {name}" >> beam.MapTuple(lambda k, v: (k, [list(x) for x in v]))
+            assert_that(listed, equal_to(expected_rows), label=f"groups {name}")
+            assert_that(count, equal_to([partitions]), label=f"count {name}")
     assert _files(tmp_path / "spill") == []
 
 
