@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import os
 import sys
@@ -469,5 +470,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The ``agentmill`` command (and ``python -m pipelines.cli``): :func:`main` in a process that
+    runs one command and exits with its status.
+
+    Everything imported so far (Beam, pyarrow, pydantic, rich: about a million objects) lives as
+    long as the process, so it is frozen out of the garbage collector's reach first
+    (``gc.freeze``): full collections no longer walk it, during the run or at exit (about 0.5 s
+    of the demo run's 3.8 s). :func:`main` itself does not freeze, as tests and library users call
+    it in processes that live on."""
+    gc.freeze()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    command()
