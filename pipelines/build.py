@@ -112,6 +112,16 @@ def check_step_contracts(plan: Plan, ledgers: dict[str, StepLedger], work_dir: s
         )
 
 
+def prefetch(plan: Plan) -> None:
+    """Start loading, on background threads, what the plan's steps and audit checks will load
+    in their workers' set-up (:mod:`transforms.background`). Call it only when the workers run in
+    this process or are forked from it, before :func:`build`, so the loads overlap with it."""
+    for planned in plan.steps:
+        planned.cls.prefetch(planned.config)
+    if plan.spec.audit.enabled:
+        Auditor(plan.spec.audit, plan.base_dir).prefetch()
+
+
 def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str, spill_root: str | None = None) -> None:
     """Add the plan's steps and the run artifacts to ``pipeline``. With a ``spill_root``, records
     that cross a stage boundary (merged inputs, sorts, count-then-select) go through files there,

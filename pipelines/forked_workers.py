@@ -54,6 +54,8 @@ from typing import Any
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.transforms import environments
 
+from transforms import background
+
 #: Environment variable: ``0`` starts workers cold (Beam's own command) even on Linux.
 SWITCH = "AGENTMILL_FORKED_WORKERS"
 _SIZE = struct.Struct(">I")
@@ -209,6 +211,24 @@ def _uses_grpc(runner: Any, options: Any) -> bool:
     return options.view_as(DirectOptions).direct_running_mode != "in_memory"
 
 
+def _forks(runner: Any, options: Any) -> bool:
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    multi_processing = options.view_as(DirectOptions).direct_running_mode == "multi_processing"
+    return isinstance(runner, ForkedWorkersRunner) and multi_processing and enabled() and not _grpc_started
+
+
+def workers_here(runner: Any, options: Any) -> bool:
+    """Whether a run of ``runner`` has its workers in this process (the FnApiRunner in memory
+    or on threads) or forked from it by :func:`forked_workers`: what this process loads before
+    the run, its workers then have."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    if not isinstance(runner, FnApiRunner):
+        return False
+    return options.view_as(DirectOptions).direct_running_mode != "multi_processing" or _forks(runner, options)
+
+
 @contextlib.contextmanager
 def forked_workers(runner: Any, options: Any) -> Iterator[None]:
     """While inside, a multi-processing run of ``runner`` (a :class:`ForkedWorkersRunner`)
@@ -216,10 +236,7 @@ def forked_workers(runner: Any, options: Any) -> Iterator[None]:
     forking switched off: Beam's own workers. Enter it after the pipeline is built and before
     it runs (the zygote is forked on entry)."""
     global _grpc_started
-    from apache_beam.options.pipeline_options import DirectOptions
-
-    multi_processing = options.view_as(DirectOptions).direct_running_mode == "multi_processing"
-    if not (isinstance(runner, ForkedWorkersRunner) and multi_processing and enabled() and not _grpc_started):
+    if not _forks(runner, options):
         _grpc_started = _grpc_started or _uses_grpc(runner, options)
         yield
         return
@@ -230,6 +247,7 @@ def forked_workers(runner: Any, options: Any) -> Iterator[None]:
     listener.bind(path)
     listener.listen(16)
     alive_read, alive_write = os.pipe()
+    background.wait()  # what the steps prefetch, the workers inherit (and no loader holds a lock)
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()

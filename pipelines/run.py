@@ -33,7 +33,15 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import beam_workarounds, forked_workers, storage
-from pipelines.build import AUDIT_FILE, LEDGER_FILE, REJECTED_DIR, SHARDS_FILE, build, check_step_contracts
+from pipelines.build import (
+    AUDIT_FILE,
+    LEDGER_FILE,
+    REJECTED_DIR,
+    SHARDS_FILE,
+    build,
+    check_step_contracts,
+    prefetch,
+)
 from pipelines.errors import OutputError, RunError, SpecError
 from pipelines.graph import Plan, load_plan
 from pipelines.publish import (
@@ -461,6 +469,8 @@ def _run_and_publish(
     spill_root = spill_root_for(output, work) if spill else None
     if spill_root is not None:
         shutil.rmtree(spill_root, ignore_errors=True)  # left by a run that was killed
+    if forked_workers.workers_here(runner, options):
+        prefetch(plan)
     build(pipeline, plan, work, spill_root)
     try:
         with forked_workers.forked_workers(runner, options), _interrupts_noted() as interrupted:

@@ -389,6 +389,12 @@ class Step(beam.PTransform):
         pipeline is built; raise ``ValueError`` with a message for the user."""
 
     @classmethod
+    def prefetch(cls, config: StepConfig) -> None:
+        """Start loading, with :func:`transforms.background.start`, what this step's workers
+        will load in their set-up (a model, say). Called before the graph is built, and only
+        when the workers run in this process or are forked from it; loading nothing is fine."""
+
+    @classmethod
     def summarize(cls, config: StepConfig, ledger: Any) -> dict[str, Any] | None:
         """Optional summary for ``manifest.json["ratios"][step id]``, computed after the run
         from this step's :class:`schemas.StepLedger` (e.g. target vs achieved shares from the

@@ -61,6 +61,10 @@ class Auditor:
         for check, _, _ in self.checks.values():
             check.setup()
 
+    def prefetch(self) -> None:
+        for check, _, _ in self.checks.values():
+            check.prefetch()
+
     def new_state(self) -> dict[str, Any]:
         return {"samples": 0, **{name: check.new_state() for name, (check, _, _) in self.checks.items()}}
 

@@ -111,6 +111,10 @@ class Check:
     def setup(self) -> None:
         """Load what the check needs once per worker (indexes, validators)."""
 
+    def prefetch(self) -> None:
+        """Start loading in the background what :meth:`setup` will load (see
+        :meth:`transforms.base.Step.prefetch`)."""
+
     def new_state(self) -> Any:
         raise NotImplementedError
 

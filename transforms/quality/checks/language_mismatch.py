@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas import Sample
 from transforms.base import check_regexes
+from transforms.quality import language
 from transforms.quality.check import SampleCheck, Verdict, preceding_query, supervised_replies
 from transforms.quality.language import MIN_CONFIDENCE, MIN_LETTERS, detect_language
 from transforms.react import has_markers
@@ -45,6 +46,9 @@ class LanguageMismatch(SampleCheck):
 
     def setup(self) -> None:
         detect_language("warm up the model once per worker, before the first sample")
+
+    def prefetch(self) -> None:
+        language.prefetch()
 
     def inspect(self, sample: Sample) -> Verdict | None:
         options: LanguageOptions = self.options  # type: ignore[assignment]
