@@ -446,6 +446,32 @@ def test_real_negatives_are_recognisable_varied_and_in_the_query_language(extern
 # --- the step in a pipeline ---------------------------------------------------------------------
 
 
+def test_the_draw_keeps_each_labels_smallest_keys_whatever_the_bundles_and_merge_order():
+    import heapq
+    import random
+
+    from transforms.negatives import _SmallestPerLabel
+
+    rng = random.Random(7)
+    limits = {"needs_tool": 5, "normal:agent": 3, "normal:general": 200}
+    pairs = [(rng.choice(sorted(limits)), ((rng.randrange(10**6), f"k{i}"), f"k{i}")) for i in range(3000)]
+    expected = {
+        label: heapq.nsmallest(limit, [r for lab, r in pairs if lab == label]) for label, limit in limits.items()
+    }
+    fn = _SmallestPerLabel(limits)
+    for bundles in (1, 7, 40):
+        accumulators = []
+        for b in range(bundles):
+            accumulator = fn.create_accumulator()
+            for pair in pairs[b::bundles]:
+                accumulator = fn.add_input(accumulator, pair)
+            accumulators.append(fn.compact(accumulator))
+        rng.shuffle(accumulators)
+        merged = fn.merge_accumulators([*accumulators[:3], fn.merge_accumulators(accumulators[3:])])
+        assert fn.extract_output(merged) == expected and list(fn.extract_output(merged)) == sorted(limits)
+    assert fn.extract_output(fn.create_accumulator()) == {}
+
+
 def test_not_selected_and_ineligible_inputs_are_filtered_with_reasons():
     trajs = parse_file(DEMO_DATA / "agentinstruct_sample.jsonl", "agentinstruct")[0]
     fn = maker()

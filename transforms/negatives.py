@@ -67,6 +67,7 @@ from transforms.base import (
     check_regexes,
 )
 from transforms.phrasing import Book, PhraseBook, PhrasingError, builtin_text, load_book, parse_book, read_text
+from transforms.quality import language
 from transforms.quality.language import detect_language
 from transforms.react import StepParseError, has_markers, parse_turn
 from transforms.samples import sample_of
@@ -1017,19 +1018,38 @@ class NegativeMaker:
 # --- the step -----------------------------------------------------------------------------------
 
 
-class _SmallestPerLabel:
-    """Combines ``{label: ranked keys}`` dicts into each label's ``limits[label]`` smallest
-    (associative, so Beam may combine partial results in any order)."""
+class _SmallestPerLabel(beam.CombineFn):
+    """Each label's ``limits[label]`` smallest ranked keys, from ``(label, ranked key)`` pairs
+    of any number of inputs: ``{label: keys in ascending order}``, labels sorted, a label without
+    keys left out. Inputs are buffered per label and cut to the limit whenever the buffer holds
+    twice as many (amortised O(log limit) per input); any merge order gives the same result."""
 
     def __init__(self, limits: dict[str, int]) -> None:
         self.limits = limits
 
-    def __call__(self, dicts: Iterable[dict[str, list[Any]]]) -> dict[str, list[Any]]:
+    def create_accumulator(self) -> dict[str, list[Any]]:
+        return {}
+
+    def add_input(self, accumulator: dict[str, list[Any]], element: tuple[str, Any]) -> dict[str, list[Any]]:
+        label, ranked = element
+        keys = accumulator.setdefault(label, [])
+        keys.append(ranked)
+        if len(keys) >= 2 * self.limits[label] + 64:
+            accumulator[label] = heapq.nsmallest(self.limits[label], keys)
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[dict[str, list[Any]]]) -> dict[str, list[Any]]:
         merged: dict[str, list[Any]] = {}
-        for d in dicts:
-            for label, keys in d.items():
+        for accumulator in accumulators:
+            for label, keys in accumulator.items():
                 merged.setdefault(label, []).extend(keys)
         return {label: heapq.nsmallest(self.limits[label], keys) for label, keys in merged.items()}
+
+    def compact(self, accumulator: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        return self.merge_accumulators([accumulator])
+
+    def extract_output(self, accumulator: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        return {label: heapq.nsmallest(self.limits[label], accumulator[label]) for label in sorted(accumulator)}
 
 
 def _pool_entries(element: tuple[str, Trajectory]) -> Iterator[tuple[str, str]]:
@@ -1084,6 +1104,10 @@ class Negatives(Step):
     def maker(self) -> NegativeMaker:
         return NegativeMaker(self.config, self.context, *self.books(), self.supplied())
 
+    @classmethod
+    def prefetch(cls, config: StepConfig) -> None:
+        language.prefetch()  # the language of every query and answer is told
+
     def check(self) -> None:
         self.books()
         self.supplied()
@@ -1118,37 +1142,22 @@ class Negatives(Step):
             group, trajectory = element
             found = reader.examine(group, trajectory)
             if not isinstance(found, str):
-                key = f"{group}:{trajectory.id}"
-                yield draw_label(group, found), (rank_key(ctx.seed, ctx.step_id, key), key)
+                label = draw_label(group, found)
+                if limits.get(label):
+                    key = f"{group}:{trajectory.id}"
+                    yield label, (rank_key(ctx.seed, ctx.step_id, key), key)
 
-        drawn = []
-        for (group, name), pcoll in zip(groups, tagged, strict=True):
-            labels = [
-                label
-                for label, limit in sorted(limits.items())
-                if limit and (label == f"normal:{group}" or (label == "needs_tool" and group == "agent"))
-            ]
-            if not labels:
-                continue
-            ranked = pcoll | f"Rank {name}" >> beam.FlatMap(ranks)
-            for label in labels:
-                drawn.append(
-                    ranked
-                    | f"Only {label} {name}" >> beam.Filter(lambda kv, lab=label: kv[0] == lab)
-                    | f"Key {label} {name}" >> beam.Map(lambda kv: kv[1])
-                    | f"Draw {label} {name}" >> beam.combiners.Top.Smallest(limits[label])
-                    | f"Label {label} {name}" >> beam.Map(lambda keys, lab=label: {lab: keys})
-                )
-        if not drawn:
-            drawn.append(tagged[0].pipeline | "NoDraw" >> beam.Create([{}]))
+        ranked = [
+            pcoll | f"Rank {name}" >> beam.FlatMap(ranks) for (_, name), pcoll in zip(groups, tagged, strict=True)
+        ]
         selection = (
-            tuple(drawn)
-            | "Drawn" >> beam.Flatten()
+            tuple(ranked)
+            | "Ranked" >> beam.Flatten()
             | "Draw" >> beam.CombineGlobally(_SmallestPerLabel(limits))
             | "Assign" >> beam.Map(assign, cells)
         )
         tools = [
-            pcoll | f"Tools {name}" >> beam.FlatMap(_pool_entries) | f"OnePerName {name}" >> beam.CombinePerKey(min)
+            pcoll | f"Tools {name}" >> beam.FlatMap(_pool_entries)
             for (g, name), pcoll in zip(groups, tagged, strict=True)
             if g == "agent"
         ] or [tagged[0].pipeline | "NoTools" >> beam.Create([]).with_output_types(beam.typehints.KV[str, str])]
