@@ -42,6 +42,21 @@ def _pairs(n: int, partitions: int) -> list[tuple[int, tuple[bytes, bytes]]]:
     return [(rng.randrange(partitions), (f"k{rng.randrange(n // 3):06d}".encode(), f"p{i}".encode())) for i in range(n)]
 
 
+def test_a_bundle_spills_into_runs_of_about_equal_size_so_workers_share_the_next_stage(tmp_path):
+    from transforms.spill import _RestoreRecords, _SpillRecords
+
+    coder = beam.coders.StrUtf8Coder()
+    spill = _SpillRecords(str(tmp_path), coder, run_bytes=1000)
+    records = [f"record {i:04d} " + "x" * 90 for i in range(95)]  # 100 bytes each
+    spill.start_bundle()
+    paths = [p for r in records for p in spill.process(r)]
+    paths += [windowed.value for windowed in spill.finish_bundle()]
+    sizes = [len(list(read_frames(p))) for p in paths]
+    assert sizes == [10] * 9 + [5]  # full runs of run_bytes, then the bundle's rest
+    restore = _RestoreRecords(coder)
+    assert [r for p in paths for r in restore.process(p)] == records
+
+
 def test_sorted_groups_spilled_in_many_runs_equal_the_in_memory_sort(tmp_path):
     pairs = _pairs(3000, 4)
     expected: dict[int, list] = {}
