@@ -188,3 +188,18 @@ def test_builtin_tool_cards_are_parsed_once_per_process(monkeypatch):
     first, second = tool_cards.load_cards(), tool_cards.load_cards()
     assert first == second and len(parsed) == len(first.cards) == len(set(parsed))
     tool_cards._parsed_builtin_cards.cache_clear()
+
+
+def test_the_command_freezes_its_imports_out_of_the_collectors_reach_and_main_does_not():
+    code = (
+        "import atexit, gc, sys\n"
+        "from pipelines import cli\n"
+        "assert cli.main(['validate', 'pipelines/demo.yaml', '--no-inputs']) == 0\n"
+        "print('after main', gc.get_freeze_count())\n"
+        "atexit.register(lambda: print('after command', gc.get_freeze_count() > 100_000))\n"
+        "sys.argv = ['agentmill', 'validate', 'pipelines/demo.yaml', '--no-inputs']\n"
+        "cli.command()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "after main 0" in result.stdout and "after command True" in result.stdout
