@@ -11,6 +11,7 @@ near duplicate of another one (cluster size - 1, summed); ``share = count / reco
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,10 +41,13 @@ def prompt_of(sample: Sample) -> str | None:
 
 @dataclass
 class NearState:
-    """One row per sample with a prompt: record key, band keys, sample id."""
+    """One row per sample with a prompt: record key, band keys (``bands`` per row, one flat
+    array), sample id. The keys are kept as 8-byte integers in arrays, not lists of Python ints:
+    the state holds every sample of the run, and this is about 170 bytes per sample instead of
+    about 540 (the run's largest in-memory state at 300k trajectories)."""
 
-    records: list[int] = field(default_factory=list)
-    bands: list[list[int]] = field(default_factory=list)
+    records: array = field(default_factory=lambda: array("Q"))
+    bands: array = field(default_factory=lambda: array("Q"))
     ids: list[str] = field(default_factory=list)
 
 
@@ -70,12 +74,12 @@ class NearDuplicate(Check):
         if values is None:
             return
         state.records.append(record_key(sample))
-        state.bands.append(band_keys(values, options.similarity))
+        state.bands.extend(band_keys(values, options.similarity))
         state.ids.append(sample.id)
 
     def merge(self, state: NearState, other: NearState) -> NearState:
-        state.records += other.records
-        state.bands += other.bands
+        state.records.extend(other.records)
+        state.bands.extend(other.bands)
         state.ids += other.ids
         return state
 
@@ -85,8 +89,8 @@ class NearDuplicate(Check):
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
-        records, record_index = np.unique(np.array(state.records, dtype=np.uint64), return_inverse=True)
-        bands = np.array(state.bands, dtype=np.uint64)
+        records, record_index = np.unique(np.frombuffer(state.records, dtype=np.uint64), return_inverse=True)
+        bands = np.frombuffer(state.bands, dtype=np.uint64).reshape(len(state.records), -1)
         rows, cols = [], []
         for band in range(bands.shape[1]):
             order = np.lexsort((record_index, bands[:, band]))
