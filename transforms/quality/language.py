@@ -45,7 +45,7 @@ def _load_identifier():
     the model decompressed in one call. Its own loader streams the LZMA file in about 700 small
     reads, and a load on a background thread (:func:`prefetch`) then waits for the GIL after each
     of them (0.9 s instead of 0.4 s in the demo); one call releases the GIL once for the whole
-    decompression. Same arrays (tests/test_language.py compares them)."""
+    decompression. Same arrays (tests/test_background.py compares them)."""
     import io
     import lzma
 
