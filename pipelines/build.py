@@ -146,7 +146,7 @@ def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str, spill_root: str | 
                         step_input = next(iter(upstream.values()))
                     else:
                         spill = step.context.spill_dir("merge")
-                        merge = Merge(spill, planned.cls.input_type)
+                        merge = Merge(spill, planned.cls.input_type, barrier=False)
                         step_input = tuple(upstream.values()) | f"{planned.id}/Merge" >> merge
                     if planned is plan.sink and auditor is not None and isinstance(step, Write):
                         # The audit's checks run beside write's encoding; write picks the rows

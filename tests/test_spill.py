@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from pathlib import Path
@@ -55,6 +56,66 @@ def test_a_bundle_spills_into_runs_of_about_equal_size_so_workers_share_the_next
     assert sizes == [10] * 9 + [5]  # full runs of run_bytes, then the bundle's rest
     restore = _RestoreRecords(coder)
     assert [r for p in paths for r in restore.process(p)] == records
+
+
+def test_without_a_spill_directory_runs_travel_inline_as_one_element_each():
+    from transforms.spill import _RestoreRecords, _SpillRecords
+
+    coder = beam.coders.StrUtf8Coder()
+    spill = _SpillRecords(None, coder, run_bytes=1000)
+    records = [f"record {i:04d} " + "x" * 90 for i in range(95)]  # 100 bytes each
+    spill.start_bundle()
+    runs = [r for record in records for r in spill.process(record)]
+    runs += [windowed.value for windowed in spill.finish_bundle()]
+    assert all(isinstance(run, bytes) for run in runs)
+    assert [len(list(read_frames(run))) for run in runs] == [10] * 9 + [5]
+    assert [r for run in runs for r in _RestoreRecords(coder).process(run)] == records
+
+
+def _producers(pipeline: beam.Pipeline) -> dict[str, beam.pipeline.AppliedPTransform]:
+    """Full label -> applied transform, for every transform in ``pipeline``."""
+    found: dict[str, beam.pipeline.AppliedPTransform] = {}
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def enter_composite_transform(self, node: beam.pipeline.AppliedPTransform) -> None:
+            found[node.full_label] = node
+
+        def visit_transform(self, node: beam.pipeline.AppliedPTransform) -> None:
+            found[node.full_label] = node
+
+    pipeline.visit(Visitor())
+    return found
+
+
+def test_a_barrier_without_a_spill_directory_shuffles_runs_not_records():
+    """On Dataflow, Flink and Spark (no spill directory) the barrier of count-then-select
+    steps moves inline runs across its Reshuffle; a merge that is no barrier is a Flatten."""
+    p = _pipeline()
+    a = p | "A" >> beam.Create([("a", i) for i in range(5)])
+    b = p | "B" >> beam.Create([("b", i) for i in range(3)])
+    (a, b) | "Barrier" >> Merge(None, beam.typehints.Tuple[str, int])
+    (a, b) | "Plain" >> Merge(None, beam.typehints.Tuple[str, int], barrier=False)
+    transforms = _producers(p)
+    shuffled = transforms["Barrier/Barrier"].inputs[0]
+    assert shuffled.element_type is bytes
+    assert transforms["Barrier/Paths"].inputs[0].producer.full_label == "Barrier/Spill0"
+    assert not any(label.startswith("Plain/") and "Reshuffle" in label for label in transforms)
+    assert "Plain/Flatten" in transforms
+
+
+def test_inline_runs_merge_in_one_pass_and_a_truncated_one_is_an_error():
+    rng = random.Random(5)
+    pairs = [(f"{rng.randrange(10_000):05d}".encode(), f"{i}".encode()) for i in range(2_000)]
+    runs = []
+    for r in range(23):
+        buffer = io.BytesIO()
+        write_frames(buffer, sorted(pairs[r::23]))
+        runs.append(buffer.getvalue())
+    assert list(MergedRuns(runs, fan_in=4)) == sorted(pairs)
+    with pytest.raises(ValueError, match="truncated"):
+        list(read_frames(runs[0][:-1]))
+    with pytest.raises(ValueError, match="truncated"):
+        list(read_frames(runs[0] + b"\x00"))
 
 
 def test_sorted_groups_spilled_in_many_runs_equal_the_in_memory_sort(tmp_path):

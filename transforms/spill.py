@@ -9,7 +9,9 @@ select"). On 1M trajectories that is the whole data set, several times over.
 These transforms move such crossings to files under a spill directory (any Beam filesystem):
 each bundle appends its records to a run file as it goes, and only the run files' names cross
 the stage boundary. With ``directory=None`` (Dataflow, Flink and Spark shuffle to disk
-themselves) they fall back to the plain Beam transforms, with the same results:
+themselves) the runs travel *inline* instead: a run is one ``bytes`` element of about
+``RUN_BYTES``, so a runner that shuffles encodes, moves and decodes one element per few MiB of
+records instead of one per record (issue 16), with the same results:
 
 - :class:`Merge`: a Flatten of one or more PCollections whose result is read back from disk.
   It is also the barrier of count-then-select steps: the counting runs on the inputs, the
@@ -19,15 +21,17 @@ themselves) they fall back to the plain Beam transforms, with the same results:
   memory, written, and merged lazily when read. Equal keys are ordered by payload, so the result
   does not depend on arrival order, runner or worker count.
 
-Run files are written with length-prefixed frames (never pickle) and belong to the run: each is
-deleted once read (these runners do not retry bundles; a retry would fail on the missing file,
-never silently), and the runner deletes the spill directory before it publishes.
+Runs are written with length-prefixed frames (never pickle). Run files belong to the run: each
+is deleted once read (these runners do not retry bundles; a retry would fail on the missing
+file, never silently), and the runner deletes the spill directory before it publishes. Inline
+runs are plain values, so a runner that retries a bundle reads them again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import io
 import struct
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -54,6 +58,8 @@ _FRAME = struct.Struct(">II")  # key length, payload length
 #: and the list slot (8), so ``buffer_bytes`` bounds real memory, also for small pairs.
 _PAIR_OVERHEAD = 130
 Pair = tuple[bytes, bytes]
+#: A run: the path of a run file, or (without a spill directory) the run's frames inline.
+Run = str | bytes
 
 
 def write_frames(handle: Any, pairs: Iterable[Pair]) -> None:
@@ -64,8 +70,12 @@ def write_frames(handle: Any, pairs: Iterable[Pair]) -> None:
         write(payload)
 
 
-def read_frames(path: str) -> Iterator[Pair]:
-    """The ``(key, payload)`` pairs of one run file, in file order."""
+def read_frames(run: Run) -> Iterator[Pair]:
+    """The ``(key, payload)`` pairs of one run (a file's path, or an inline run), in order."""
+    if isinstance(run, bytes):
+        yield from _inline_frames(run)
+        return
+    path = run
     size, unpack = _FRAME.size, _FRAME.unpack
     with FileSystems.open(path, compression_type="uncompressed") as handle:
         read = handle.read
@@ -77,6 +87,46 @@ def read_frames(path: str) -> Iterator[Pair]:
             if len(frame) != key_size + payload_size:
                 raise OSError(f"spill file {path} is truncated")
             yield frame[:key_size], frame[key_size:]
+
+
+def _inline_frames(run: bytes) -> Iterator[Pair]:
+    size, unpack_from, end, offset = _FRAME.size, _FRAME.unpack_from, len(run), 0
+    while offset < end:
+        if end - offset < size:
+            raise ValueError("inline run is truncated")
+        key_size, payload_size = unpack_from(run, offset)
+        key_end = offset + size + key_size
+        offset = key_end + payload_size
+        if offset > end:
+            raise ValueError("inline run is truncated")
+        yield run[key_end - key_size : key_end], run[key_end:offset]
+
+
+def _discard(runs: Iterable[Run]) -> None:
+    """Delete the run files among ``runs`` (read once: free the disk as the run goes)."""
+    paths = [run for run in runs if isinstance(run, str)]
+    if paths:
+        FileSystems.delete(paths)
+
+
+class _RunWriter:
+    """Appends frames to a new run: a file under ``directory``, or bytes in memory when
+    ``directory`` is ``None``. :meth:`close` gives the :data:`Run`."""
+
+    def __init__(self, directory: str | None, label: str) -> None:
+        if directory is None:
+            self.path, self.handle = None, io.BytesIO()
+        else:
+            self.path, self.handle = _new_run(directory, label)
+
+    def write(self, pairs: Iterable[Pair]) -> None:
+        write_frames(self.handle, pairs)
+
+    def close(self) -> Run:
+        if self.path is None:
+            return self.handle.getvalue()
+        self.handle.close()
+        return self.path
 
 
 def _new_run(directory: str, label: str) -> tuple[str, Any]:
@@ -93,36 +143,36 @@ def _label(value: Any) -> str:
 
 
 class _SpillRecords(beam.DoFn):
-    """Appends a bundle's records to run files of about ``run_bytes`` payload bytes each; emits
-    each file's path once it is full or the bundle ends."""
+    """Appends a bundle's records to runs of about ``run_bytes`` payload bytes each (files under
+    ``directory``, or inline runs without one); emits each run once it is full or the bundle
+    ends."""
 
-    def __init__(self, directory: str, coder: beam.coders.Coder, run_bytes: int = RUN_BYTES) -> None:
+    def __init__(self, directory: str | None, coder: beam.coders.Coder, run_bytes: int = RUN_BYTES) -> None:
         self.directory = directory
         self.coder = coder
         self.run_bytes = run_bytes
 
     def start_bundle(self) -> None:
-        self.path: str = ""
-        self.handle: Any = None
+        self.run: _RunWriter | None = None
         self.written = 0
 
-    def process(self, record: Any) -> Iterator[str]:
-        if self.handle is None:
-            self.path, self.handle = _new_run(self.directory, "records")
+    def process(self, record: Any) -> Iterator[Run]:
+        if self.run is None:
+            self.run = _RunWriter(self.directory, "records")
             self.written = 0
         payload = self.coder.encode(record)
-        write_frames(self.handle, [(b"", payload)])
+        self.run.write([(b"", payload)])
         self.written += len(payload)
         if self.written >= self.run_bytes:
             yield self._close()
 
-    def _close(self) -> str:
-        self.handle.close()
-        self.handle = None
-        return self.path
+    def _close(self) -> Run:
+        assert self.run is not None
+        run, self.run = self.run.close(), None
+        return run
 
     def finish_bundle(self) -> Iterator[Any]:
-        if self.handle is not None:
+        if self.run is not None:
             yield GlobalWindows.windowed_value(self._close())
 
 
@@ -130,39 +180,48 @@ class _RestoreRecords(beam.DoFn):
     def __init__(self, coder: beam.coders.Coder) -> None:
         self.coder = coder
 
-    def process(self, path: str) -> Iterator[Any]:
+    def process(self, run: Run) -> Iterator[Any]:
         decode = self.coder.decode
-        for _, payload in read_frames(path):
+        for _, payload in read_frames(run):
             yield decode(payload)
-        FileSystems.delete([path])  # read once: free the disk as the run goes
+        _discard([run])
 
 
 class Merge(beam.PTransform):
-    """Flatten through files: the records of ``inputs`` come back in a new stage, read from disk.
+    """A barrier: the records of ``inputs`` come back in a new stage, in runs (files under
+    ``directory``, or inline runs of about ``RUN_BYTES`` without one), so what crosses the
+    stage boundary is one element per run, encoded once, never one per record.
 
     ``inputs`` is a PCollection or a tuple of PCollections of one element type. Record order is
-    not kept (Beam never promises it). ``directory=None`` is a plain Flatten.
+    not kept (Beam never promises it). With ``barrier=False`` and no ``directory`` it is a plain
+    Flatten: a merge of inputs that need not wait for anything (a runner that shuffles fuses a
+    Flatten; nothing crosses). With a ``directory`` the records always go through files: the
+    runners that spill hold a Flatten's inputs in memory.
     """
 
-    def __init__(self, directory: str | None, element_type: Any = None, label: str | None = None) -> None:
+    def __init__(
+        self, directory: str | None, element_type: Any = None, label: str | None = None, barrier: bool = True
+    ) -> None:
         super().__init__(label)
         self.directory = directory
         self.element_type = element_type
+        self.barrier = barrier
 
     def expand(self, inputs: Any) -> beam.PCollection:
         pcolls = (inputs,) if isinstance(inputs, beam.PCollection) else tuple(inputs)
         element_type = self.element_type or pcolls[0].element_type
-        if self.directory is None:
+        if self.directory is None and not self.barrier:
             merged = pcolls[0] if len(pcolls) == 1 else pcolls | "Flatten" >> beam.Flatten()
             merged.element_type = element_type
             return merged
         coder = beam.coders.registry.get_coder(element_type)
-        paths = [
-            pcoll | f"Spill{i}" >> beam.ParDo(_SpillRecords(self.directory, coder)).with_output_types(str)
+        run_type = bytes if self.directory is None else str
+        runs = [
+            pcoll | f"Spill{i}" >> beam.ParDo(_SpillRecords(self.directory, coder)).with_output_types(run_type)
             for i, pcoll in enumerate(pcolls)
         ]
         restored = (
-            tuple(paths)
+            tuple(runs)
             | "Paths" >> beam.Flatten()
             | "Barrier" >> beam.Reshuffle()
             | "Restore" >> beam.ParDo(_RestoreRecords(coder))
@@ -175,21 +234,22 @@ class Merge(beam.PTransform):
 
 
 class MergedRuns:
-    """The pairs of several sorted run files, merged lazily into one sorted stream.
+    """The pairs of several sorted runs, merged lazily into one sorted stream.
 
-    At most ``fan_in`` files are open at once: with more runs, groups of ``fan_in`` are first
-    merged into longer runs beside them (a multi-pass merge)."""
+    At most ``fan_in`` run files are open at once: with more, groups of ``fan_in`` are first
+    merged into longer runs beside them (a multi-pass merge). Inline runs are already in memory
+    and are merged in one pass."""
 
-    def __init__(self, paths: Iterable[str], fan_in: int = MAX_FAN_IN) -> None:
-        self.paths = sorted(paths)
+    def __init__(self, runs: Iterable[Run], fan_in: int = MAX_FAN_IN) -> None:
+        self.runs = sorted(runs)
         self.fan_in = max(2, fan_in)
 
     def __iter__(self) -> Iterator[Pair]:
-        paths = self.paths
-        while len(paths) > self.fan_in:
-            paths = [_merge_into_run(paths[i : i + self.fan_in]) for i in range(0, len(paths), self.fan_in)]
-        yield from heapq.merge(*(read_frames(path) for path in paths))
-        FileSystems.delete(paths)  # read once: free the disk as the run goes
+        runs = self.runs
+        while len(runs) > self.fan_in and isinstance(runs[0], str):
+            runs = [_merge_into_run(runs[i : i + self.fan_in]) for i in range(0, len(runs), self.fan_in)]  # type: ignore[arg-type]
+        yield from heapq.merge(*(read_frames(run) for run in runs))
+        _discard(runs)
 
 
 def _merge_into_run(paths: list[str]) -> str:
@@ -204,12 +264,17 @@ def _merge_into_run(paths: list[str]) -> str:
     return path
 
 
+def _run_bytes(directory: str | None, buffer_bytes: int) -> int:
+    """What a sorter buffers before it writes a run: ``buffer_bytes``, and at most ``RUN_BYTES``
+    for inline runs (they are elements of the pipeline)."""
+    return buffer_bytes if directory is not None else min(buffer_bytes, RUN_BYTES)
+
+
 class _SortRuns(beam.DoFn):
     """Buffers ``(partition, (key, payload))`` per partition; every ``buffer_bytes`` (and when the
-    bundle ends) writes each partition's buffer, sorted, as a run file and emits
-    ``(partition, path)``."""
+    bundle ends) writes each partition's buffer, sorted, as a run and emits ``(partition, run)``."""
 
-    def __init__(self, directory: str, buffer_bytes: int) -> None:
+    def __init__(self, directory: str | None, buffer_bytes: int) -> None:
         self.directory = directory
         self.buffer_bytes = buffer_bytes
 
@@ -217,7 +282,7 @@ class _SortRuns(beam.DoFn):
         self.buffers: dict[Any, list[Pair]] = {}
         self.size = 0
 
-    def process(self, element: tuple[Any, Pair]) -> Iterator[tuple[Any, str]]:
+    def process(self, element: tuple[Any, Pair]) -> Iterator[tuple[Any, Run]]:
         partition, pair = element
         self.buffers.setdefault(partition, []).append(pair)
         self.size += len(pair[0]) + len(pair[1]) + _PAIR_OVERHEAD
@@ -228,13 +293,12 @@ class _SortRuns(beam.DoFn):
         buffers, self.buffers, self.size = self.buffers, {}, 0
         for partition, pairs in buffers.items():
             pairs.sort()
-            path, handle = _new_run(self.directory, _label(partition))
-            with handle:
-                write_frames(handle, pairs)
-            yield self._emit(partition, path, len(pairs))
+            run = _RunWriter(self.directory, _label(partition))
+            run.write(pairs)
+            yield self._emit(partition, run.close(), len(pairs))
 
-    def _emit(self, partition: Any, path: str, pairs: int) -> Any:
-        return partition, path
+    def _emit(self, partition: Any, run: Run, pairs: int) -> Any:
+        return partition, run
 
     def finish_bundle(self) -> Iterator[Any]:
         for element in self._flush():
@@ -242,40 +306,39 @@ class _SortRuns(beam.DoFn):
 
 
 class _SortPairRuns(_SortRuns):
-    """``(key, payload)`` pairs -> ``(path, pairs in it)`` of run files, each sorted."""
+    """``(key, payload)`` pairs -> ``(run, pairs in it)`` of runs, each sorted."""
 
-    def process(self, element: Pair) -> Iterator[tuple[str, int]]:  # type: ignore[override]
+    def process(self, element: Pair) -> Iterator[tuple[Run, int]]:  # type: ignore[override]
         yield from super().process((0, element))
 
-    def _emit(self, partition: Any, path: str, pairs: int) -> tuple[str, int]:
-        return path, pairs
+    def _emit(self, partition: Any, run: Run, pairs: int) -> tuple[Run, int]:
+        return run, pairs
 
 
 class _Repartition(beam.DoFn):
-    """``(path of a sorted run, pairs)`` -> ``(partition, path)`` once the partition count is
-    known (a side input): with one partition the run passes as it is (nothing is read); with
-    more, its pairs are split into one run per partition they fall in
-    (``partition_of(key, count)``), each still sorted, as a subsequence of a sorted run."""
+    """``(sorted run, pairs)`` -> ``(partition, run)`` once the partition count is known (a side
+    input): with one partition the run passes as it is (nothing is read); with more, its pairs
+    are split into one run per partition they fall in (``partition_of(key, count)``), each still
+    sorted, as a subsequence of a sorted run."""
 
-    def __init__(self, directory: str, partition_of: Callable[[bytes, int], int]) -> None:
+    def __init__(self, directory: str | None, partition_of: Callable[[bytes, int], int]) -> None:
         self.directory = directory
         self.partition_of = partition_of
 
-    def process(self, run: tuple[str, int], count: int) -> Iterator[tuple[int, str]]:
-        path = run[0]
+    def process(self, sized_run: tuple[Run, int], count: int) -> Iterator[tuple[int, Run]]:
+        run = sized_run[0]
         if count == 1:
-            yield 0, path
+            yield 0, run
             return
-        runs: dict[int, tuple[str, Any]] = {}
-        for key, payload in read_frames(path):
+        runs: dict[int, _RunWriter] = {}
+        for key, payload in read_frames(run):
             partition = self.partition_of(key, count)
             if partition not in runs:
-                runs[partition] = _new_run(self.directory, _label(partition))
-            write_frames(runs[partition][1], [(key, payload)])
-        for partition, (new_path, handle) in sorted(runs.items()):
-            handle.close()
-            yield partition, new_path
-        FileSystems.delete([path])
+                runs[partition] = _RunWriter(self.directory, _label(partition))
+            runs[partition].write([(key, payload)])
+        for partition, writer in sorted(runs.items()):
+            yield partition, writer.close()
+        _discard([run])
 
 
 class SortedPartitions(beam.PTransform):
@@ -284,13 +347,12 @@ class SortedPartitions(beam.PTransform):
     payload)]]``, the pairs of each of the ``count`` partitions sorted (by key, then payload),
     the partition of a pair being ``partition_of(key, count)``.
 
-    With a ``directory``, each bundle's pairs are sorted into run files *before* the count is
-    known (a sort does not need it), and the runs count their pairs, so the pairs cross the
-    barrier that waits for the count on disk once, already sorted, and nothing is done per pair
-    to count them; once the count is known, runs are split by partition (a pass over them only
-    when ``count > 1``) and merged lazily per partition. The result equals assigning partitions
-    first and then :class:`SortedGroups`, which is what runs without a ``directory`` (the
-    runner materializes the pairs at the side input)."""
+    Each bundle's pairs are sorted into runs *before* the count is known (a sort does not need
+    it), and the runs count their pairs, so the pairs cross the barrier that waits for the count
+    once, already sorted, a run at a time (files under ``directory``, or inline runs without
+    one), and nothing is done per pair to count them; once the count is known, runs are split by
+    partition (a pass over them only when ``count > 1``) and merged lazily per partition. The
+    result equals assigning partitions first and then sorting each partition."""
 
     def __init__(
         self,
@@ -307,16 +369,8 @@ class SortedPartitions(beam.PTransform):
         self.buffer_bytes = buffer_bytes
 
     def expand(self, pairs: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
-        partition_of = self.partition_of
-        if self.directory is None:
-            count = pairs | "Count" >> beam.combiners.Count.Globally() | "Partitions" >> beam.Map(self.partitions)
-            groups = (
-                pairs
-                | "Assign" >> beam.Map(lambda pair, n: (partition_of(pair[0], n), pair), beam.pvalue.AsSingleton(count))
-                | "Sort" >> SortedGroups(None)
-            )
-            return groups, count
-        runs = pairs | "SortRuns" >> beam.ParDo(_SortPairRuns(self.directory, self.buffer_bytes))
+        buffer_bytes = _run_bytes(self.directory, self.buffer_bytes)
+        runs = pairs | "SortRuns" >> beam.ParDo(_SortPairRuns(self.directory, buffer_bytes))
         count = (
             runs
             | "RunSizes" >> beam.Map(lambda run: run[1])
@@ -325,16 +379,12 @@ class SortedPartitions(beam.PTransform):
         )
         groups = (
             runs
-            | "Repartition" >> beam.ParDo(_Repartition(self.directory, partition_of), beam.pvalue.AsSingleton(count))
+            | "Repartition"
+            >> beam.ParDo(_Repartition(self.directory, self.partition_of), beam.pvalue.AsSingleton(count))
             | "GroupRuns" >> beam.GroupByKey()
-            | "MergeRuns" >> beam.MapTuple(lambda partition, paths: (partition, MergedRuns(paths)))
+            | "MergeRuns" >> beam.MapTuple(lambda partition, runs: (partition, MergedRuns(runs)))
         )
         return groups, count
-
-
-def _sorted_in_memory(element: tuple[Any, Iterable[Pair]]) -> tuple[Any, list[Pair]]:
-    partition, pairs = element
-    return partition, sorted(pairs)
 
 
 class SortedGroups(beam.PTransform):
@@ -342,8 +392,10 @@ class SortedGroups(beam.PTransform):
     ``KV[partition, Iterable[(key, payload)]]`` with each partition's pairs sorted (by key, then
     payload).
 
-    With a ``directory`` the sort is external (memory bounded by ``buffer_bytes`` per worker and
-    one frame per run when reading); without, a GroupByKey sorted in memory.
+    Each bundle sorts its pairs into runs (at most ``buffer_bytes`` in memory per worker), which
+    are grouped by partition and merged lazily when read: an external sort with a ``directory``
+    (one frame per run in memory when reading); without one the runs travel inline, so the
+    grouping shuffles one element per run, not one per pair.
     """
 
     def __init__(
@@ -355,26 +407,26 @@ class SortedGroups(beam.PTransform):
 
     def expand(self, inputs: Any) -> beam.PCollection:
         pcolls = (inputs,) if isinstance(inputs, beam.PCollection) else tuple(inputs)
-        if self.directory is None:
-            merged = pcolls[0] if len(pcolls) == 1 else pcolls | "Flatten" >> beam.Flatten()
-            return merged | "Group" >> beam.GroupByKey() | "Sort" >> beam.Map(_sorted_in_memory)
+        buffer_bytes = _run_bytes(self.directory, self.buffer_bytes)
         runs = [
-            pcoll | f"SortRuns{i}" >> beam.ParDo(_SortRuns(self.directory, self.buffer_bytes))
+            pcoll | f"SortRuns{i}" >> beam.ParDo(_SortRuns(self.directory, buffer_bytes))
             for i, pcoll in enumerate(pcolls)
         ]
         return (
             tuple(runs)
             | "Runs" >> beam.Flatten()
             | "GroupRuns" >> beam.GroupByKey()
-            | "MergeRuns" >> beam.MapTuple(lambda partition, paths: (partition, MergedRuns(paths)))
+            | "MergeRuns" >> beam.MapTuple(lambda partition, runs: (partition, MergedRuns(runs)))
         )
 
 
 __all__ = [
     "DEFAULT_BUFFER_BYTES",
+    "RUN_BYTES",
     "SPILL_FOLDER",
     "Merge",
     "MergedRuns",
+    "Run",
     "SortedGroups",
     "SortedPartitions",
     "read_frames",
