@@ -130,7 +130,8 @@ def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str, spill_root: str | 
     outputs: dict[tuple[str, str], beam.PCollection] = {}
     rejected, ledgers, shard_infos = [], [], None
     published = audit_check = audit_rows = None
-    auditor = Auditor(plan.spec.audit, plan.base_dir) if plan.spec.audit.enabled else None
+    audit_state = None if spill_root is None else FileSystems.join(spill_root, "run", "audit_state")
+    auditor = Auditor(plan.spec.audit, plan.base_dir, audit_state) if plan.spec.audit.enabled else None
     for planned in plan.steps:
         step = planned.instantiate(plan.spec.seed, plan.base_dir, work_dir, spill_root)
         step_input = None

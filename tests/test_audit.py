@@ -328,6 +328,63 @@ def test_the_report_does_not_depend_on_order_or_bundles():
     assert report.model_dump() == whole.model_dump()
 
 
+def _whole_run_samples() -> list[Sample]:
+    """Samples that give the whole-run checks something to find: a canned answer, a prompt
+    repeated across records, and the mixed samples."""
+    canned = "I cannot do that because I have no tools available in this conversation, sorry."
+    base = "Hello! How can I help you today with your travel plans to Norway next summer?"
+    out = [sample([("user", f"question {i}"), ("assistant", canned)], sid=f"n{i}", kind="negative") for i in range(7)]
+    out += [sample([("user", base + " " * i), ("assistant", f"answer number {i}")], sid=f"d{i}") for i in range(5)]
+    return out + mixed_samples()
+
+
+def test_whole_run_states_on_disk_give_the_same_report_and_leave_no_files(tmp_path, monkeypatch):
+    """With a spill folder, near_duplicate and repeated_response keep their rows in files (the
+    state Beam carries is their names); the report is the one kept in memory gives."""
+    from transforms.quality import rows as rows_module
+
+    monkeypatch.setattr(rows_module, "FLUSH_BYTES", 100)  # a file every row or two
+    samples = _whole_run_samples()
+    in_memory = Auditor()
+    expected = in_memory.audit(samples)
+    assert expected.checks["near_duplicate"].count and expected.checks["repeated_response"].count
+    spilled = Auditor(spill_dir=str(tmp_path / "state"))
+    states = [spilled.new_state() for _ in range(3)]
+    memory_state = in_memory.new_state()
+    for i, one in enumerate(samples):
+        spilled.observe(states[i % 3], one)
+        in_memory.observe(memory_state, one)
+    merged = spilled.merge(states[2], spilled.merge(states[0], states[1]))
+    assert len(list((tmp_path / "state").rglob("*.bin"))) > 10
+    for rows in (merged["near_duplicate"], *merged["repeated_response"].kinds.values()):
+        assert rows.files and len(rows.lengths) <= 2  # the state holds file names, not the rows
+    for rows in (memory_state["near_duplicate"], *memory_state["repeated_response"].kinds.values()):
+        assert not rows.files and len(rows.lengths) == len(rows)
+    report, pending = spilled.finish(merged)
+    spilled.fill_excerpts(report, pending, samples)
+    assert report.model_dump() == expected.model_dump()
+    assert list((tmp_path / "state").rglob("*.bin")) == []
+
+
+def test_rows_read_back_in_one_order_from_files_and_buffer(tmp_path):
+    from transforms.quality.rows import Rows
+
+    left, right = Rows(2, str(tmp_path), flush_bytes=60), Rows(2, None)
+    for i in range(7):
+        left.append((i, 2**64 - 1 - i), f"lé{i}")
+        right.append((100 + i, i), f"r{i}")
+    assert left.files and not right.files
+    merged = left.merge(right)
+    assert len(merged) == 14
+    assert merged.column(0).tolist() == [*range(7), *range(100, 107)]
+    assert merged.column(1).tolist() == [2**64 - 1 - i for i in range(7)] + list(range(7))
+    assert list(merged.labels()) == [f"lé{i}" for i in range(7)] + [f"r{i}" for i in range(7)]
+    merged.discard()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="2 keys"):
+        Rows(2).append((1,), "x")
+
+
 def test_policy_sets_thresholds_severities_and_switches_checks_off():
     policy = AuditPolicy(
         checks={

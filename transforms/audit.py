@@ -159,7 +159,8 @@ class Audit(RecordStep):
     output_type = Sample
 
     def auditor(self) -> Auditor:
-        return Auditor(self.config.policy(), self.context.base_dir)  # type: ignore[attr-defined]
+        """The step's auditor; its per-sample states go to the step's spill folder, if any."""
+        return Auditor(self.config.policy(), self.context.base_dir, self.context.spill_dir("state"))  # type: ignore[attr-defined]
 
     def check(self) -> None:
         self.auditor()

@@ -26,14 +26,16 @@ class AuditConfigError(ValueError):
     """A policy that names an unknown check or gives a check invalid options."""
 
 
-def _env(policy: AuditPolicy, base_dir: str) -> AuditEnv:
-    return AuditEnv(base_dir=base_dir, eval_sets=tuple(policy.eval_sets))
+def _env(policy: AuditPolicy, base_dir: str, spill_dir: str | None) -> AuditEnv:
+    return AuditEnv(base_dir=base_dir, eval_sets=tuple(policy.eval_sets), spill_dir=spill_dir)
 
 
 class Auditor:
-    """The checks a policy enables, with their thresholds and severities."""
+    """The checks a policy enables, with their thresholds and severities. With a ``spill_dir``
+    (a local folder the run owns), checks that keep a row per sample write their states there
+    instead of holding them in memory."""
 
-    def __init__(self, policy: AuditPolicy | None = None, base_dir: str = ".") -> None:
+    def __init__(self, policy: AuditPolicy | None = None, base_dir: str = ".", spill_dir: str | None = None) -> None:
         policy = policy or AuditPolicy()
         unknown = sorted(set(policy.checks) - set(CHECKS))
         if unknown:
@@ -41,7 +43,7 @@ class Auditor:
         names = {s.name for s in policy.eval_sets}
         if len(names) != len(policy.eval_sets):
             raise AuditConfigError("audit eval_sets need distinct names")
-        env = _env(policy, base_dir)
+        env = _env(policy, base_dir, spill_dir)
         self.checks: dict[str, tuple[Check, float, str]] = {}
         for name, cls in CHECKS.items():
             rule = policy.checks.get(name)

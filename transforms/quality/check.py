@@ -17,6 +17,7 @@ hint into the excerpt afterwards, so a state never holds the text of every sampl
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,11 +38,13 @@ class NoOptions(BaseModel):
 
 @dataclass(frozen=True)
 class AuditEnv:
-    """What checks may need besides their options: where relative paths start, and the
-    evaluation sets named in the spec."""
+    """What checks may need besides their options: where relative paths start, the evaluation
+    sets named in the spec, and a local folder where checks that keep a row per sample may
+    write their state (``None``: they keep it in memory; see :mod:`transforms.quality.rows`)."""
 
     base_dir: str = "."
     eval_sets: tuple[EvalSetSpec, ...] = ()
+    spill_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,10 @@ class Check:
     def __getstate__(self) -> dict[str, Any]:
         """Caches (attributes starting with ``_``) stay behind when a check is pickled to workers."""
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def spill_dir(self) -> str | None:
+        """This check's folder under the environment's spill folder, or ``None``."""
+        return None if self.env.spill_dir is None else os.path.join(self.env.spill_dir, self.name)
 
     def configured(self) -> bool:
         """Whether the check has what it needs to run (e.g. evaluation sets)."""

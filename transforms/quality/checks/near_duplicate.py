@@ -11,15 +11,13 @@ near duplicate of another one (cluster size - 1, summed); ``share = count / reco
 
 from __future__ import annotations
 
-from array import array
-from dataclasses import dataclass, field
-
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import Role, Sample
 from transforms.quality.check import Check, Example, Finding, clip, first_supervised, record_key
 from transforms.quality.minhash import band_keys, lsh_shape, signature
+from transforms.quality.rows import Rows
 
 
 class NearDuplicateOptions(BaseModel):
@@ -39,18 +37,6 @@ def prompt_of(sample: Sample) -> str | None:
     return next((m.content for m in reversed(sample.messages[:start]) if m.role is Role.USER), None)
 
 
-@dataclass
-class NearState:
-    """One row per sample with a prompt: record key, band keys (``bands`` per row, one flat
-    array), sample id. The keys are kept as 8-byte integers in arrays, not lists of Python ints:
-    the state holds every sample of the run, and this is about 170 bytes per sample instead of
-    about 540 (the run's largest in-memory state at 300k trajectories)."""
-
-    records: array = field(default_factory=lambda: array("Q"))
-    bands: array = field(default_factory=lambda: array("Q"))
-    ids: list[str] = field(default_factory=list)
-
-
 class NearDuplicate(Check):
     name = "near_duplicate"
     definition = (
@@ -64,38 +50,39 @@ class NearDuplicate(Check):
     def setup(self) -> None:
         signature("warm up the permutations once per worker", self.options.num_perm)  # type: ignore[attr-defined]
 
-    def new_state(self) -> NearState:
-        return NearState()
+    def new_state(self) -> Rows:
+        """One row per sample with a prompt: its record key, then its band keys; labelled with
+        the sample id (on disk when the audit has a spill folder)."""
+        bands, _ = lsh_shape(self.options.similarity, self.options.num_perm)  # type: ignore[attr-defined]
+        return Rows(1 + bands, self.spill_dir())
 
-    def observe(self, state: NearState, sample: Sample) -> None:
+    def observe(self, state: Rows, sample: Sample) -> None:
         options: NearDuplicateOptions = self.options  # type: ignore[assignment]
         prompt = prompt_of(sample)
         values = signature(prompt, options.num_perm, max_chars=options.max_chars) if prompt else None
         if values is None:
             return
-        state.records.append(record_key(sample))
-        state.bands.extend(band_keys(values, options.similarity))
-        state.ids.append(sample.id)
+        state.append([record_key(sample), *band_keys(values, options.similarity)], sample.id)
 
-    def merge(self, state: NearState, other: NearState) -> NearState:
-        state.records.extend(other.records)
-        state.bands.extend(other.bands)
-        state.ids += other.ids
-        return state
+    def merge(self, state: Rows, other: Rows) -> Rows:
+        return state.merge(other)
 
-    def finish(self, state: NearState) -> Finding:
-        if not state.records:
+    def finish(self, state: Rows) -> Finding:
+        """Connected components of the records that share a band key, a band at a time (the
+        keys of one band, ``8 * rows`` bytes, are in memory at once besides the records)."""
+        if not len(state):
             return Finding(0, 0, 0.0)
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
-        records, record_index = np.unique(np.frombuffer(state.records, dtype=np.uint64), return_inverse=True)
-        bands = np.frombuffer(state.bands, dtype=np.uint64).reshape(len(state.records), -1)
+        records, record_index = np.unique(state.column(0), return_inverse=True)
         rows, cols = [], []
-        for band in range(bands.shape[1]):
-            order = np.lexsort((record_index, bands[:, band]))
-            keys = bands[order, band]
+        for band in range(1, state.width):
+            keys = state.column(band)
+            order = np.lexsort((record_index, keys))
+            keys = keys[order]
             same = np.nonzero(keys[1:] == keys[:-1])[0]
+            del keys
             rows.append(record_index[order][same])
             cols.append(record_index[order][same + 1])
         n = len(records)
@@ -104,10 +91,15 @@ class NearDuplicate(Check):
         _, labels = connected_components(graph, directed=False)
         sizes = np.bincount(labels)
         duplicates = int((sizes[sizes > 1] - 1).sum())
-        first_id: dict[int, str] = {}
-        for label, sample_id in zip(labels[record_index].tolist(), state.ids, strict=True):
-            if sizes[label] > 1 and (label not in first_id or sample_id < first_id[label]):
-                first_id[label] = sample_id
+        row_label = labels[record_index]
+        in_cluster = sizes[row_label] > 1
+        first_id: dict[int, str] = {}  # cluster -> its smallest sample id
+        for row, sample_id in enumerate(state.labels()):
+            if in_cluster[row]:
+                label = int(row_label[row])
+                if label not in first_id or sample_id < first_id[label]:
+                    first_id[label] = sample_id
+        state.discard()
         largest = sorted(((-int(sizes[label]), sample_id) for label, sample_id in first_id.items()))[:5]
         examples = [Example(sample_id, hint=str(-size)) for size, sample_id in largest]
         details = {

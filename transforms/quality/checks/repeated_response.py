@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import Sample
 from transforms.quality.check import Check, Example, Finding, clip, record_key, supervised_replies
+from transforms.quality.rows import Rows
 
 
 class RepeatOptions(BaseModel):
@@ -42,9 +44,36 @@ def answer_key(text: str) -> int:
 
 @dataclass
 class RepeatState:
-    """Per kind: (answer key, source record key) -> smallest sample id."""
+    """Per kind, one row per sample with an answer: (answer key, source record key), labelled
+    with the sample id (on disk when the audit has a spill folder)."""
 
-    kinds: dict[str, dict[tuple[int, int], str]] = field(default_factory=dict)
+    kinds: dict[str, Rows] = field(default_factory=dict)
+
+
+def _answers(rows: Rows) -> tuple[int, int, int, list[tuple[int, str]]]:
+    """Of one kind's rows: answers (one per answer and source record), distinct answers, the
+    records of the most common answer, and ``(records, smallest sample id)`` of every answer
+    that more than one record gives. Deletes the rows' files."""
+    answers, records = rows.column(0), rows.column(1)
+    order = np.lexsort((records, answers))
+    by_answer, by_record = answers[order], records[order]
+    del order, records
+    first_of_pair = np.ones(len(by_answer), dtype=bool)  # an answer counts once per record
+    first_of_pair[1:] = (by_answer[1:] != by_answer[:-1]) | (by_record[1:] != by_record[:-1])
+    distinct, records_per_answer = np.unique(by_answer[first_of_pair], return_counts=True)
+    del by_answer, by_record, first_of_pair
+    repeated = records_per_answer > 1
+    count_of = dict(zip(distinct[repeated].tolist(), records_per_answer[repeated].tolist(), strict=True))
+    first: dict[int, str] = {}  # repeated answer -> the smallest sample id that gives it
+    in_repeated = np.isin(answers, distinct[repeated])
+    for row, sample_id in enumerate(rows.labels()):
+        if in_repeated[row]:
+            key = int(answers[row])
+            if key not in first or sample_id < first[key]:
+                first[key] = sample_id
+    rows.discard()
+    tops = [(count_of[key], sample_id) for key, sample_id in first.items()]
+    return int(records_per_answer.sum()), len(distinct), int(records_per_answer.max()), tops
 
 
 class RepeatedResponse(Check):
@@ -65,17 +94,15 @@ class RepeatedResponse(Check):
         text = answer_of(sample, self.options.min_words)  # type: ignore[attr-defined]
         if text is None:
             return
-        answers = state.kinds.setdefault(sample.kind, {})
-        key = (answer_key(text), record_key(sample))
-        if key not in answers or sample.id < answers[key]:
-            answers[key] = sample.id
+        rows = state.kinds.get(sample.kind)
+        if rows is None:
+            rows = state.kinds[sample.kind] = Rows(2, self.spill_dir())
+        rows.append((answer_key(text), record_key(sample)), sample.id)
 
     def merge(self, state: RepeatState, other: RepeatState) -> RepeatState:
-        for kind, answers in other.kinds.items():
-            mine = state.kinds.setdefault(kind, {})
-            for key, first in answers.items():
-                if key not in mine or first < mine[key]:
-                    mine[key] = first
+        for kind, rows in other.kinds.items():
+            mine = state.kinds.get(kind)
+            state.kinds[kind] = rows if mine is None else mine.merge(rows)
         return state
 
     def finish(self, state: RepeatState) -> Finding:
@@ -85,27 +112,19 @@ class RepeatedResponse(Check):
         tops = []
         over_top = False
         for kind in sorted(state.kinds):
-            answers: dict[int, list] = {}  # answer key -> [source records, smallest sample id]
-            for (key, _), first in state.kinds[kind].items():
-                entry = answers.setdefault(key, [0, first])
-                entry[0] += 1
-                entry[1] = min(entry[1], first)
-            n = sum(count for count, _ in answers.values())
-            top_count = max(count for count, _ in answers.values())
+            n, distinct, top_count, repeated = _answers(state.kinds[kind])
             total += n
-            repeats += n - len(answers)
+            repeats += n - distinct
             top_share = top_count / n
             by_kind[kind] = {
                 "answers": n,
-                "distinct": len(answers),
-                "distinct_share": round(len(answers) / n, 6),
+                "distinct": distinct,
+                "distinct_share": round(distinct / n, 6),
                 "top_share": round(top_share, 6),
             }
             if n >= options.min_kind_samples and top_share > options.max_top_share:
                 over_top = True
-            for count, first in answers.values():
-                if count > 1:
-                    tops.append((-count, first, kind))
+            tops += [(-count, first, kind) for count, first in repeated]
         tops.sort()
         examples = [Example(first, hint=f"{kind}:{-count}") for count, first, kind in tops[:5]]
         share = repeats / total if total else 0.0
