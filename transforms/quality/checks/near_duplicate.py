@@ -37,6 +37,29 @@ def prompt_of(sample: Sample) -> str | None:
     return next((m.content for m in reversed(sample.messages[:start]) if m.role is Role.USER), None)
 
 
+def _join_band(component: np.ndarray, record_index: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """``component`` (record -> label) after joining the records whose rows share a key of one
+    band (``keys``, one per row); labels are renumbered ``0..k-1``."""
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    same = np.flatnonzero(keys[1:] == keys[:-1])  # row order[i] and order[i + 1] share a key
+    del keys
+    left = component[record_index[order[same]]]
+    right = component[record_index[order[same + 1]]]
+    del order, same
+    joins = left != right
+    left, right = left[joins], right[joins]
+    if not len(left):
+        return component
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(component)
+    graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(n, n))
+    _, merged = connected_components(graph, directed=False)
+    return merged[component]
+
+
 class NearDuplicate(Check):
     name = "near_duplicate"
     definition = (
@@ -68,35 +91,26 @@ class NearDuplicate(Check):
         return state.merge(other)
 
     def finish(self, state: Rows) -> Finding:
-        """Connected components of the records that share a band key, a band at a time (the
-        keys of one band, ``8 * rows`` bytes, are in memory at once besides the records)."""
+        """Connected components of the records that share a band key, merged a band at a time:
+        only the edges that join two components found so far are kept, so memory holds one
+        band's keys and a component label per record, not every band's edges."""
         if not len(state):
             return Finding(0, 0, 0.0)
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-
         records, record_index = np.unique(state.column(0), return_inverse=True)
-        rows, cols = [], []
-        for band in range(1, state.width):
-            keys = state.column(band)
-            order = np.lexsort((record_index, keys))
-            keys = keys[order]
-            same = np.nonzero(keys[1:] == keys[:-1])[0]
-            del keys
-            rows.append(record_index[order][same])
-            cols.append(record_index[order][same + 1])
         n = len(records)
-        rows_all, cols_all = np.concatenate(rows), np.concatenate(cols)
-        graph = coo_matrix((np.ones(len(rows_all), dtype=np.int8), (rows_all, cols_all)), shape=(n, n))
-        _, labels = connected_components(graph, directed=False)
-        sizes = np.bincount(labels)
+        del records
+        record_index = record_index.astype(np.int64, copy=False)
+        component = np.arange(n, dtype=np.int64)  # record -> its component's label
+        for band in range(1, state.width):
+            component = _join_band(component, record_index, state.column(band))
+        sizes = np.bincount(component, minlength=n)
         duplicates = int((sizes[sizes > 1] - 1).sum())
-        row_label = labels[record_index]
-        in_cluster = sizes[row_label] > 1
+        row_component = component[record_index]
+        in_cluster = sizes[row_component] > 1
         first_id: dict[int, str] = {}  # cluster -> its smallest sample id
         for row, sample_id in enumerate(state.labels()):
             if in_cluster[row]:
-                label = int(row_label[row])
+                label = int(row_component[row])
                 if label not in first_id or sample_id < first_id[label]:
                     first_id[label] = sample_id
         state.discard()
