@@ -14,6 +14,7 @@ import pytest
 from schemas import AuditPolicy, CheckPolicy, Lineage, Message, Role, Sample, ToolCall, ToolSpec
 from schemas.audit import EvalSetSpec
 from transforms.quality.auditor import AuditConfigError, Auditor
+from transforms.quality.check import AuditEnv
 from transforms.quality.checks import CHECKS
 
 WEATHER = ToolSpec(
@@ -364,6 +365,40 @@ def test_whole_run_states_on_disk_give_the_same_report_and_leave_no_files(tmp_pa
     spilled.fill_excerpts(report, pending, samples)
     assert report.model_dump() == expected.model_dump()
     assert list((tmp_path / "state").rglob("*.bin")) == []
+
+
+def test_near_duplicate_components_joined_band_by_band_equal_a_union_find(tmp_path):
+    """Rows sharing any band key are one cluster, transitively (across bands and records);
+    checked against a plain union-find on random keys with many collisions, rows on disk."""
+    import random
+
+    check = CHECKS["near_duplicate"](None, AuditEnv(spill_dir=str(tmp_path)))
+    state = check.new_state()
+    state.flush_bytes = 500
+    rng = random.Random(11)
+    rows = [[rng.randrange(300)] + [rng.randrange(15_000) for _ in range(state.width - 1)] for _ in range(600)]
+    for i, keys in enumerate(rows):
+        state.append(keys, f"s{i:04d}")
+    parent = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for keys in rows:  # a record joins its rows, a band key joins the records holding it
+        for band, key in enumerate(keys[1:]):
+            parent[find(("r", keys[0]))] = find(("b", band, key))
+    records = {keys[0] for keys in rows}
+    clusters: dict = {}
+    for record in records:
+        clusters.setdefault(find(("r", record)), set()).add(record)
+    sizes = sorted((len(c) for c in clusters.values() if len(c) > 1), reverse=True)
+    finding = check.finish(state)
+    assert finding.count == sum(size - 1 for size in sizes) and finding.total == len(records)
+    assert finding.details["largest_clusters"] == sizes[:5] and finding.details["clusters"] == len(sizes)
+    assert len(sizes) > 10 and sizes[0] >= 3  # many clusters, some joined through several bands
+    assert list(tmp_path.rglob("*.bin")) == []
 
 
 def test_rows_read_back_in_one_order_from_files_and_buffer(tmp_path):
