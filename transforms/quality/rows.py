@@ -113,6 +113,17 @@ class Rows:
                 yield text[start : start + length].decode("utf-8")
                 start += length
 
+    def smallest_labels(self, groups: np.ndarray, wanted: np.ndarray) -> dict[int, str]:
+        """``group -> smallest label`` over the rows where ``wanted`` (a boolean per row) is
+        set, ``groups`` giving each row's group (an integer per row)."""
+        smallest: dict[int, str] = {}
+        for row, label in enumerate(self.labels()):
+            if wanted[row]:
+                group = int(groups[row])
+                if group not in smallest or label < smallest[group]:
+                    smallest[group] = label
+        return smallest
+
     def discard(self) -> None:
         """Delete the files (the rows in them are gone; the buffer stays)."""
         for path in self.files:

@@ -106,13 +106,7 @@ class NearDuplicate(Check):
         sizes = np.bincount(component, minlength=n)
         duplicates = int((sizes[sizes > 1] - 1).sum())
         row_component = component[record_index]
-        in_cluster = sizes[row_component] > 1
-        first_id: dict[int, str] = {}  # cluster -> its smallest sample id
-        for row, sample_id in enumerate(state.labels()):
-            if in_cluster[row]:
-                label = int(row_component[row])
-                if label not in first_id or sample_id < first_id[label]:
-                    first_id[label] = sample_id
+        first_id = state.smallest_labels(row_component, sizes[row_component] > 1)  # cluster -> smallest id
         state.discard()
         largest = sorted(((-int(sizes[label]), sample_id) for label, sample_id in first_id.items()))[:5]
         examples = [Example(sample_id, hint=str(-size)) for size, sample_id in largest]

@@ -64,13 +64,7 @@ def _answers(rows: Rows) -> tuple[int, int, int, list[tuple[int, str]]]:
     del by_answer, by_record, first_of_pair
     repeated = records_per_answer > 1
     count_of = dict(zip(distinct[repeated].tolist(), records_per_answer[repeated].tolist(), strict=True))
-    first: dict[int, str] = {}  # repeated answer -> the smallest sample id that gives it
-    in_repeated = np.isin(answers, distinct[repeated])
-    for row, sample_id in enumerate(rows.labels()):
-        if in_repeated[row]:
-            key = int(answers[row])
-            if key not in first or sample_id < first[key]:
-                first[key] = sample_id
+    first = rows.smallest_labels(answers, np.isin(answers, distinct[repeated]))  # answer -> smallest id
     rows.discard()
     tops = [(count_of[key], sample_id) for key, sample_id in first.items()]
     return int(records_per_answer.sum()), len(distinct), int(records_per_answer.max()), tops
