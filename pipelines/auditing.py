@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -111,15 +112,17 @@ def audit_path(
             "(agentinstruct, agent_flan, sharegpt, openai)"
         )
     policy, base_dir = load_policy(policy_path, manifest)
-    try:
-        auditor = Auditor(policy, base_dir)
-    except AuditConfigError as exc:
-        raise SpecError(policy_path or path, str(exc)) from None
-    try:
-        auditor.setup()
-        report = auditor.audit(source(failures), again=_second_pass(source))
-    except InputError as exc:
-        raise OutputError(f"cannot audit {path!r}: {exc}") from None
+    # The checks that keep a row per sample write them to a temporary folder: flat memory.
+    with tempfile.TemporaryDirectory(prefix="agentmill-audit-") as state_dir:
+        try:
+            auditor = Auditor(policy, base_dir, state_dir)
+        except AuditConfigError as exc:
+            raise SpecError(policy_path or path, str(exc)) from None
+        try:
+            auditor.setup()
+            report = auditor.audit(source(failures), again=_second_pass(source))
+        except InputError as exc:
+            raise OutputError(f"cannot audit {path!r}: {exc}") from None
     return report, failures
 
 
