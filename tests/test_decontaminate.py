@@ -87,6 +87,53 @@ def test_eval_side_share_of_the_items_ngrams():
     assert index.matches([words(20)], 0.6) == []  # the old API still answers
 
 
+def _reference_measure(index: EvalIndex, texts: list[str], min_share: float) -> tuple:
+    """Every n-gram of every text looked up, position by position (the plain definition)."""
+    seen, covering, covered_total, total = set(), set(), 0, 0
+    for text in texts:
+        words_ = tokens(text)
+        total += len(words_)
+        covered = bytearray(len(words_))
+        for length in sorted(set(index.lengths)):
+            for i in range(len(words_) - length + 1):
+                gram = hash(tuple(words_[i : i + length]))
+                if gram in index.postings:
+                    seen.add(gram)
+                    if length == index.n:
+                        covered[i : i + length] = b"\x01" * length
+                        covering.add(gram)
+        covered_total += sum(covered)
+    hits: dict[int, int] = {}
+    for gram in seen:
+        for item in index.postings[gram]:
+            hits[item] = hits.get(item, 0) + 1
+    shares = sorted((-(c / index.sizes[i]), i) for i, c in hits.items() if c / index.sizes[i] >= min_share)
+    sets = sorted({index.items[i][0] for gram in covering for i in index.postings[gram]})
+    return [index.items[i][1] for _, i in shares], covered_total, total, sets
+
+
+def test_measure_looks_only_at_runs_of_the_items_words_and_finds_what_every_position_finds():
+    import random
+
+    rng = random.Random(4)
+    vocabulary = [f"v{i}" for i in range(40)]
+    index = EvalIndex(10, min_tokens=6)
+    for i in range(60):  # items of 6..16 words: n-grams of lengths 6..10
+        index.add("a" if i % 2 else "b", str(i), " ".join(rng.choices(vocabulary, k=rng.randrange(6, 17))))
+    items = [text for _, _, text in index.items]
+    for _ in range(300):
+        texts = []
+        for _ in range(rng.randrange(1, 4)):
+            parts = [" ".join(rng.choices([*vocabulary, "x", "y", "z"], k=rng.randrange(0, 30)))]
+            if rng.random() < 0.5:  # an item, whole or cut, inside other words
+                item = rng.choice(items).split()
+                parts.insert(rng.randrange(2), " ".join(item[rng.randrange(3) :]))
+            texts.append(" ".join(parts))
+        measured = index.measure(texts, 0.3)
+        got = ([m.item for m in measured.matches], measured.covered, measured.tokens, measured.covered_sets)
+        assert got == _reference_measure(index, texts, 0.3)
+
+
 def test_eval_texts_from_strings_fields_turns_and_nested_lists():
     assert eval_texts("a question", ["text"]) == ["a question"]
     assert eval_texts({"turns": ["q1", "q2"], "category": "writing"}, ["turns"]) == ["q1", "q2"]

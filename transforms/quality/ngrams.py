@@ -76,6 +76,7 @@ class EvalIndex:
     lengths: list[int] = field(default_factory=list)  # gram length per item (n, or shorter)
     postings: dict[int, list[int]] = field(default_factory=dict)  # gram hash -> item indexes
     skipped: dict[str, int] = field(default_factory=dict)
+    vocabulary: set[str] = field(default_factory=set)  # the words of the indexed items
 
     def add(self, eval_set: str, key: str, text: str) -> bool:
         """Index one item; ``False`` (and counted in ``skipped``) when it is too short."""
@@ -85,6 +86,7 @@ class EvalIndex:
             return False
         length = min(self.n, len(words))
         grams = set(gram_hashes(words, length))
+        self.vocabulary.update(words)
         index = len(self.items)
         self.items.append((eval_set, key, text))
         self.sizes.append(len(grams))
@@ -117,19 +119,28 @@ class EvalIndex:
         seen: set[int] = set()
         covered_total = total = 0
         covering: set[int] = set()
+        shortest = re.compile(b"\x01{%d,}" % lengths[0]) if lengths else None
+        known = self.vocabulary.__contains__
         for text in texts:
             words = word_tokens(text)
             total += len(words)
+            if shortest is None or len(words) < lengths[0]:
+                continue
             covered: bytearray | None = None
-            for length in lengths:
-                for i, gram in enumerate(gram_hashes(words, length)):
-                    if gram in self.postings:
-                        seen.add(gram)
-                        if length == n:
-                            if covered is None:
-                                covered = bytearray(len(words))
-                            covered[i : i + n] = b"\x01" * n
-                            covering.add(gram)
+            # An n-gram of an item has only the items' words: look only at runs of such words
+            # long enough to hold one (found at C speed), not at every position of the text.
+            for run in shortest.finditer(bytes(map(known, words))):
+                start, end = run.span()
+                segment = words[start:end]
+                for length in lengths:
+                    for i, gram in enumerate(gram_hashes(segment, length), start):
+                        if gram in self.postings:
+                            seen.add(gram)
+                            if length == n:
+                                if covered is None:
+                                    covered = bytearray(len(words))
+                                covered[i : i + n] = b"\x01" * n
+                                covering.add(gram)
             if covered is not None:
                 covered_total += sum(covered)
         sets = sorted({self.items[index][0] for gram in covering for index in self.postings[gram]})
