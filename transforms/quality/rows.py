@@ -89,25 +89,26 @@ class Rows:
         self.files.append(path)
         self._reset()
 
-    def _parts(self) -> Iterator[tuple[np.ndarray, np.ndarray, bytes]]:
-        """``(keys as rows x width, label lengths, label bytes)`` of each file, then the buffer."""
+    def _parts(self, labels: bool) -> Iterator[tuple[np.ndarray, np.ndarray, bytes | bytearray]]:
+        """``(keys as rows x width, label lengths, label bytes)`` of each file, then the buffer;
+        the label bytes only when ``labels`` (a column's reader skips them)."""
         for path in self.files:
             with open(path, "rb") as handle:
                 rows, width, text = _HEADER.unpack(handle.read(_HEADER.size))
                 keys = np.fromfile(handle, dtype=np.uint64, count=rows * width).reshape(rows, width)
                 lengths = np.fromfile(handle, dtype=np.uint32, count=rows)
-                yield keys, lengths, handle.read(text)
+                yield keys, lengths, handle.read(text) if labels else b""
         keys = np.frombuffer(self.keys, dtype=np.uint64).reshape(-1, self.width)
-        yield keys, np.frombuffer(self.lengths, dtype=np.uint32), bytes(self.text)
+        yield keys, np.frombuffer(self.lengths, dtype=np.uint32), self.text if labels else b""
 
     def column(self, index: int) -> np.ndarray:
         """Key ``index`` of every row, in row order (a new ``uint64`` array)."""
-        parts = [keys[:, index].copy() for keys, _, _ in self._parts()]
+        parts = [keys[:, index].copy() for keys, _, _ in self._parts(labels=False)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
     def labels(self) -> Iterator[str]:
         """The label of every row, in row order."""
-        for _, lengths, text in self._parts():
+        for _, lengths, text in self._parts(labels=True):
             start = 0
             for length in lengths.tolist():
                 yield text[start : start + length].decode("utf-8")
