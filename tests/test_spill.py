@@ -230,3 +230,27 @@ def test_a_spilled_run_equals_an_unspilled_one_and_leaves_no_spill_files(tmp_pat
     assert set(step_seconds) <= {*spilled.manifest.steps, "run", "publish_audit"}
     assert step_seconds and all(s >= 0 for s in step_seconds.values())
     json.dumps(spilled.manifest.run)
+
+
+def test_frames_cross_write_and_read_chunks_and_any_cut_is_an_error(tmp_path):
+    from transforms.spill import READ_CHUNK, _RunWriter
+
+    rng = random.Random(11)
+    sizes = [0, 1, 7, 3_000, READ_CHUNK - 9, READ_CHUNK, READ_CHUNK + 1, 3 * READ_CHUNK + 5]
+    pairs = [(rng.randbytes(rng.choice(sizes[:4])), rng.randbytes(rng.choice(sizes))) for _ in range(60)]
+    path = tmp_path / "run.run"
+    with open(path, "wb") as handle:
+        write_frames(handle, pairs)
+    assert list(read_frames(str(path))) == pairs
+    for directory in (str(tmp_path / "runs"), None):  # a run file, and an inline run
+        (tmp_path / "runs").mkdir(exist_ok=True)
+        writer = _RunWriter(directory, "x")
+        for i in range(0, len(pairs), 7):
+            writer.write(pairs[i : i + 7])
+        run = writer.close()
+        assert list(read_frames(run)) == pairs
+    data = path.read_bytes()
+    for cut in (1, 5, 8, 9, READ_CHUNK, READ_CHUNK + 3, len(data) - 1):
+        path.write_bytes(data[:cut])
+        with pytest.raises(OSError, match="truncated"):
+            list(read_frames(str(path)))

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import io
 import struct
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -52,6 +51,9 @@ MAX_FAN_IN = 128
 #: runs of about equal size keep the workers equally busy: with one run per bundle, a 2-worker
 #: run of the agent_flan recipe gave one worker 93 % of align's input (61 MB against 4 MB).
 RUN_BYTES = 4 * 2**20
+#: Bytes of frames joined into one write of a run, and read at once from a run file: one call
+#: per chunk instead of two per pair (a merge holds one read chunk per run it reads).
+WRITE_CHUNK = READ_CHUNK = 256 * 2**10
 
 _FRAME = struct.Struct(">II")  # key length, payload length
 #: Python's memory for a buffered pair beyond its bytes: a 2-tuple (56), two bytes objects (2 x 33)
@@ -63,11 +65,40 @@ Run = str | bytes
 
 
 def write_frames(handle: Any, pairs: Iterable[Pair]) -> None:
-    """Append ``(key, payload)`` pairs to an open binary file."""
-    pack, write = _FRAME.pack, handle.write
-    for key, payload in pairs:
-        write(pack(len(key), len(payload)) + key)
-        write(payload)
+    """Append ``(key, payload)`` pairs to an open binary file (in writes of about
+    :data:`WRITE_CHUNK` bytes)."""
+    writer = _FrameChunks(handle.write)
+    writer.add(pairs)
+    writer.flush()
+
+
+class _FrameChunks:
+    """Frames ``(key, payload)`` pairs and hands them to ``write`` joined in chunks of about
+    :data:`WRITE_CHUNK` bytes: a file gets one write call per chunk, not two per pair (with
+    pairs of a few KiB, a buffered file copies and flushes each one on its own)."""
+
+    def __init__(self, write: Callable[[bytes], Any]) -> None:
+        self.write = write
+        self.pending: list[bytes] = []
+        self.size = 0
+
+    def add(self, pairs: Iterable[Pair]) -> None:
+        pack, append, pending, size = _FRAME.pack, self.pending.append, self.pending, self.size
+        for key, payload in pairs:
+            append(pack(len(key), len(payload)) + key)
+            append(payload)
+            size += _FRAME.size + len(key) + len(payload)
+            if size >= WRITE_CHUNK:
+                self.write(b"".join(pending))
+                pending.clear()
+                size = 0
+        self.size = size
+
+    def flush(self) -> None:
+        if self.pending:
+            self.write(b"".join(self.pending))
+            self.pending.clear()
+            self.size = 0
 
 
 def read_frames(run: Run) -> Iterator[Pair]:
@@ -76,17 +107,28 @@ def read_frames(run: Run) -> Iterator[Pair]:
         yield from _inline_frames(run)
         return
     path = run
-    size, unpack = _FRAME.size, _FRAME.unpack
+    size, unpack_from = _FRAME.size, _FRAME.unpack_from
     with FileSystems.open(path, compression_type="uncompressed") as handle:
         read = handle.read
-        while header := read(size):
-            if len(header) != size:
-                raise OSError(f"spill file {path} is truncated")
-            key_size, payload_size = unpack(header)
-            frame = read(key_size + payload_size)
-            if len(frame) != key_size + payload_size:
-                raise OSError(f"spill file {path} is truncated")
-            yield frame[:key_size], frame[key_size:]
+        block, offset = b"", 0  # frames are cut from blocks of about READ_CHUNK bytes
+        while True:
+            end = len(block)
+            while end - offset >= size:
+                key_size, payload_size = unpack_from(block, offset)
+                key_end = offset + size + key_size
+                frame_end = key_end + payload_size
+                if frame_end > end:
+                    break
+                yield block[key_end - key_size : key_end], block[key_end:frame_end]
+                offset = frame_end
+            else:
+                frame_end = offset + size
+            more = read(max(READ_CHUNK, frame_end - end))
+            if not more:
+                if offset != end:
+                    raise OSError(f"spill file {path} is truncated")
+                return
+            block, offset = block[offset:] + more, 0
 
 
 def _inline_frames(run: bytes) -> Iterator[Pair]:
@@ -115,16 +157,19 @@ class _RunWriter:
 
     def __init__(self, directory: str | None, label: str) -> None:
         if directory is None:
-            self.path, self.handle = None, io.BytesIO()
+            self.path, self.handle, self.parts = None, None, []
+            self.frames = _FrameChunks(self.parts.append)
         else:
             self.path, self.handle = _new_run(directory, label)
+            self.frames = _FrameChunks(self.handle.write)
 
     def write(self, pairs: Iterable[Pair]) -> None:
-        write_frames(self.handle, pairs)
+        self.frames.add(pairs)
 
     def close(self) -> Run:
+        self.frames.flush()
         if self.path is None:
-            return self.handle.getvalue()
+            return b"".join(self.parts)
         self.handle.close()
         return self.path
 
