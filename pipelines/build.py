@@ -40,6 +40,29 @@ class _WriteJson(beam.DoFn):
         storage.write_text(self.path, json.dumps(sorted(items), ensure_ascii=False))
 
 
+class _SumLedger(beam.CombineFn):
+    """Ledger entries ``((step, category, reason), n)`` -> the list of their sums per key: one
+    combine (no per-key grouping, no default for an empty run: no entries, no file)."""
+
+    def create_accumulator(self) -> dict[Any, int]:
+        return {}
+
+    def add_input(self, sums: dict[Any, int], entry: tuple[Any, int]) -> dict[Any, int]:
+        key, n = entry
+        sums[key] = sums.get(key, 0) + n
+        return sums
+
+    def merge_accumulators(self, accumulators: Iterable[dict[Any, int]]) -> dict[Any, int]:
+        merged: dict[Any, int] = {}
+        for sums in accumulators:
+            for key, n in sums.items():
+                merged[key] = merged.get(key, 0) + n
+        return merged
+
+    def extract_output(self, sums: dict[Any, int]) -> list[tuple[Any, int]]:
+        return sorted(sums.items())
+
+
 class _WriteRejected(beam.DoFn):
     """Writes one step's rejected records, sorted, as ``rejected/<step>.jsonl``."""
 
@@ -167,8 +190,7 @@ def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str, spill_root: str | 
     (
         tuple(ledgers)
         | "Run/Ledger/Merge" >> beam.Flatten()
-        | "Run/Ledger/Sum" >> beam.CombinePerKey(sum)
-        | "Run/Ledger/List" >> beam.combiners.ToList()
+        | "Run/Ledger/Sum" >> beam.CombineGlobally(_SumLedger()).without_defaults()
         | "Run/Ledger/Write" >> beam.ParDo(_WriteJson(FileSystems.join(work_dir, LEDGER_FILE)))
     )
     rejected_spill = None if spill_root is None else FileSystems.join(spill_root, "run", "rejected")
@@ -184,6 +206,6 @@ def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str, spill_root: str | 
         published | "Run/Audit" >> audit
     (
         shard_infos
-        | "Run/Shards/List" >> beam.combiners.ToList()
+        | "Run/Shards/List" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
         | "Run/Shards/Write" >> beam.ParDo(_WriteJson(FileSystems.join(work_dir, SHARDS_FILE)))
     )

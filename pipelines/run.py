@@ -251,8 +251,15 @@ def check_publishable(
         )
 
 
+def _run_list(work: str, name: str) -> list[Any]:
+    """A list the pipeline wrote to ``name`` in the working directory (its combine writes
+    nothing for a run with no entries: then ``[]``)."""
+    path = FileSystems.join(work, name)
+    return json.loads(storage.read_text(path)) if FileSystems.exists(path) else []
+
+
 def read_ledger(plan: Plan, work: str) -> dict[str, StepLedger]:
-    entries = json.loads(storage.read_text(FileSystems.join(work, LEDGER_FILE)))
+    entries = _run_list(work, LEDGER_FILE)
     ledgers = {s.id: StepLedger(type=s.spec.type) for s in plan.steps}
     for (step_id, category, reason), n in entries:
         ledger = ledgers[step_id]
@@ -298,7 +305,7 @@ def check_ledger(plan: Plan, ledgers: dict[str, StepLedger], rows_written: int) 
 
 def finish_shards(plan: Plan, work: str) -> list[ShardInfo]:
     """Shard infos in index order; shards that received no rows are written empty."""
-    texts = json.loads(storage.read_text(FileSystems.join(work, SHARDS_FILE)))
+    texts = _run_list(work, SHARDS_FILE)
     infos = {i.filename: i for i in (ShardInfo.model_validate_json(text) for text in texts)}
     count = len(infos)
     if infos:
@@ -496,7 +503,8 @@ def _run_and_publish(
     check_step_contracts(plan, ledgers, work)
     check_ledger(plan, ledgers, sum(s.rows for s in shards))
     check_publishable(plan, ledgers, sum(s.rows for s in shards), *guard, work=work)
-    FileSystems.delete([FileSystems.join(work, SHARDS_FILE), FileSystems.join(work, LEDGER_FILE)])
+    run_lists = [FileSystems.join(work, name) for name in (SHARDS_FILE, LEDGER_FILE)]
+    FileSystems.delete([path for path in run_lists if FileSystems.exists(path)])
     on_stage("auditing")
     audit, audits = read_audits(plan, work)
     if audit is not None and audit.blocking:

@@ -28,7 +28,7 @@ from pipelines.errors import OutputError, RunError, SpecError
 from pipelines.publish import MARKER, prepare, publish, work_dir_for
 from schemas import Sample
 from tests.conftest import DEMO_DATA, REPO
-from tests.helpers import read_chat_write, run, shard_hashes, write_spec
+from tests.helpers import PUBLISH_ANYWAY, read_chat_write, run, shard_hashes, write_spec
 from transforms.base import RecordStep, StepConfig
 
 GOOD = (DEMO_DATA / "agentinstruct_sample.jsonl").read_text().splitlines()
@@ -164,6 +164,19 @@ def test_a_run_where_every_record_fails_keeps_the_previous_output(published, cap
     assert "step 'read': 4 of 4 records are dead letters" in err and "invalid_json 4" in err
     assert shard_hashes(out) == hashes
     assert json.loads((out / "manifest.json").read_text())["output"]["num_rows"] == len(GOOD)
+
+
+def test_an_empty_input_publishes_an_empty_dataset_when_allowed(tmp_path):
+    """No record reaches ``write``: the pipeline writes no shard (its list of shards is empty,
+    not written), and the run still accounts for every step and publishes the empty shards."""
+    (tmp_path / "data.jsonl").write_text("")
+    out = tmp_path / "out"
+    summary = run(_spec(tmp_path, publish=PUBLISH_ANYWAY), out)
+    assert summary.manifest.output.num_rows == 0
+    steps = summary.manifest.steps
+    assert (steps["read"].in_, steps["read"].dead_letter) == (1, {"empty_file": 1})
+    assert (steps["chat"].in_, steps["write"].in_) == (0, 0)
+    assert sorted(shard_hashes(out)) == ["data-00000-of-00002.arrow", "data-00001-of-00002.arrow"]
 
 
 def test_a_custom_step_that_raises_on_every_record_publishes_nothing(published):

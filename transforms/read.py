@@ -203,7 +203,7 @@ class Read(Step):
         reader = ReadFile(self.config, self.config.source or self.step_id, common_folder(self.input_files()))
         outputs = (
             pbegin
-            | "Files" >> beam.Create(self.input_files())
+            | "Files" >> beam.Create(self.input_files(), reshuffle=False)  # "Spread" reshuffles them
             | "Spread" >> beam.Reshuffle()
             | "Parse" >> beam.ParDo(SourceDoFn(reader, self.step_id)).with_outputs(REJECTED, LEDGER, main=MAIN)
         )
