@@ -156,6 +156,20 @@ def test_report_charts_need_no_matplotlib():
     assert "matplotlib" not in _modules_after(code)
 
 
+def test_bundles_sample_with_a_20_ms_ceiling_so_their_ends_do_not_wait_out_200_ms_sleeps():
+    """A bundle's end joins Beam's state-sampler thread, which sleeps up to its sampling period
+    (Beam's 200 ms). Bundles make their sampler with the default period: it is now 20 ms, and
+    a period given explicitly is kept."""
+    from apache_beam.runners.worker import statesampler
+    from apache_beam.utils.counters import CounterFactory
+
+    beam_speed.apply()
+    assert statesampler.StateSampler("test", CounterFactory()).sampling_period_ms == 20  # as bundle_processor
+    assert statesampler.StateSampler("test", CounterFactory(), 200).sampling_period_ms == 200
+    beam_speed.shorter_sampling_period()  # idempotent
+    assert statesampler.StateSampler("test", CounterFactory()).sampling_period_ms == 20
+
+
 def test_shards_are_the_same_without_the_memoizations(tmp_path):
     """The demo's shards with Beam's introspection memoized and without; neither run imports
     matplotlib or datasets."""
