@@ -159,6 +159,16 @@ def test_prompt_copy_flags_transcription_not_answers():
     assert verdict("prompt_copy", sample([("user", "hi"), ("assistant", "hello")])) is None
 
 
+def test_prompt_copy_never_joins_two_prompt_messages_into_one_n_gram():
+    """A target 4-gram counts as copied only when one prompt message holds it whole."""
+    target = "alpha beta gamma delta epsilon zeta eta theta"
+    whole = sample([("system", f"say {target}"), ("user", "go"), ("assistant", target)])
+    prompt = [("system", "say alpha beta gamma"), ("user", "delta epsilon zeta eta theta")]
+    split = sample([*prompt, ("assistant", target)])
+    assert verdict("prompt_copy", whole).flagged is True
+    assert verdict("prompt_copy", split).flagged is False  # 2 of 5 4-grams sit inside one message
+
+
 def test_format_contradiction_both_directions():
     demand = (
         "Use this format:\nThought: your reasoning\nAction: the action to take\n"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Iterator
+from itertools import filterfalse, islice
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,13 +22,20 @@ _PUNCTUATION = str.maketrans({c: " " for c in string.punctuation if c != "_"})
 _JSON_KEY = re.compile(r'"[^"\n]{1,40}"\s*:')
 
 
-def content_grams(text: str, n: int, starts: set[str] | None = None) -> set[tuple[str, ...]]:
-    """Word ``n``-grams of ``text`` without JSON keys and format words (only those whose first
-    word is in ``starts``, when given)."""
-    words = [w for w in _JSON_KEY.sub(" ", text).lower().translate(_PUNCTUATION).split() if w not in FORMAT_WORDS]
-    if starts is None:
-        return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1) if words[i] in starts}
+def content_words(text: str) -> list[str]:
+    """The words of ``text``, lower-cased, without JSON keys and format words."""
+    words = _JSON_KEY.sub(" ", text).lower().translate(_PUNCTUATION).split()
+    return list(filterfalse(FORMAT_WORDS.__contains__, words))
+
+
+def ngrams(words: list[str | None], n: int) -> Iterator[tuple[str | None, ...]]:
+    """Every run of ``n`` consecutive ``words``, as tuples (built at C speed by ``zip``)."""
+    return zip(*(islice(words, i, None) for i in range(n)), strict=False)
+
+
+def content_grams(text: str, n: int) -> set[tuple[str, ...]]:
+    """Word ``n``-grams of ``text`` without JSON keys and format words."""
+    return set(ngrams(content_words(text), n))
 
 
 class PromptCopyOptions(BaseModel):
@@ -57,11 +66,14 @@ class PromptCopy(SampleCheck):
                 target |= content_grams(message.content, options.n)
         if len(target) < options.min_grams:
             return None
-        found: set[tuple[str, ...]] = set()
-        starts = {gram[0] for gram in target}
+        # The prompt's words, message after message, each message's followed by ``None``: an
+        # n-gram across two messages holds a ``None``, so it matches no target n-gram.
+        prompt: list[str | None] = []
         for message in sample.messages:
             if not (message.role is Role.ASSISTANT and message.loss):
-                found |= target & content_grams(message.content, options.n, starts)
+                prompt += content_words(message.content)
+                prompt.append(None)
+        found = target.intersection(ngrams(prompt, options.n))
         copied = len(found) / len(target)
         if copied >= options.min_copied:
             excerpt = next((m.content for m in sample.messages if m.role is Role.ASSISTANT and m.loss), "")
