@@ -188,6 +188,32 @@ def test_format_contradiction_both_directions():
     assert verdict("format_contradiction", json_followed).flagged is False
 
 
+#: The reading of "markers shown" that ``demands_react`` implements without it: a marker opening
+#: a line (after spaces, quotes, ``>``, ``*``, ``-``), or right after a quote mid-line.
+_REACT_SHOWN = re.compile(
+    r"(?:^[ \t>*\-\"'`]*|[\"'`])(?:Thought|THOUGHT|Think|Action|ACTION|Act|Action Input|Final Answer)[ \t]*:",
+    re.MULTILINE,
+)
+
+
+def test_demands_react_counts_shown_markers_as_the_line_and_quote_pattern_does():
+    import random
+
+    from transforms.quality.checks.format_contradiction import demands_react
+
+    pieces = ["Thought", "THOUGHT", "Think", "Action", "Act", "ACTION", "Action Input", "Final Answer", "Answer"]
+    pieces += [":", ": ", " :", "\n", "\r\n", " ", "\t", '"', "'", "`", ">", "*", "-", "x", "do it"]
+    pieces += ["ReActor", "\u00e9", "\r"]
+    rng = random.Random(3)
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 14)))
+        expected = sum(1 for _ in zip(range(2), _REACT_SHOWN.finditer(text), strict=False)) >= 2
+        assert demands_react(text) is expected, repr(text)
+    assert demands_react("Answer in the ReAct format.") is True
+    assert demands_react('Reply as: format:"THOUGHT: your thoughts." then "ACTION: your action."') is True
+    assert demands_react("Plan: Thought: a. Action: b.") is False  # mid-line, not after a quote
+
+
 def test_language_mismatch_uses_the_query_not_observations_and_skips_translation():
     zh_en = sample(
         [

@@ -13,11 +13,6 @@ from transforms.quality.check import SampleCheck, Verdict, first_supervised
 _REACT_LINE = re.compile(
     r"^[ \t>*\-\"'`]*(?:Thought|THOUGHT|Think|Action|ACTION|Act|Action Input|Final Answer)[ \t]*:", re.MULTILINE
 )
-#: In instructions, a marker may also follow a quote mid-line (format:"THOUGHT: your thoughts.).
-_REACT_SHOWN = re.compile(
-    r"(?:^[ \t>*\-\"'`]*|[\"'`])(?:Thought|THOUGHT|Think|Action|ACTION|Act|Action Input|Final Answer)[ \t]*:",
-    re.MULTILINE,
-)
 _JSON_DEMAND = re.compile(
     r"\b(?:respond|reply|answer|output|format)\w*\s+(?:\w+\s+){0,4}?(?:only\s+)?(?:in|with|as)\s+"
     r"(?:a\s+|valid\s+|the\s+following\s+)*JSON\b|\b(?:your|the)\s+(?:response|reply|answer|output)\s+"
@@ -27,14 +22,33 @@ _JSON_DEMAND = re.compile(
 
 
 _REACT_NAMED = re.compile(r"\bReAct\b")
+#: A ReAct marker anywhere (the regex engine skips to a marker's first letter at C speed);
+#: :func:`demands_react` then looks at what precedes it.
+_REACT_MARKER = re.compile(r"(?:Thought|THOUGHT|Think|Action|ACTION|Act|Action Input|Final Answer)[ \t]*:")
+#: What may stand between a line's start and a marker that opens it.
+_REACT_LEAD = frozenset(" \t>*-\"'`")
+#: In instructions, a marker may also follow a quote mid-line (format:"THOUGHT: your thoughts.).
+_QUOTES = frozenset("\"'`")
 
 
 def demands_react(text: str) -> bool:
-    """``text`` names the ReAct format, or ReAct markers open at least two of its lines or quotes
-    (a format demand or an example)."""
-    if _REACT_NAMED.search(text):
+    """``text`` names the ReAct format, or ReAct markers open at least two of its lines (after
+    spaces, quotes, ``>``, ``*`` or ``-``) or follow a quote mid-line (a format demand or an
+    example)."""
+    if "ReAct" in text and _REACT_NAMED.search(text):
         return True
-    return sum(1 for _ in zip(range(2), _REACT_SHOWN.finditer(text), strict=False)) >= 2
+    shown = 0
+    for match in _REACT_MARKER.finditer(text):
+        i = match.start() - 1
+        if i >= 0 and text[i] not in _QUOTES:
+            while i >= 0 and text[i] in _REACT_LEAD:
+                i -= 1
+            if i >= 0 and text[i] != "\n":
+                continue  # mid-line, not after a quote
+        shown += 1
+        if shown == 2:
+            return True
+    return False
 
 
 def demands_json(text: str) -> bool:
