@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import filterfalse, islice
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,7 +28,7 @@ def content_words(text: str) -> list[str]:
     return list(filterfalse(FORMAT_WORDS.__contains__, words))
 
 
-def ngrams(words: list[str | None], n: int) -> Iterator[tuple[str | None, ...]]:
+def ngrams(words: Sequence[str | None], n: int) -> Iterator[tuple[str | None, ...]]:
     """Every run of ``n`` consecutive ``words``, as tuples (built at C speed by ``zip``)."""
     return zip(*(islice(words, i, None) for i in range(n)), strict=False)
 
