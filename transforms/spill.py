@@ -33,7 +33,7 @@ import hashlib
 import heapq
 import struct
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -104,44 +104,37 @@ class _FrameChunks:
 def read_frames(run: Run) -> Iterator[Pair]:
     """The ``(key, payload)`` pairs of one run (a file's path, or an inline run), in order."""
     if isinstance(run, bytes):
-        yield from _inline_frames(run)
+        offset, _ = yield from _cut_frames(run, 0)
+        if offset != len(run):
+            raise ValueError("inline run is truncated")
         return
     path = run
-    size, unpack_from = _FRAME.size, _FRAME.unpack_from
     with FileSystems.open(path, compression_type="uncompressed") as handle:
-        read = handle.read
         block, offset = b"", 0  # frames are cut from blocks of about READ_CHUNK bytes
         while True:
-            end = len(block)
-            while end - offset >= size:
-                key_size, payload_size = unpack_from(block, offset)
-                key_end = offset + size + key_size
-                frame_end = key_end + payload_size
-                if frame_end > end:
-                    break
-                yield block[key_end - key_size : key_end], block[key_end:frame_end]
-                offset = frame_end
-            else:
-                frame_end = offset + size
-            more = read(max(READ_CHUNK, frame_end - end))
+            offset, needed = yield from _cut_frames(block, offset)
+            more = handle.read(max(READ_CHUNK, needed - len(block)))
             if not more:
-                if offset != end:
+                if offset != len(block):
                     raise OSError(f"spill file {path} is truncated")
                 return
             block, offset = block[offset:] + more, 0
 
 
-def _inline_frames(run: bytes) -> Iterator[Pair]:
-    size, unpack_from, end, offset = _FRAME.size, _FRAME.unpack_from, len(run), 0
-    while offset < end:
-        if end - offset < size:
-            raise ValueError("inline run is truncated")
-        key_size, payload_size = unpack_from(run, offset)
+def _cut_frames(block: bytes, offset: int) -> Generator[Pair, None, tuple[int, int]]:
+    """Yield the whole frames of ``block`` from ``offset`` on; return where the first frame that
+    ``block`` does not hold whole starts (``len(block)`` when none) and the length of ``block``
+    it needs (its header's end when even that is cut)."""
+    size, unpack_from, end = _FRAME.size, _FRAME.unpack_from, len(block)
+    while end - offset >= size:
+        key_size, payload_size = unpack_from(block, offset)
         key_end = offset + size + key_size
-        offset = key_end + payload_size
-        if offset > end:
-            raise ValueError("inline run is truncated")
-        yield run[key_end - key_size : key_end], run[key_end:offset]
+        frame_end = key_end + payload_size
+        if frame_end > end:
+            return offset, frame_end
+        yield block[key_end - key_size : key_end], block[key_end:frame_end]
+        offset = frame_end
+    return offset, offset + size
 
 
 def _discard(runs: Iterable[Run]) -> None:
