@@ -9,10 +9,12 @@ import re
 from schemas import Role, Sample
 from transforms.quality.check import SampleCheck, Verdict, first_supervised
 
+#: A ReAct format word and its colon.
+_MARKER = r"(?:Thought|THOUGHT|Think|Action|ACTION|Act|Action Input|Final Answer)[ \t]*:"
+#: What may stand between a line's start and a marker that opens it.
+_LEAD = " \t>*-\"'`"
 #: ReAct format words that, opening lines of an instruction, demand ReAct output.
-_REACT_LINE = re.compile(
-    r"^[ \t>*\-\"'`]*(?:Thought|THOUGHT|Think|Action|ACTION|Act|Action Input|Final Answer)[ \t]*:", re.MULTILINE
-)
+_REACT_LINE = re.compile(f"^[{re.escape(_LEAD)}]*{_MARKER}", re.MULTILINE)
 _JSON_DEMAND = re.compile(
     r"\b(?:respond|reply|answer|output|format)\w*\s+(?:\w+\s+){0,4}?(?:only\s+)?(?:in|with|as)\s+"
     r"(?:a\s+|valid\s+|the\s+following\s+)*JSON\b|\b(?:your|the)\s+(?:response|reply|answer|output)\s+"
@@ -24,9 +26,8 @@ _JSON_DEMAND = re.compile(
 _REACT_NAMED = re.compile(r"\bReAct\b")
 #: A ReAct marker anywhere (the regex engine skips to a marker's first letter at C speed);
 #: :func:`demands_react` then looks at what precedes it.
-_REACT_MARKER = re.compile(r"(?:Thought|THOUGHT|Think|Action|ACTION|Act|Action Input|Final Answer)[ \t]*:")
-#: What may stand between a line's start and a marker that opens it.
-_REACT_LEAD = frozenset(" \t>*-\"'`")
+_REACT_MARKER = re.compile(_MARKER)
+_REACT_LEAD = frozenset(_LEAD)
 #: In instructions, a marker may also follow a quote mid-line (format:"THOUGHT: your thoughts.).
 _QUOTES = frozenset("\"'`")
 
