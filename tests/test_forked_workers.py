@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="wo
 #: Runs in a fresh interpreter (forking needs a process that has not run gRPC yet): a marker set
 #: in the runner before the run is what a forked worker sees (a cold one imports the module afresh).
 MARKER_PIPELINE = """
-import os, sys
+import gc, os, sys
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
@@ -36,10 +36,13 @@ options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_n
 pipeline = beam.Pipeline(runner=runner, options=options)
 marks = pipeline | beam.Create([1, 2, 3, 4]) | beam.Map(marker_module.marker)
 assert_that(marks, equal_to([sys.argv[1]] * 4))
+frozen = pipeline | "One" >> beam.Create([1]) | "Frozen" >> beam.Map(marker_module.frozen)
+assert_that(frozen, equal_to([sys.argv[1] == "warm"]), label="CheckFrozen")
 with forked_workers.forked_workers(runner, options):
     assert (runner._worker_command is not None) == (sys.argv[1] == "warm")
     pipeline.run().wait_until_finish()
 assert runner._worker_command is None
+assert gc.get_freeze_count() == 0  # the runner's own process is left as it was
 try:
     os.waitpid(-1, os.WNOHANG)
 except ChildProcessError:  # the zygote and its workers are all reaped
@@ -48,7 +51,11 @@ except ChildProcessError:  # the zygote and its workers are all reaped
 
 
 def _run_marker_pipeline(tmp_path, expected: str, **env: str) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "marker_module.py").write_text('MARKER = "cold"\n\ndef marker(_):\n    return MARKER\n')
+    module = (
+        'import gc\n\nMARKER = "cold"\n\n\ndef marker(_):\n    return MARKER\n\n\n'
+        "def frozen(_):\n    return gc.get_freeze_count() > 0\n"
+    )
+    (tmp_path / "marker_module.py").write_text(module)
     paths = os.pathsep.join([str(tmp_path), str(REPO), os.environ.get("PYTHONPATH", "")])
     return subprocess.run(
         [sys.executable, "-c", MARKER_PIPELINE, expected],
