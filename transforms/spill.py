@@ -83,14 +83,13 @@ class _FrameChunks:
         self.size = 0
 
     def add(self, pairs: Iterable[Pair]) -> None:
-        pack, append, pending, size = _FRAME.pack, self.pending.append, self.pending, self.size
+        pack, append, size = _FRAME.pack, self.pending.append, self.size
         for key, payload in pairs:
             append(pack(len(key), len(payload)) + key)
             append(payload)
             size += _FRAME.size + len(key) + len(payload)
             if size >= WRITE_CHUNK:
-                self.write(b"".join(pending))
-                pending.clear()
+                self.flush()  # empties ``pending`` in place
                 size = 0
         self.size = size
 
