@@ -419,8 +419,17 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
+    """Run training, then tear the process group down on every rank.
+
+    On a normal return every rank first meets at a barrier, so no rank destroys its gloo / NCCL
+    group (and exits) while another still writes the export or a checkpoint with it: a rank torn
+    down under a peer's last collective can abort at exit ("terminate called without an active
+    exception"). An exception skips the barrier, which its peers might never reach.
+    """
     try:
         code = run()
+        if dist.is_initialized():
+            dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
