@@ -159,6 +159,27 @@ def test_prompt_copy_flags_transcription_not_answers():
     assert verdict("prompt_copy", sample([("user", "hi"), ("assistant", "hello")])) is None
 
 
+def test_prompt_copy_words_of_ascii_text_are_those_of_the_plain_definition():
+    import random
+    import string
+    from itertools import filterfalse
+
+    from transforms.quality.checks.prompt_copy import FORMAT_WORDS, content_words
+
+    table = str.maketrans({c: " " for c in string.punctuation if c != "_"})
+
+    def plain(text: str) -> list[str]:
+        words = re.sub(r'"[^"\n]{1,40}"\s*:', " ", text).lower().translate(table).split()
+        return list(filterfalse(FORMAT_WORDS.__contains__, words))
+
+    rng = random.Random(3)
+    extra = ["Thought", "Action", '"query": ', "final answer"]
+    alphabet = [chr(c) for c in range(128)] + list("éßİKΣ中，’\u00a0") + extra
+    for _ in range(20_000):
+        text = "".join(rng.choices(alphabet, k=rng.randrange(0, 40)))
+        assert content_words(text) == plain(text), repr(text)
+
+
 def test_prompt_copy_never_joins_two_prompt_messages_into_one_n_gram():
     """A target 4-gram counts as copied only when one prompt message holds it whole."""
     target = "alpha beta gamma delta epsilon zeta eta theta"

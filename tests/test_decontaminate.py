@@ -55,6 +55,26 @@ def test_tokens_are_lowercased_word_runs():
     assert tokens("Hello,  World\nagain must-see") == ["hello", "world", "again", "must", "see"]
 
 
+def test_tokens_of_ascii_text_take_a_fast_path_to_the_regex_runs():
+    import random
+
+    rng = random.Random(7)
+    alphabet = [chr(c) for c in range(128)] + list("éßİKΣσ中文，。’\u00a0\u2028") + ["Word", "snake_case", "42"]
+    for _ in range(20_000):
+        text = "".join(rng.choices(alphabet, k=rng.randrange(0, 40)))
+        assert tokens(text) == re.findall(r"\w+", text.lower()), repr(text)
+
+
+def test_joined_texts_never_form_an_ngram_across_two_texts_even_when_an_item_has_underscores():
+    index = EvalIndex(6, min_tokens=6)
+    index.add("eval", "0", "alpha beta gamma _ delta epsilon")  # "_" is an item word
+    index.add("eval", "1", "one two three __ four five")
+    across = index.measure(["alpha beta gamma", "delta epsilon", "one two three", "four five"], 1e-12)
+    assert across.matches == [] and across.covered == 0 and across.tokens == 10
+    inside = index.measure(["x", "alpha beta gamma _ delta epsilon", "y"], 1e-12)
+    assert [m.item for m in inside.matches] == ["0"] and inside.covered == 6 and inside.tokens == 8
+
+
 def test_training_side_counts_tokens_inside_matching_ngrams():
     index = index_of(words(12))  # eval text: w0 .. w11
 

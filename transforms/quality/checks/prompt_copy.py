@@ -18,13 +18,23 @@ FORMAT_WORDS = {"thought", "think", "action", "act", "input", "final", "answer",
 
 #: ASCII punctuation to spaces: with ``str.split`` the words of ``\w+`` at C speed.
 _PUNCTUATION = str.maketrans({c: " " for c in string.punctuation if c != "_"})
+#: The same table for ``bytes.translate``, several times faster on ASCII text (most of it).
+_ASCII_PUNCTUATION = bytes(ord(" ") if chr(c) in string.punctuation and c != ord("_") else c for c in range(256))
 #: JSON object keys (``"query":``): the shape of a call, not its content.
 _JSON_KEY = re.compile(r'"[^"\n]{1,40}"\s*:')
 
 
 def content_words(text: str) -> list[str]:
     """The words of ``text``, lower-cased, without JSON keys and format words."""
-    words = _JSON_KEY.sub(" ", text).lower().translate(_PUNCTUATION).split()
+    if '"' in text:  # a JSON key starts with one
+        text = _JSON_KEY.sub(" ", text)
+    lowered = text.lower()
+    if lowered.isascii():
+        words = lowered.encode("ascii").translate(_ASCII_PUNCTUATION).decode("ascii").split()
+    else:
+        words = lowered.translate(_PUNCTUATION).split()
+    if FORMAT_WORDS.isdisjoint(words):
+        return words
     return list(filterfalse(FORMAT_WORDS.__contains__, words))
 
 
