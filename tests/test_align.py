@@ -620,3 +620,19 @@ def test_a_tool_schema_with_python_type_names_is_a_reason_not_a_crash():
     with pytest.raises(ToolCardError) as info:
         validate_call(ToolCall(name="gdp", arguments={"year": 2020}), tools)
     assert info.value.reason == "invalid_arguments" and "unknown type 'dict'" in info.value.detail
+
+
+def test_a_conversation_without_tools_gets_no_tool_header_and_no_promise_of_functions():
+    fn = aligner()
+    chat = (("user", "What is an abstract data type?", False), ("assistant", "A type defined by its behaviour.", True))
+    without = outputs(fn, trajectory(*chat, source="glaive"))[0]
+    system = without.messages[0]
+    assert system.role is Role.SYSTEM and without.tools == []
+    assert system.content == load_cards().card_for(trajectory(*chat, source="glaive")).instruction_for([])
+    assert "no functions are available" in system.content.lower()
+    assert "tools" not in system.content.lower() and "call a function" not in system.content.lower()
+    tool = ToolSpec(name="get_fact", description="A fact", parameters={"type": "object", "properties": {}})
+    with_tools = outputs(fn, trajectory(*chat, source="glaive", tools=[tool]))[0]
+    assert "get_fact" in with_tools.messages[0].content and "Call a function" in with_tools.messages[0].content
+    native = outputs(aligner(style="native"), trajectory(*chat, source="glaive"))[0]
+    assert native.messages[0].content == system.content

@@ -17,7 +17,8 @@ docs/transforms/align.md for why.
 
 Tools are declared by the trajectory's tool card (:mod:`transforms.tool_cards`,
 ``templates/tools/*.yaml``): the system message states the environment's task in words
-(``instruction``) and describes exactly the declared tools, which are also ``sample.tools``. The
+(``instruction``) and describes exactly the declared tools, which are also ``sample.tools`` (a
+trajectory that declares none gets the card's ``instruction_without_tools`` and no tool list). The
 environment's format prompt (``Action:`` demands, "judged as FAIL", the "Ok." acknowledgement) is
 removed by the card's prompt rules; the in-context example stays, aligned like the rest, with
 ``loss=false``. All wording comes from the phrase book ``templates/align/default.yaml`` (or a
@@ -252,13 +253,13 @@ class Aligner:
             source_system, turns = turns[0].text, turns[1:]
         if card is not None:
             turns = card.prompt_turns(turns)
-        instruction = card.instruction if card is not None else ""
+        instruction = card.instruction_for(tools) if card is not None else ""
         parts = []
         if source_system is not None and (self.config.system == "keep" or not (tools or instruction)):
             parts.append(source_system)  # one system message: the source's, then the tools
-        if self.config.style == "native":  # the chat template renders the tools themselves
-            parts += [instruction] if instruction else []
-        elif tools or instruction:
+        if self.config.style == "native" or not tools:  # native: the chat template renders the tools
+            parts += [instruction] if instruction else []  # no tools: no tool list to announce
+        else:
             parts.append(
                 self.phrases.render(
                     "system_tools",

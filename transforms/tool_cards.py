@@ -30,7 +30,8 @@ Public API (stable; other steps import it):
   environment's format prompt removed (its format rules, ``Action:`` demands and the assistant's
   "Ok." acknowledgement, and user turns that are the collection harness's, not the task's); the
   task itself is kept. In-context examples stay as turns.
-- :attr:`ToolCard.instruction`: the environment's task in natural language, without format rules.
+- :attr:`ToolCard.instruction`: the environment's task in natural language, without format rules;
+  :meth:`ToolCard.instruction_for` ``(tools)``: the one for a trajectory that declares ``tools``.
 - :func:`validate_call` ``(call, tools) -> None``: the check every aligned call passes.
 
 Card format (see ``templates/tools/os.yaml``)::
@@ -38,6 +39,7 @@ Card format (see ``templates/tools/os.yaml``)::
     card: os                      # unique name
     match: {tasks: [os]}          # and/or sources: [...]
     instruction: What the agent does here, in words (no format rules).
+    instruction_without_tools: …  # optional: the instruction when a trajectory declares no tools
     own_tools: false              # true: the trajectory's own tools are the declared set
     prompt:                       # optional: how the environment's prompt is removed
       system: drop                # drop | keep the source's system turn
@@ -171,6 +173,10 @@ class CardData(_Model):
     card: str = Field(min_length=1)
     match: Match
     instruction: str = ""
+    #: The instruction when a trajectory declares no tools (an ``own_tools`` card's conversation
+    #: without functions); ``None``: ``instruction``. A prompt that promises tools it does not
+    #: list teaches a model to expect, or invent, them.
+    instruction_without_tools: str | None = None
     own_tools: bool = False
     prompt: PromptRules = Field(default_factory=PromptRules)
     tools: list[CardTool] = Field(default_factory=list)
@@ -236,6 +242,13 @@ class ToolCard:
     @property
     def instruction(self) -> str:
         return self.data.instruction.strip()
+
+    def instruction_for(self, tools: list[ToolSpec]) -> str:
+        """The instruction for a trajectory that declares ``tools``: ``instruction_without_tools``
+        when there are none and the card gives it, else ``instruction``."""
+        if not tools and self.data.instruction_without_tools is not None:
+            return self.data.instruction_without_tools.strip()
+        return self.instruction
 
     @property
     def own_tools(self) -> bool:
