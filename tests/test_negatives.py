@@ -19,10 +19,13 @@ from transforms.negatives import (
     Negatives,
     NegativesConfig,
     Query,
+    call_code,
     capability_text,
     content_words,
+    observed_before_calls,
     pick_irrelevant_tools,
     select,
+    source_calls,
 )
 from transforms.phrasing import PhrasingError
 from transforms.quality.language import detect_language
@@ -71,6 +74,43 @@ def maker(**config) -> NegativeMaker:
 
 
 # --- pure helpers -------------------------------------------------------------------------------
+
+
+def bash(script: str) -> ToolCall:
+    return ToolCall(name="bash", arguments={"script": script})
+
+
+def test_help_code_stops_before_a_command_that_uses_what_only_an_output_showed():
+    find, wc = bash('find . -name "*.txt"'), bash("wc -w ./notes2.txt")
+    observed = ("", "./notes2.txt\n./notes1.txt")
+    asked = "How many words are in my text files?"
+    assert call_code([find, wc], asked=asked, observed=observed) == ('find . -name "*.txt"', "bash")
+    named = "How many words are in ./notes2.txt?"  # the user named the file: the command stays
+    assert call_code([find, wc], asked=named, observed=observed) == (
+        f"{find.arguments['script']}\n\n{wc.arguments['script']}",
+        "bash",
+    )
+    assert call_code([find, wc]) == call_code([find, wc], asked=named, observed=observed)  # nothing observed
+    total = [bash("du -b . | tail -1"), bash("echo 10742594 | numfmt --to=iec")]
+    assert call_code(total, asked="How big is this folder?", observed=("", "10742594\t.")) == (
+        "du -b . | tail -1",
+        "bash",
+    )
+    dots = [bash("ls -la ~"), bash("ls -la ~ | grep '^d\\..*' | wc -l")]  # ".." is no learned name
+    assert call_code(dots, asked="Count hidden folders", observed=("", "drwx 2 root .."))[0].count("\n\n") == 1
+
+
+def test_what_each_call_was_shown_is_the_non_assistant_text_before_it():
+    turns = [
+        user("Count the words in my text files."),
+        call_turn("bash", script="find . -name '*.txt'"),
+        Turn(role=Role.USER, text="./a.txt"),
+        assistant("Two steps more.", bash("wc -w ./a.txt")),
+        Turn(role=Role.TOOL, text="12 ./a.txt"),
+        call_turn("bash", script="echo done"),
+    ]
+    assert len(source_calls(traj(turns), 0)) == 3
+    assert observed_before_calls(traj(turns), 0) == ["", "./a.txt", "./a.txt\n12 ./a.txt"]
 
 
 def test_content_words_split_identifiers_and_drop_stop_words():

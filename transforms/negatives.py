@@ -500,6 +500,19 @@ def source_calls(trajectory: Trajectory, index: int) -> list[ToolCall]:
     return calls
 
 
+def observed_before_calls(trajectory: Trajectory, index: int) -> list[str]:
+    """For each call of :func:`source_calls` (same order), the text the environment had shown
+    before it: the turns after turn ``index`` that are not the assistant's, up to the call's."""
+    seen: list[str] = []
+    observed: list[str] = []
+    for turn in trajectory.turns[index + 1 :]:
+        if turn.role is Role.ASSISTANT and turn.loss:
+            observed += ["\n".join(seen) for step in _steps(turn) or [] if step.call is not None]
+        elif turn.role is not Role.ASSISTANT:
+            seen.append(turn.text)
+    return observed
+
+
 def answer_after_call(trajectory: Trajectory, index: int) -> str | None:
     """The first plain assistant reply after the query's first call and its result, before the
     next user turn (the source's answer once its tool ran)."""
@@ -676,12 +689,35 @@ def call_details(call: ToolCall, limit: int = 4) -> list[dict[str, str]]:
     return details
 
 
-def call_code(calls: list[ToolCall], limit: int = 3) -> tuple[str, str] | None:
+#: Literals a command can only know from what it was shown: numbers of 2+ digits, and names
+#: with a dot or a slash (files, paths) of 2+ letters or digits (not ``..``).
+_LITERAL = re.compile(r"\d{2,}|[\w~-]*[./][\w./~-]+")
+_ALNUM = re.compile(r"[^\W_]")
+
+
+def learned_literal(code: str, observed: str, known: str) -> str | None:
+    """A literal of ``code`` that ``observed`` (what the environment showed) has and ``known``
+    (the user's request, the code before) does not, or ``None``."""
+    for literal in _LITERAL.findall(code):
+        if len(_ALNUM.findall(literal)) >= 2 and literal in observed and literal not in known:
+            return literal
+    return None
+
+
+def call_code(
+    calls: list[ToolCall], limit: int = 3, asked: str = "", observed: tuple[str, ...] = ()
+) -> tuple[str, str] | None:
     """(code, language) of the source's code calls (SQL queries, shell scripts), at most
-    ``limit`` distinct ones in order, or ``None`` when it ran none."""
+    ``limit`` distinct ones in order, or ``None`` when it ran none.
+
+    With ``observed`` (per call, what the environment had shown before it; see
+    :func:`observed_before_calls`), the code stops before the first call that uses a literal
+    (a number, a file name) it could only have learned from an output the user never saw
+    (``echo 10742594 | numfmt``, ``cat ./init_text2.txt`` after a ``find``): the user is told
+    to run it themselves, without those outputs."""
     blocks: list[str] = []
     language = None
-    for call in calls:
+    for position, call in enumerate(calls):
         if not isinstance(call.arguments, dict) or len(call.arguments) != 1:
             continue
         ((key, value),) = call.arguments.items()
@@ -690,6 +726,9 @@ def call_code(calls: list[ToolCall], limit: int = 3) -> tuple[str, str] | None:
             continue
         if language not in (None, lang):
             continue
+        seen = observed[position] if position < len(observed) else ""
+        if seen and learned_literal(value, seen, asked + "\n" + "\n".join(blocks)):
+            break
         language = lang
         if value.strip() and value.strip() not in blocks:
             blocks.append(value.strip())
@@ -709,6 +748,8 @@ class Query:
     language: str | None
     answer: str | None = None
     calls: tuple[ToolCall, ...] = ()
+    #: Per call, what the environment had shown before it (:func:`observed_before_calls`).
+    observed: tuple[str, ...] = ()
 
 
 class QueryReader:
@@ -758,7 +799,8 @@ class QueryReader:
         language = query_language(text)
         if self.config.responder == "template" and language not in self.languages:
             return "no_phrase_book_language"
-        return Query("needs_tool", text, language, calls=tuple(made))
+        observed = tuple(observed_before_calls(trajectory, index))
+        return Query("needs_tool", text, language, calls=tuple(made), observed=observed)
 
     def _supplied_query(self, text: str, made: list[ToolCall]) -> Query | str:
         """A needs-tool query answered from the user's ``answers`` file."""
@@ -899,7 +941,7 @@ class NegativeMaker:
             description=capability_text(description_in(language, description)),
             task=trajectory.task or "",
         )
-        code = call_code(list(query.calls))
+        code = call_code(list(query.calls), asked=query.text, observed=query.observed)
         asked = query.text.casefold()
         details = [d for d in call_details(call) if d["value"].casefold() in asked]  # only what the user said
         if code is not None:
