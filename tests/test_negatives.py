@@ -20,8 +20,10 @@ from transforms.negatives import (
     NegativesConfig,
     Query,
     call_code,
+    call_results,
     capability_text,
     content_words,
+    load_rules,
     observed_before_calls,
     pick_irrelevant_tools,
     select,
@@ -98,6 +100,27 @@ def test_help_code_stops_before_a_command_that_uses_what_only_an_output_showed()
     )
     dots = [bash("ls -la ~"), bash("ls -la ~ | grep '^d\\..*' | wc -l")]  # ".." is no learned name
     assert call_code(dots, asked="Count hidden folders", observed=("", "drwx 2 root .."))[0].count("\n\n") == 1
+
+
+def test_help_code_leaves_out_a_call_the_environment_answered_with_an_error():
+    wrong = ToolCall(name="sql", arguments={"query": "SELECT `Employee` `ID` FROM t"})
+    right = ToolCall(name="sql", arguments={"query": "SELECT `Employee ID` FROM t"})
+    error = "1064 (42000): You have an error in your SQL syntax; check the manual near 'ID'"
+    turns = [
+        user("Which employee ids are there?"),
+        call_turn("sql", query=wrong.arguments["query"]),
+        Turn(role=Role.USER, text=error),
+        call_turn("sql", query=right.arguments["query"]),
+        Turn(role=Role.USER, text="[(101,), (102,)]"),
+    ]
+    assert call_results(traj(turns), 0) == [error, "[(101,), (102,)]"]
+    rules = load_rules(None, ".")
+    failed = tuple(rules.is_error(reply) for reply in call_results(traj(turns), 0))
+    assert failed == (True, False)
+    assert call_code([wrong, right], failed=failed) == ("SELECT `Employee ID` FROM t", "sql")
+    assert call_code([wrong], failed=(True,)) is None  # nothing that ran: no code to hand over
+    assert not rules.is_error("grep found 3 lines mentioning error handling")
+    assert rules.is_error("bash: ifconfig: command not found")
 
 
 def test_what_each_call_was_shown_is_the_non_assistant_text_before_it():

@@ -248,8 +248,10 @@ class QueryRules(BaseModel):
     decline_patterns: list[str]
     description_patterns: list[str]
     related_words: dict[str, list[str]]
+    #: An environment reply that matches one is a failed call (its code is not handed to the user).
+    error_patterns: list[str] = Field(default_factory=list)
 
-    @field_validator("observation_patterns", "query_patterns", "answerable_tools", "decline_patterns")
+    @field_validator("observation_patterns", "query_patterns", "answerable_tools", "decline_patterns", "error_patterns")
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
         return check_regexes(patterns)
@@ -294,8 +296,16 @@ class QueryRules(BaseModel):
     def _description(self) -> list[re.Pattern[str]]:
         return [re.compile(p, re.DOTALL) for p in self.description_patterns]
 
+    @cached_property
+    def _error(self) -> list[re.Pattern[str]]:
+        return [re.compile(p, re.MULTILINE) for p in self.error_patterns]
+
     def is_observation(self, text: str) -> bool:
         return any(p.search(text) for p in self._observation)
+
+    def is_error(self, text: str) -> bool:
+        """Whether an environment's reply to a call says the call failed."""
+        return any(p.search(text) for p in self._error)
 
     def request(self, text: str) -> str:
         """The user's request inside a task turn (the first query pattern that matches)."""
@@ -513,6 +523,21 @@ def observed_before_calls(trajectory: Trajectory, index: int) -> list[str]:
     return observed
 
 
+def call_results(trajectory: Trajectory, index: int) -> list[str]:
+    """For each call of :func:`source_calls` (same order), the environment's reply to it: the
+    turns that are not the assistant's between the call's turn and the next supervised one."""
+    results: list[str] = []
+    pending = 0  # calls of the last supervised turn, waiting for their reply
+    reply: list[str] = []
+    for turn in trajectory.turns[index + 1 :]:
+        if turn.role is Role.ASSISTANT and turn.loss:
+            results += ["\n".join(reply)] * pending
+            pending, reply = sum(step.call is not None for step in _steps(turn) or []), []
+        elif turn.role is not Role.ASSISTANT:
+            reply.append(turn.text)
+    return results + ["\n".join(reply)] * pending
+
+
 def answer_after_call(trajectory: Trajectory, index: int) -> str | None:
     """The first plain assistant reply after the query's first call and its result, before the
     next user turn (the source's answer once its tool ran)."""
@@ -705,7 +730,11 @@ def learned_literal(code: str, observed: str, known: str) -> str | None:
 
 
 def call_code(
-    calls: list[ToolCall], limit: int = 3, asked: str = "", observed: tuple[str, ...] = ()
+    calls: list[ToolCall],
+    limit: int = 3,
+    asked: str = "",
+    observed: tuple[str, ...] = (),
+    failed: tuple[bool, ...] = (),
 ) -> tuple[str, str] | None:
     """(code, language) of the source's code calls (SQL queries, shell scripts), at most
     ``limit`` distinct ones in order, or ``None`` when it ran none.
@@ -714,7 +743,8 @@ def call_code(
     :func:`observed_before_calls`), the code stops before the first call that uses a literal
     (a number, a file name) it could only have learned from an output the user never saw
     (``echo 10742594 | numfmt``, ``cat ./init_text2.txt`` after a ``find``): the user is told
-    to run it themselves, without those outputs."""
+    to run it themselves, without those outputs. A call marked in ``failed`` (the environment
+    answered with an error) is left out: the corrected one that follows is what to run."""
     blocks: list[str] = []
     language = None
     for position, call in enumerate(calls):
@@ -725,6 +755,8 @@ def call_code(
         if lang is None or not isinstance(value, str) or call.name not in (lang, "bash", "sql"):
             continue
         if language not in (None, lang):
+            continue
+        if position < len(failed) and failed[position]:
             continue
         seen = observed[position] if position < len(observed) else ""
         if seen and learned_literal(value, seen, asked + "\n" + "\n".join(blocks)):
@@ -750,6 +782,8 @@ class Query:
     calls: tuple[ToolCall, ...] = ()
     #: Per call, what the environment had shown before it (:func:`observed_before_calls`).
     observed: tuple[str, ...] = ()
+    #: Per call, whether the environment answered it with an error (:func:`call_results`).
+    failed: tuple[bool, ...] = ()
 
 
 class QueryReader:
@@ -800,7 +834,8 @@ class QueryReader:
         if self.config.responder == "template" and language not in self.languages:
             return "no_phrase_book_language"
         observed = tuple(observed_before_calls(trajectory, index))
-        return Query("needs_tool", text, language, calls=tuple(made), observed=observed)
+        failed = tuple(self.rules.is_error(reply) for reply in call_results(trajectory, index))
+        return Query("needs_tool", text, language, calls=tuple(made), observed=observed, failed=failed)
 
     def _supplied_query(self, text: str, made: list[ToolCall]) -> Query | str:
         """A needs-tool query answered from the user's ``answers`` file."""
@@ -941,7 +976,7 @@ class NegativeMaker:
             description=capability_text(description_in(language, description)),
             task=trajectory.task or "",
         )
-        code = call_code(list(query.calls), asked=query.text, observed=query.observed)
+        code = call_code(list(query.calls), asked=query.text, observed=query.observed, failed=query.failed)
         asked = query.text.casefold()
         details = [d for d in call_details(call) if d["value"].casefold() in asked]  # only what the user said
         if code is not None:
