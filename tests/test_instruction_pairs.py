@@ -166,6 +166,26 @@ def test_text_command_environments_use_their_tool_cards():
     assert conversation.instruction and conversation.instruction in pair.messages[0].content
 
 
+def test_a_kg_question_without_its_in_context_example_is_not_a_new_one():
+    example = "Question: who wrote Dune?\nEntities: [Dune]"
+    asked = "A new question: find rheumatoid arthritis trial sponsors.\nEntities: [Rheumatoid arthritis]"
+    turns = [
+        Turn(role=Role.USER, text=example),
+        Turn(role=Role.ASSISTANT, text="Thought: look.\nAction: get_relations(Dune)", loss=False),
+        Turn(role=Role.USER, text=asked),
+        Turn(
+            role=Role.ASSISTANT,
+            text="Thought: relations first.\nAction: get_relations(Rheumatoid arthritis)",
+            loss=True,
+        ),
+        Turn(role=Role.USER, text="Observation: [medicine.disease.causes]"),
+        Turn(role=Role.ASSISTANT, text="Thought: done.\nFinal Answer: #0", loss=True),
+    ]
+    conversation = read_conversation(traj(turns, tools=[], source="agentinstruct", task="kg"), load_cards())
+    assert conversation.task.startswith("Question: find rheumatoid arthritis trial sponsors.")
+    assert "new question" not in conversation.task.lower()
+
+
 def test_allocate_spreads_the_count_evenly_over_sources_exactly():
     def ranked(group: str, n: int):
         return [((i, f"{group}{i}"), f"{group}{i}") for i in range(n)]

@@ -84,6 +84,9 @@ SCREENED = beam.typehints.Tuple[Trajectory, beam.typehints.Tuple[str, str]]
 RANKS = "ranks"
 #: A line ToolBench appends to every task ("Begin!"), part of its own protocol, not the task.
 TOOLBENCH_BEGIN = re.compile(r"\n\s*Begin!\s*$")
+#: AgentInstruct's KG task after its in-context example ("A new question: ..."): a pair leaves
+#: the example out, so the question is no longer a new one.
+NEW_QUESTION = re.compile(r"^\s*A new question:\s*")
 #: ToolBench's depth-first search talks to the model in user turns ("This is not the first time
 #: you try this task ..., previous actions candidates"): a search protocol, not a user.
 SEARCH_PROTOCOL = re.compile(r"This is not the first time you try this task|previous actions candidates")
@@ -136,7 +139,9 @@ class NotEligible(Exception):
 
 
 def task_text(text: str) -> str:
-    return TOOLBENCH_BEGIN.sub("", text).strip()
+    """The task of a pair: the user turn without ToolBench's "Begin!" line, and "A new question:"
+    (which points at an in-context example the pair leaves out) said as "Question:"."""
+    return NEW_QUESTION.sub("Question: ", TOOLBENCH_BEGIN.sub("", text)).strip()
 
 
 def _parsed(turn: Turn) -> list[ParsedStep]:
