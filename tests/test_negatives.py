@@ -254,6 +254,29 @@ def test_tool_descriptions_become_verb_phrases_or_nothing():
     assert "retrieve the capital of a district in Ghana" in answer and "retrieves" not in answer
 
 
+def test_a_reply_that_only_gathers_a_calls_details_makes_a_needs_tool_query():
+    reader = maker().reader
+    email = ToolSpec(name="send_email", description="Send an email to a recipient")
+    loan = ToolSpec(name="calculate_loan_payment", description="Calculate a monthly loan payment")
+    gather = assistant("Sure, I can help. Please provide the recipient's address, the subject and the message.")
+    details = user("boss@example.com, subject Update, the project is on track.")
+    sent = call_turn("send_email", recipient="boss@example.com", subject="Update")
+    asked = user("I need to send an email to my boss.")
+    found = reader.examine("agent", traj([asked, gather, details, sent], tools=[email]))
+    assert isinstance(found, Query) and found.kind == "needs_tool" and found.calls[0].name == "send_email"
+    assert reader.rules.answerable("translate_text")  # a model translates a sentence itself
+    # the assistant can work a loan payment out itself: asking for the figures is a real answer
+    ask_figures = assistant("Of course. Could you tell me the amount, the rate and the term?")
+    computed = call_turn("calculate_loan_payment", amount=5000, rate=5, term=12)
+    loan_query = traj([user("Help me with my loan payment."), ask_figures, details, computed], tools=[loan])
+    assert reader.examine("agent", loan_query) == "asks_back"
+    # an answer that asks nothing, then a new request with a call: the first query stays normal
+    answered = assistant("An abstract data type is defined by its operations, not its implementation.")
+    later = traj([user("What is an abstract data type?"), answered, asked, sent], tools=[email])
+    found = reader.examine("agent", later)
+    assert isinstance(found, Query) and found.kind == "normal"
+
+
 def test_requests_are_read_out_of_task_turns():
     reader = maker().reader
     kg = traj(

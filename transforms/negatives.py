@@ -250,8 +250,17 @@ class QueryRules(BaseModel):
     related_words: dict[str, list[str]]
     #: An environment reply that matches one is a failed call (its code is not handed to the user).
     error_patterns: list[str] = Field(default_factory=list)
+    #: A reply that matches one asks the user for details (of a call it will make).
+    details_patterns: list[str] = Field(default_factory=list)
 
-    @field_validator("observation_patterns", "query_patterns", "answerable_tools", "decline_patterns", "error_patterns")
+    @field_validator(
+        "observation_patterns",
+        "query_patterns",
+        "answerable_tools",
+        "decline_patterns",
+        "error_patterns",
+        "details_patterns",
+    )
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
         return check_regexes(patterns)
@@ -306,6 +315,14 @@ class QueryRules(BaseModel):
     def is_error(self, text: str) -> bool:
         """Whether an environment's reply to a call says the call failed."""
         return any(p.search(text) for p in self._error)
+
+    @cached_property
+    def _details(self) -> list[re.Pattern[str]]:
+        return [re.compile(p) for p in self.details_patterns]
+
+    def asks_details(self, reply: str) -> bool:
+        """Whether an assistant reply asks the user for details."""
+        return any(p.search(reply) for p in self._details)
 
     def request(self, text: str) -> str:
         """The user's request inside a task turn (the first query pattern that matches)."""
@@ -489,6 +506,27 @@ def first_reply(trajectory: Trajectory, index: int) -> tuple[str | None, bool]:
             steps = _steps(turn)
             return turn.text, steps is None or any(step.call is not None for step in steps)
     return None, False
+
+
+def call_after_reply(trajectory: Trajectory, index: int) -> ToolCall | None:
+    """The first call of the assistant turn right after the first reply to turn ``index`` and
+    one user turn, when that reply made no call (``None`` otherwise): what the source did with
+    the details the reply asked for."""
+    replied = answered = False
+    for turn in trajectory.turns[index + 1 :]:
+        if turn.role is Role.ASSISTANT:
+            call = next((step.call for step in _steps(turn) or [] if step.call is not None), None)
+            if not replied:
+                if call is not None:
+                    return None
+                replied = True
+                continue
+            return call if answered else None
+        if turn.role is Role.USER and replied:
+            if answered:
+                return None
+            answered = True
+    return None
 
 
 def needs_tool(trajectory: Trajectory) -> bool:
@@ -811,9 +849,19 @@ class QueryReader:
         reply, calls = first_reply(trajectory, index)
         if reply is None:
             return "no_reply"
-        if calls:
+        if calls or self._gathers_details(trajectory, index, reply):
             return self._tool_query(group, trajectory, index, text)
         return self._plain_query(group, text, reply)
+
+    def _gathers_details(self, trajectory: Trajectory, index: int, reply: str) -> bool:
+        """Whether the first reply only asks for the details of a call the source then makes
+        ("Sure, give me the recipient's address" before ``send_email``): the query needs that
+        tool, and the reply, kept as a plain answer, would promise what no tool can do. A
+        call the assistant can work out itself (``answerable_tools``) keeps the reply."""
+        if not self.rules.asks_details(reply):
+            return False
+        call = call_after_reply(trajectory, index)
+        return call is not None and not self.rules.answerable(call.name)
 
     def _tool_query(self, group: str, trajectory: Trajectory, index: int, text: str) -> Query | str:
         made = source_calls(trajectory, index)
