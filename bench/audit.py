@@ -12,7 +12,7 @@ a full ``agent_flan`` run.
    without comparing two runs (target: under 10 %); ``--audited-only`` skips the second run.
 2. Each check then runs alone, in a plain loop in this process, over the first ``--per-check``
    samples of the audited run's shards: microseconds per sample per check, and for the whole
-   auditor (every check, one pass).
+   auditor (every check, one pass), with the recipe's own audit policy (its evaluation sets too).
 """
 
 from __future__ import annotations
@@ -64,19 +64,23 @@ def child(spec: str, output: str, result: str) -> None:
 
 
 def per_check(output: str, limit: int) -> list[list[str]]:
-    """Microseconds per sample of each check alone and of the whole auditor, plain loop."""
+    """Microseconds per sample of each check alone and of the whole auditor, plain loop, with
+    the recipe's own audit policy (its options and evaluation sets, so ``eval_overlap`` runs)."""
     from itertools import islice
 
     from pipelines.auditing import samples_of_shards, shard_files
+    from pipelines.graph import load_plan
     from schemas import AuditPolicy, CheckPolicy
     from transforms.quality.auditor import Auditor
     from transforms.quality.checks import CHECKS
 
     samples = list(islice(samples_of_shards(shard_files(output)), limit))
     rows = [["check", "us/sample", "samples"]]
+    plan = load_plan(str(RECIPE))
+    recipe = plan.spec.audit
 
     def timed(policy: AuditPolicy) -> float:
-        auditor = Auditor(policy)
+        auditor = Auditor(policy, plan.base_dir)
         auditor.setup()
         state = auditor.new_state()
         started = time.perf_counter()
@@ -86,10 +90,12 @@ def per_check(output: str, limit: int) -> list[list[str]]:
         return 1e6 * (time.perf_counter() - started) / max(1, len(samples))
 
     for name in CHECKS:
-        only = AuditPolicy(checks={other: CheckPolicy(enabled=other == name) for other in CHECKS})
-        if name in Auditor(only).checks:
+        rules = {other: recipe.checks.get(other, CheckPolicy()) for other in CHECKS}
+        alone = {other: rule.model_copy(update={"enabled": other == name}) for other, rule in rules.items()}
+        only = recipe.model_copy(update={"checks": alone})
+        if name in Auditor(only, plan.base_dir).checks:
             rows.append([name, f"{timed(only):.1f}", f"{len(samples):,}"])
-    rows.append(["all checks (one auditor)", f"{timed(AuditPolicy()):.1f}", f"{len(samples):,}"])
+    rows.append(["all checks (one auditor)", f"{timed(recipe):.1f}", f"{len(samples):,}"])
     return rows
 
 
