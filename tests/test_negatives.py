@@ -20,13 +20,12 @@ from transforms.negatives import (
     NegativesConfig,
     Query,
     call_code,
-    call_results,
     capability_text,
     content_words,
     load_rules,
-    observed_before_calls,
     pick_irrelevant_tools,
     select,
+    source_call_trail,
     source_calls,
 )
 from transforms.phrasing import PhrasingError
@@ -113,9 +112,9 @@ def test_help_code_leaves_out_a_call_the_environment_answered_with_an_error():
         call_turn("sql", query=right.arguments["query"]),
         Turn(role=Role.USER, text="[(101,), (102,)]"),
     ]
-    assert call_results(traj(turns), 0) == [error, "[(101,), (102,)]"]
+    assert [made.reply for made in source_call_trail(traj(turns), 0)] == [error, "[(101,), (102,)]"]
     rules = load_rules(None, ".")
-    failed = tuple(rules.is_error(reply) for reply in call_results(traj(turns), 0))
+    failed = tuple(rules.is_error(made.reply) for made in source_call_trail(traj(turns), 0))
     assert failed == (True, False)
     assert call_code([wrong, right], failed=failed) == ("SELECT `Employee ID` FROM t", "sql")
     assert call_code([wrong], failed=(True,)) is None  # nothing that ran: no code to hand over
@@ -133,7 +132,7 @@ def test_what_each_call_was_shown_is_the_non_assistant_text_before_it():
         call_turn("bash", script="echo done"),
     ]
     assert len(source_calls(traj(turns), 0)) == 3
-    assert observed_before_calls(traj(turns), 0) == ["", "./a.txt", "./a.txt\n12 ./a.txt"]
+    assert [made.seen for made in source_call_trail(traj(turns), 0)] == ["", "./a.txt", "./a.txt\n12 ./a.txt"]
 
 
 def test_content_words_split_identifiers_and_drop_stop_words():

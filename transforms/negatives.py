@@ -539,41 +539,39 @@ def needs_tool(trajectory: Trajectory) -> bool:
     return False
 
 
-def source_calls(trajectory: Trajectory, index: int) -> list[ToolCall]:
-    """The tool calls of the supervised assistant turns after turn ``index``, in order."""
-    calls = []
-    for turn in trajectory.turns[index + 1 :]:
-        if turn.role is Role.ASSISTANT and turn.loss:
-            calls += [step.call for step in _steps(turn) or [] if step.call is not None]
-    return calls
+@dataclasses.dataclass(frozen=True)
+class SourceCall:
+    """A call the source made after the query: ``seen``, what the environment had shown before
+    it (the turns after the query that are not the assistant's, up to the call's), and
+    ``reply``, its answer (those turns between the call's and the next supervised one)."""
+
+    call: ToolCall
+    seen: str
+    reply: str
 
 
-def observed_before_calls(trajectory: Trajectory, index: int) -> list[str]:
-    """For each call of :func:`source_calls` (same order), the text the environment had shown
-    before it: the turns after turn ``index`` that are not the assistant's, up to the call's."""
+def source_call_trail(trajectory: Trajectory, index: int) -> list[SourceCall]:
+    """Every call of the supervised assistant turns after turn ``index``, in order, with what
+    the environment had shown before it and its reply (one pass, each turn parsed once)."""
+    trail: list[SourceCall] = []
     seen: list[str] = []
-    observed: list[str] = []
-    for turn in trajectory.turns[index + 1 :]:
-        if turn.role is Role.ASSISTANT and turn.loss:
-            observed += ["\n".join(seen) for step in _steps(turn) or [] if step.call is not None]
-        elif turn.role is not Role.ASSISTANT:
-            seen.append(turn.text)
-    return observed
-
-
-def call_results(trajectory: Trajectory, index: int) -> list[str]:
-    """For each call of :func:`source_calls` (same order), the environment's reply to it: the
-    turns that are not the assistant's between the call's turn and the next supervised one."""
-    results: list[str] = []
-    pending = 0  # calls of the last supervised turn, waiting for their reply
+    before = ""
+    pending: list[ToolCall] = []  # calls of the last supervised turn, waiting for their reply
     reply: list[str] = []
     for turn in trajectory.turns[index + 1 :]:
         if turn.role is Role.ASSISTANT and turn.loss:
-            results += ["\n".join(reply)] * pending
-            pending, reply = sum(step.call is not None for step in _steps(turn) or []), []
+            trail += [SourceCall(call, before, "\n".join(reply)) for call in pending]
+            before, reply = "\n".join(seen), []
+            pending = [step.call for step in _steps(turn) or [] if step.call is not None]
         elif turn.role is not Role.ASSISTANT:
+            seen.append(turn.text)
             reply.append(turn.text)
-    return results + ["\n".join(reply)] * pending
+    return trail + [SourceCall(call, before, "\n".join(reply)) for call in pending]
+
+
+def source_calls(trajectory: Trajectory, index: int) -> list[ToolCall]:
+    """The tool calls of the supervised assistant turns after turn ``index``, in order."""
+    return [made.call for made in source_call_trail(trajectory, index)]
 
 
 def answer_after_call(trajectory: Trajectory, index: int) -> str | None:
@@ -778,7 +776,7 @@ def call_code(
     ``limit`` distinct ones in order, or ``None`` when it ran none.
 
     With ``observed`` (per call, what the environment had shown before it; see
-    :func:`observed_before_calls`), the code stops before the first call that uses a literal
+    :class:`SourceCall`), the code stops before the first call that uses a literal
     (a number, a file name) it could only have learned from an output the user never saw
     (``echo 10742594 | numfmt``, ``cat ./init_text2.txt`` after a ``find``): the user is told
     to run it themselves, without those outputs. A call marked in ``failed`` (the environment
@@ -818,9 +816,9 @@ class Query:
     language: str | None
     answer: str | None = None
     calls: tuple[ToolCall, ...] = ()
-    #: Per call, what the environment had shown before it (:func:`observed_before_calls`).
+    #: Per call, what the environment had shown before it (:attr:`SourceCall.seen`).
     observed: tuple[str, ...] = ()
-    #: Per call, whether the environment answered it with an error (:func:`call_results`).
+    #: Per call, whether the environment answered it with an error (:attr:`SourceCall.reply`).
     failed: tuple[bool, ...] = ()
 
 
@@ -864,7 +862,8 @@ class QueryReader:
         return call is not None and not self.rules.answerable(call.name)
 
     def _tool_query(self, group: str, trajectory: Trajectory, index: int, text: str) -> Query | str:
-        made = source_calls(trajectory, index)
+        trail = source_call_trail(trajectory, index)
+        made = [step.call for step in trail]
         if not made:
             return "no_tool_call"
         if self.rules.answerable(made[0].name) or (trajectory.task or "") in self.rules.answerable_tasks:
@@ -881,8 +880,8 @@ class QueryReader:
         language = query_language(text)
         if self.config.responder == "template" and language not in self.languages:
             return "no_phrase_book_language"
-        observed = tuple(observed_before_calls(trajectory, index))
-        failed = tuple(self.rules.is_error(reply) for reply in call_results(trajectory, index))
+        observed = tuple(step.seen for step in trail)
+        failed = tuple(self.rules.is_error(step.reply) for step in trail)
         return Query("needs_tool", text, language, calls=tuple(made), observed=observed, failed=failed)
 
     def _supplied_query(self, text: str, made: list[ToolCall]) -> Query | str:
