@@ -89,8 +89,8 @@ def per_check(output: str, limit: int) -> list[list[str]]:
         auditor.finish(state)
         return 1e6 * (time.perf_counter() - started) / max(1, len(samples))
 
+    rules = {other: recipe.checks.get(other, CheckPolicy()) for other in CHECKS}
     for name in CHECKS:
-        rules = {other: recipe.checks.get(other, CheckPolicy()) for other in CHECKS}
         alone = {other: rule.model_copy(update={"enabled": other == name}) for other, rule in rules.items()}
         only = recipe.model_copy(update={"checks": alone})
         if name in Auditor(only, plan.base_dir).checks:
