@@ -209,6 +209,43 @@ def test_format_contradiction_both_directions():
     assert verdict("format_contradiction", json_followed).flagged is False
 
 
+WEBSHOP_FORMAT = (
+    "Your response should use the following format:\n\nThought:\nI think ... \n\nAction: \nclick[something]"
+)
+
+
+def test_format_contradiction_flags_an_action_without_the_demanded_thought():
+    def episode(instructions: str, *outputs: str) -> Sample:
+        messages = [Message(role=Role.USER, content=instructions), Message(role=Role.ASSISTANT, content="Ok.")]
+        for output in outputs:
+            messages += [
+                Message(role=Role.USER, content="WebShop [SEP] Search"),
+                Message(role=Role.ASSISTANT, content=output, loss=True),
+            ]
+        return sample(messages)
+
+    with_thought = "Thought:\nI need a red mug.\n\nAction:\nsearch[red mug]"
+    skipped = episode(WEBSHOP_FORMAT, with_thought, "Action:\nclick[B0001]")
+    kept = episode(WEBSHOP_FORMAT, with_thought, "Thought:\nIt fits.\n\nAction:\nclick[B0001]")
+    optional = episode("Reply as:\nThought: <your reasoning> (optional)\nAction: <the tool>", "Action: search")
+    answer = episode(WEBSHOP_FORMAT, with_thought, "Final Answer: B0001")  # an answer, not an action
+    assert verdict("format_contradiction", skipped).reason == "thought_demanded"
+    assert verdict("format_contradiction", skipped).excerpt == "Action:\nclick[B0001]"
+    assert verdict("format_contradiction", kept).flagged is False
+    other_marker = episode(WEBSHOP_FORMAT, with_thought, "Think:\nIt fits.\n\nAction:\nclick[B0001]")
+    assert verdict("format_contradiction", other_marker).reason == "thought_demanded"
+    os_format = episode("Think: what to do\nAct: bash", "Think: list files.\nAct: bash")
+    assert verdict("format_contradiction", os_format).flagged is False
+    assert verdict("format_contradiction", optional).flagged is False
+    assert verdict("format_contradiction", answer).flagged is False
+    unsupervised = skipped.model_copy(
+        update={
+            "messages": [m.model_copy(update={"loss": m.loss and "Thought" in m.content}) for m in skipped.messages]
+        }
+    )
+    assert verdict("format_contradiction", unsupervised).flagged is False
+
+
 #: The reading of "markers shown" that ``demands_react`` implements without it: a marker opening
 #: a line (after spaces, quotes, ``>``, ``*``, ``-``), or right after a quote mid-line.
 _REACT_SHOWN = re.compile(

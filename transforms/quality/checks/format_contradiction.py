@@ -52,6 +52,42 @@ def demands_react(text: str) -> bool:
     return False
 
 
+#: A line that opens with a thought marker (``word``); ``rest`` is the rest of that line.
+_THOUGHT_LINE = re.compile(
+    f"^[{re.escape(_LEAD)}]*(?P<word>Thought|THOUGHT|Think)[ \t]*:(?P<rest>[^\n]*)", re.MULTILINE
+)
+#: A line that opens with an action marker (``Action Input:`` is not one).
+_ACTION_LINE = re.compile(f"^[{re.escape(_LEAD)}]*(?:Action|ACTION|Act)[ \t]*:", re.MULTILINE)
+
+
+def demanded_thoughts(text: str) -> frozenset[str]:
+    """The thought markers (``Thought``, ``THOUGHT``, ``Think``) that open a line of ``text``
+    which does not call the thought optional: the format shown asks for that thought before each
+    action. Empty when none is demanded."""
+    if "T" not in text:
+        return frozenset()
+    return frozenset(m.group("word") for m in _THOUGHT_LINE.finditer(text) if "optional" not in m.group("rest").lower())
+
+
+def skips_thought(text: str, demanded: frozenset[str]) -> bool:
+    """``text`` has an action line but no line that opens with one of the ``demanded`` thought
+    markers (the action comes without its thought, or under another marker)."""
+    if not demanded or not _ACTION_LINE.search(text):
+        return False
+    return not any(m.group("word") in demanded for m in _THOUGHT_LINE.finditer(text))
+
+
+def instructions_of(sample: Sample, start: int) -> str:
+    """What instructs the targets of ``sample`` whose first target is message ``start``: system,
+    user and (unsupervised) assistant text before it, and later system and user text except
+    elicit turns."""
+    before = "\n".join(m.content for m in sample.messages[:start] if m.role in (Role.SYSTEM, Role.USER, Role.ASSISTANT))
+    later = "\n".join(
+        m.content for m in sample.messages[start:] if m.role in (Role.SYSTEM, Role.USER) and m.part != "elicit"
+    )
+    return before + "\n" + later
+
+
 def demands_json(text: str) -> bool:
     return "json" in text.lower() and bool(_JSON_DEMAND.search(text))
 
@@ -81,7 +117,9 @@ class FormatContradiction(SampleCheck):
         "examples, before the first supervised turn) demand ReAct lines (Thought:/Action:/... "
         "markers opening two or more lines) or JSON-only output while no supervised "
         "assistant turn follows that format; or whose supervised turns are in ReAct form while no "
-        "instruction shows that format."
+        "instruction shows that format; or whose instructions show a thought line (Thought:/"
+        "Think:, not called optional) while a supervised turn has an action line without a line "
+        "opening with that thought marker."
     )
     threshold = 0.01
     severity = "warn"
@@ -90,12 +128,7 @@ class FormatContradiction(SampleCheck):
         start = first_supervised(sample)
         if start is None:
             return None
-        instructions = "\n".join(
-            m.content for m in sample.messages[:start] if m.role in (Role.SYSTEM, Role.USER, Role.ASSISTANT)
-        )
-        instructions += "\n" + "\n".join(
-            m.content for m in sample.messages[start:] if m.role in (Role.SYSTEM, Role.USER) and m.part != "elicit"
-        )
+        instructions = instructions_of(sample, start)
         targets = [m.content for m in sample.messages[start:] if m.role is Role.ASSISTANT and m.loss]
         wants_react, wants_json = demands_react(instructions), demands_json(instructions)
         has_react = any(is_react(t) for t in targets)
@@ -108,6 +141,10 @@ class FormatContradiction(SampleCheck):
             return Verdict(True, _JSON_DEMAND.search(instructions).group(0), "json_demanded")  # type: ignore[union-attr]
         if has_react and not wants_react:
             return Verdict(True, next(t for t in targets if is_react(t)), "react_unrequested")
+        demanded = demanded_thoughts(instructions) if has_react else frozenset()
+        skipped = next((t for t in targets if skips_thought(t, demanded)), None) if demanded else None
+        if skipped is not None:
+            return Verdict(True, skipped, "thought_demanded")
         return Verdict(False)
 
 
