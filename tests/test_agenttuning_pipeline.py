@@ -145,6 +145,31 @@ def test_no_identity_claims_and_no_failed_episodes(recipe):
     assert textcraft and not [s.id for s in textcraft for m in s.messages if m.loss and invented.search(m.content)]
 
 
+def test_agent_outputs_keep_the_protocol(recipe):
+    """clean_outputs: no TextCraft output writes the game's "OK." itself, none sends several
+    commands in the loss, and no supervised WebShop action comes without the thought its prompt
+    demands (those outputs stay as context with loss false)."""
+    summary, _, samples = recipe
+    ledger = summary.manifest.steps["clean_agent"]
+    assert ledger.stats["deleted_lines"] == 146
+    assert ledger.stats["masked:several_actions"] == 22 and ledger.stats["masked:missing_thought"] == 186
+    assert ledger.filtered == {"no_supervised_turn_left": 12}
+    agent = [s for s in samples if s.kind == "agent"]
+    ok_line = re.compile(r"(?m)^\s*(?:>\s*)?OK\.\s*$")
+    command = re.compile(r"(?m)^[ \t]*(?:>[ \t]*)?(?:craft[ \t].+[ \t]using[ \t]|get[ \t]+\d+[ \t]|inventory[ \t]*$)")
+    textcraft = [s for s in agent if s.lineage.task == "textcraft"]
+    assert len(textcraft) == 45
+    outputs = [m for s in textcraft for m in s.messages[3:] if m.role is Role.ASSISTANT]
+    assert not [m.content for m in outputs if ok_line.search(m.content)]
+    assert not [m.content for m in outputs if m.loss and len(command.findall(m.content)) > 1]
+    webshop = [s for s in agent if s.lineage.source == "agentgym" and s.lineage.task == "webshop"]
+    targets = [m.content for s in webshop for m in s.messages if m.loss]
+    assert len(webshop) == 34 and all(re.search(r"(?m)^Thought:", t) for t in targets)
+    assert any(
+        m.role is Role.ASSISTANT and not m.loss and "Thought:" not in m.content for s in webshop for m in s.messages
+    )
+
+
 def test_samples_are_chat_shaped_unique_and_keep_loss_flags(recipe):
     _, _, samples = recipe
     assert all(s.messages[0].role is Role.SYSTEM and s.messages[0].content == SYSTEM_PROMPT for s in samples)
@@ -160,7 +185,8 @@ def test_samples_are_chat_shaped_unique_and_keep_loss_flags(recipe):
     agentinstruct = [s for s in samples if s.lineage.source == "agentinstruct"]
     # the 1-shot example's "OK." acknowledgement stays unsupervised (loss false), the agent's own turns supervised
     assert any(m.role is Role.ASSISTANT and not m.loss for s in agentinstruct for m in s.messages)
-    assert all(s.lineage.steps == ["agent_chat"] for s in agentinstruct)
+    steps = Counter(tuple(s.lineage.steps) for s in agentinstruct)
+    assert steps == {("agent_chat",): len(agentinstruct) - 2, ("agent_chat", "clean_agent"): 2}  # 2 KG thoughts
 
 
 def test_output_loads_with_datasets(recipe):

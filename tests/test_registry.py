@@ -15,6 +15,7 @@ EXPECTED = {
     "read",
     "to_chat",
     "write",
+    "clean_outputs",
     "align",
     "instruction_pairs",
     "tag_capabilities",

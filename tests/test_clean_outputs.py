@@ -1,0 +1,190 @@
+"""clean_outputs: invented TextCraft answers deleted, outputs with several commands or without a
+demanded thought taken out of the loss, everything else untouched, the ledger, the config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from schemas import Lineage, Message, Role, Sample, count_tokens
+from tests.helpers import rejected, run, write_spec
+from transforms.base import Filtered, Stat, StepContext
+from transforms.clean_outputs import CleanOutputsConfig, CleanOutputsFn, TaskRules, builtin_rules, delete_invented
+
+TEXTCRAFT_PROMPT = (
+    "For any other natural language or thoughts, use prefix 'think: '.\n\n"
+    "Goal: craft dark oak sign\n\n> think: I should check the inventory.\nOK.\n\n> inventory\n"
+    "Inventory: [stick] (1)"
+)
+WEBSHOP_PROMPT = (
+    "Your response should use the following format:\n\nThought:\nI think ... \n\nAction: \nclick[something]"
+)
+
+
+def episode(task: str, prompt: str, *turns: tuple[str, str], sid: str = "s0") -> Sample:
+    """An agent sample: the prompt, the unsupervised "OK." acknowledgement, then ``turns`` of
+    (role, text) with every assistant turn supervised."""
+    messages = [
+        Message(role=Role.SYSTEM, content="You are a helpful, respectful and honest assistant."),
+        Message(role=Role.USER, content=prompt),
+        Message(role=Role.ASSISTANT, content="OK."),
+    ]
+    messages += [Message(role=Role(role), content=text, loss=role == "assistant") for role, text in turns]
+    return Sample(
+        id=sid,
+        kind="agent",
+        messages=messages,
+        lineage=Lineage(source="agentgym", source_id=sid, task=task, steps=["agent_chat"]),
+        counts=count_tokens(messages),
+    )
+
+
+def apply(one: Sample, **config) -> tuple[list[Sample | Filtered], dict[str, int]]:
+    outcomes = list(CleanOutputsFn(CleanOutputsConfig(**config), StepContext("clean"))(one))
+    stats = {o.name: o.value for o in outcomes if isinstance(o, Stat)}
+    return [o for o in outcomes if not isinstance(o, Stat)], stats
+
+
+def test_delete_invented_removes_whole_lines_and_the_blank_line_they_leave():
+    ok = builtin_rules()["textcraft"].invented
+    assert ok is not None
+    assert delete_invented("think: I need glass.\nOK.\n\n> get 8 glass", ok) == (
+        "think: I need glass.\n\n> get 8 glass",
+        1,
+    )
+    assert delete_invented("> get 8 glass\nOK.", ok) == ("> get 8 glass", 1)
+    assert delete_invented("> think: done.\n> OK.\n", ok) == ("> think: done.", 1)
+    unchanged = "think: the game said OK. before, so the craft worked.\n> inventory"
+    assert delete_invented(unchanged, ok) == (unchanged, 0)
+
+
+def test_textcraft_outputs_lose_the_invented_answer_and_several_commands_leave_the_loss():
+    one = episode(
+        "textcraft",
+        TEXTCRAFT_PROMPT,
+        ("user", "Crafting commands:\ncraft 1 glass pane using 6 glass\n\nGoal: craft glass pane."),
+        ("assistant", "think: I need 6 glass.\nOK.\n\n> get 6 glass"),
+        ("user", "Got 6 glass"),
+        ("assistant", "> get 1 stick\n> get 2 stick"),
+        ("user", "Got 2 stick"),
+        ("assistant", "> craft 1 glass pane using 6 glass\nOK."),
+        ("user", "Crafted 1 minecraft:glass_pane"),
+    )
+    (out,), stats = apply(one)
+    assert isinstance(out, Sample)
+    assert stats == {"deleted_lines": 2, "masked:several_actions": 1, "changed_samples": 1}
+    outputs = [(m.content, m.loss) for m in out.messages if m.role is Role.ASSISTANT]
+    assert outputs == [
+        ("OK.", False),  # the acknowledgement before the episode is not an output: kept
+        ("think: I need 6 glass.\n\n> get 6 glass", True),
+        ("> get 1 stick\n> get 2 stick", False),  # stays as context for the observation after it
+        ("> craft 1 glass pane using 6 glass", True),
+    ]
+    assert [m for m in out.messages if m.role is not Role.ASSISTANT] == [
+        m for m in one.messages if m.role is not Role.ASSISTANT
+    ]
+    assert out.id == one.id and out.lineage.steps == ["agent_chat", "clean"]
+    assert out.counts == count_tokens(out.messages) != one.counts
+    assert TEXTCRAFT_PROMPT in out.messages[1].content  # the prompt's demo keeps its "OK." lines
+
+
+def test_an_output_that_is_only_the_invented_answer_is_kept_and_leaves_the_loss():
+    one = episode("textcraft", TEXTCRAFT_PROMPT, ("user", "Goal: craft stick."), ("assistant", "OK."), ("user", "x"))
+    one.messages.append(Message(role=Role.ASSISTANT, content="> get 2 bamboo", loss=True))
+    (out,), stats = apply(one)
+    assert stats == {"masked:empty_after_deletion": 1, "changed_samples": 1}
+    assert [(m.content, m.loss) for m in out.messages[-3:]] == [("OK.", False), ("x", False), ("> get 2 bamboo", True)]
+
+
+def test_webshop_actions_without_the_demanded_thought_leave_the_loss():
+    thought = "Thought:\nI think I should search.\n\nAction:\nsearch[red mug]"
+    one = episode(
+        "webshop",
+        WEBSHOP_PROMPT,
+        ("user", "WebShop [SEP] Search"),
+        ("assistant", thought),
+        ("user", "page 1"),
+        ("assistant", "Action:\nclick[B0001]"),
+        ("user", "item"),
+    )
+    (out,), stats = apply(one)
+    assert stats == {"masked:missing_thought": 1, "changed_samples": 1}
+    assert [(m.content, m.loss) for m in out.messages if m.role is Role.ASSISTANT][1:] == [
+        (thought, True),
+        ("Action:\nclick[B0001]", False),
+    ]
+    (kept,), stats = apply(one, missing_thought="keep")
+    assert kept is one and stats == {}
+
+
+def test_a_thought_the_format_calls_optional_is_not_demanded_and_other_samples_pass_unchanged():
+    optional = episode(
+        "alfworld",
+        "Reply as:\nThought: <your reasoning> (optional)\nAction: <the tool>",
+        ("user", "Your task is to: put a mug on the desk."),
+        ("assistant", "Action: go_to"),
+    )
+    general = episode("", "Write a haiku.", ("assistant", "Thought: a haiku\nAction: write"))
+    for one in (optional, general):
+        (out,), stats = apply(one)
+        assert out is one and stats == {}
+
+
+def test_a_sample_left_without_a_supervised_turn_is_filtered_with_the_reason():
+    one = episode("webshop", WEBSHOP_PROMPT, ("user", "WebShop [SEP] Search"), ("assistant", "Action:\nsearch[mug]"))
+    (out,), stats = apply(one)
+    assert isinstance(out, Filtered) and out.reason == "no_supervised_turn_left"
+    assert "missing_thought" in out.detail and stats["masked:missing_thought"] == 1
+
+
+def test_config_adds_or_replaces_task_rules_and_rejects_a_bad_regex():
+    one = episode("sciworld", "Act.", ("user", "go"), ("assistant", "look around\n[Observation] a room"))
+    rules = {"sciworld": {"invented_lines": [r"\[Observation\].*"]}}
+    (out,), _ = apply(one, rules=rules)
+    assert out.messages[-1].content == "look around"
+    assert set(CleanOutputsConfig(rules=rules, replace=True).task_rules()) == {"sciworld"}
+    assert set(CleanOutputsConfig(rules=rules).task_rules()) == {"sciworld", "textcraft"}
+    with pytest.raises(ValidationError, match="invalid regex"):
+        CleanOutputsConfig(rules={"x": {"action_line": "("}})
+    with pytest.raises(ValidationError):
+        TaskRules(invented_lines=["ok"], typo=1)
+
+
+def test_the_step_in_a_pipeline_keeps_the_ledger(tmp_path):
+    def record(task: str, prompt: str, *outputs: str) -> dict:
+        turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": "OK."}]
+        for output in outputs:
+            turns += [{"role": "user", "content": "observation"}, {"role": "assistant", "content": output}]
+        return {"conversations": turns, "task_name": task, "item_id": f"{task}_1", "reward": 1.0, "success": 1}
+
+    records = [
+        record("webshop", WEBSHOP_PROMPT, "Action:\nsearch[mug]"),
+        record("textcraft", TEXTCRAFT_PROMPT, "think: a\nOK.\n\n> inventory"),
+        record("babyai", "Go to the red ball.", "Action: go forward"),
+    ]
+    data = tmp_path / "rollouts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    spec = write_spec(
+        tmp_path,
+        [
+            {"id": "read", "type": "read", "config": {"format": "openai", "paths": str(data), "source": "agentgym"}},
+            {"id": "chat", "type": "to_chat", "inputs": ["read"]},
+            {"id": "clean", "type": "clean_outputs", "inputs": ["chat"]},
+            {"id": "write", "type": "write", "inputs": ["clean"]},
+        ],
+    )
+    summary = run(spec, tmp_path / "out")
+    ledger = summary.manifest.steps["clean"]
+    assert (ledger.in_, ledger.passed, ledger.filtered) == (3, 2, {"no_supervised_turn_left": 1})
+    assert ledger.stats == {"changed_samples": 2, "deleted_lines": 1, "masked:missing_thought": 1}
+    assert summary.manifest.ratios["clean"] == {
+        "in": 3,
+        "changed_samples": 2,
+        "deleted_lines": 1,
+        "masked": {"missing_thought": 1},
+        "dropped": 1,
+    }
+    (dropped,) = rejected(tmp_path / "out", "clean")
+    assert dropped["reason"] == "no_supervised_turn_left" and "webshop" in dropped["payload"]

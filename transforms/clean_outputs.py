@@ -1,0 +1,220 @@
+"""Step ``clean_outputs``: Sample -> Sample, agent outputs that break the environment's protocol
+fixed or taken out of the loss.
+
+A released rollout can be successful and still teach the wrong protocol. TextCraft agents copy
+the prompt's demo transcript and write the game's answer to a thought themselves
+(``think: ...`` / ``OK.`` / ``> get 4 blackstone`` in one output), or send several commands in one
+output of which the game runs one; WebShop agents drop the ``Thought:`` the prompt demands. A
+model learns to produce whatever its supervised turns hold, so:
+
+- **Invented lines** (``invented_lines``, per task): whole lines of an agent output that
+  imitate an environment answer which carries no state (TextCraft answers every thought with
+  ``OK.``) are deleted, with the blank line they leave. Only the outputs of the episode change
+  (assistant turns from the first supervised one on); a turn the deletion would leave empty is
+  kept as it was and, when supervised, taken out of the loss.
+- **Several actions** (``action_line``, per task): a supervised output with more than one line
+  matching the task's action regex (after the deletion) gets ``loss: false``; it stays in the
+  conversation as context, so the observations that follow still make sense.
+- **Missing thought** (``missing_thought: mask``, every task): when the instructions show a
+  thought line that they do not call optional (the format of the audit's
+  ``format_contradiction`` check), a supervised output with an action line and no line opening
+  with a demanded marker (``Think:`` under a demanded ``Thought:`` is no thought) gets ``loss: false``.
+
+Guarantees: only assistant text and loss flags change; roles, order, tool calls and the other
+messages stay; the id is kept (same source record and derivation), the token counts are
+recomputed and the step is appended to ``lineage.steps`` when anything changed, and a sample
+nothing applies to passes unchanged. A sample left with no supervised turn is filtered as
+``no_supervised_turn_left``. Stats: ``deleted_lines``, ``masked:several_actions``,
+``masked:missing_thought``, ``masked:empty_after_deletion`` and ``changed_samples``. The rules
+are data (``templates/quality/agent_outputs.yaml``); a config adds tasks (``rules``) or replaces
+the built-in ones (``replace: true``). Pure function of the sample and the config.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas import Message, Role, Sample, count_tokens
+from transforms.base import Filtered, RecordStep, Stat, StepConfig, StepContext, check_regexes
+from transforms.quality.check import first_supervised
+from transforms.quality.checks.format_contradiction import demanded_thoughts, instructions_of, skips_thought
+
+BUILTIN = "quality/agent_outputs.yaml"
+REASON = "no_supervised_turn_left"
+_BLANK_RUN = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
+
+
+class TaskRules(BaseModel):
+    """What breaks one task's protocol in an agent output."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Regexes (multi-line) of whole lines an agent must not write: they imitate an answer of
+    #: the environment that carries no state, so they are deleted.
+    invented_lines: list[str] = Field(default_factory=list)
+    #: Regex (multi-line) of one action line; an output with more than one is taken out of the loss.
+    action_line: str | None = None
+
+    @field_validator("invented_lines")
+    @classmethod
+    def _lines_compile(cls, value: list[str]) -> list[str]:
+        return check_regexes(value)
+
+    @field_validator("action_line")
+    @classmethod
+    def _action_compiles(cls, value: str | None) -> str | None:
+        return None if value is None else check_regexes([value])[0]
+
+    @property
+    def invented(self) -> re.Pattern[str] | None:
+        if not self.invented_lines:
+            return None
+        return _compiled("|".join(f"(?:{p})" for p in self.invented_lines))
+
+    @property
+    def action(self) -> re.Pattern[str] | None:
+        return None if self.action_line is None else _compiled(self.action_line)
+
+
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.MULTILINE)
+
+
+@functools.cache
+def builtin_rules() -> dict[str, TaskRules]:
+    from transforms.phrasing import builtin_text
+
+    data = yaml.safe_load(builtin_text(BUILTIN)) or {}
+    return {task: TaskRules.model_validate(rules) for task, rules in data.items()}
+
+
+class CleanOutputsConfig(StepConfig):
+    """Config of ``clean_outputs``."""
+
+    rules: dict[str, TaskRules] = Field(default_factory=dict)
+    replace: bool = False
+    missing_thought: Literal["mask", "keep"] = "mask"
+
+    @model_validator(mode="after")
+    def _known(self) -> CleanOutputsConfig:
+        self.task_rules()  # the built-in data parses
+        return self
+
+    def task_rules(self) -> dict[str, TaskRules]:
+        """Task -> rules: the built-in ones updated with ``rules`` (or only ``rules``)."""
+        return dict(self.rules) if self.replace else {**builtin_rules(), **self.rules}
+
+
+def delete_invented(text: str, pattern: re.Pattern[str]) -> tuple[str, int]:
+    """``text`` without the whole lines ``pattern`` matches (runs of blank lines they leave
+    become one blank line, and the ends are trimmed of blank lines), and how many were deleted."""
+    lines = text.split("\n")
+    kept = [line for line in lines if not pattern.fullmatch(line)]
+    deleted = len(lines) - len(kept)
+    if not deleted:
+        return text, 0
+    return _BLANK_RUN.sub("\n\n", "\n".join(kept)).strip("\n"), deleted
+
+
+def clean(sample: Sample, config: CleanOutputsConfig, rules: dict[str, TaskRules]) -> tuple[Sample, Counter]:
+    """The cleaned sample (the same object when nothing applies) and the stats of what changed."""
+    stats: Counter = Counter()
+    start = first_supervised(sample)
+    if start is None:
+        return sample, stats
+    task = rules.get(sample.lineage.task or "")
+    thought = demanded_thoughts(instructions_of(sample, start)) if config.missing_thought == "mask" else frozenset()
+    if task is None and not thought:
+        return sample, stats
+    messages: list[Message] = list(sample.messages)
+    for index in range(start, len(messages)):
+        message = messages[index]
+        if message.role is not Role.ASSISTANT:
+            continue
+        update: dict[str, Any] = {}
+        text = message.content
+        if task is not None and task.invented is not None:
+            text, deleted = delete_invented(text, task.invented)
+            if deleted and text.strip():
+                update["content"] = text
+                stats["deleted_lines"] += deleted
+            elif deleted and message.loss:
+                text = message.content
+                update["loss"] = False
+                stats["masked:empty_after_deletion"] += 1
+        if message.loss and "loss" not in update:
+            if task is not None and task.action is not None and len(task.action.findall(text)) > 1:
+                update["loss"] = False
+                stats["masked:several_actions"] += 1
+            elif thought and skips_thought(text, thought):
+                update["loss"] = False
+                stats["masked:missing_thought"] += 1
+        if update:
+            messages[index] = message.model_copy(update=update)
+    if not stats:
+        return sample, stats
+    stats["changed_samples"] = 1
+    return sample.model_copy(update={"messages": messages, "counts": count_tokens(messages)}), stats
+
+
+class CleanOutputsFn:
+    """Picklable processor (see the module docstring)."""
+
+    def __init__(self, config: CleanOutputsConfig, context: StepContext) -> None:
+        self.config = config
+        self.step_id = context.step_id
+        self.rules: dict[str, TaskRules] | None = None
+
+    def setup(self) -> None:
+        self.rules = self.config.task_rules()
+
+    def __call__(self, sample: Sample) -> Iterator[Any]:
+        if self.rules is None:
+            self.setup()
+        assert self.rules is not None
+        cleaned, stats = clean(sample, self.config, self.rules)
+        for name, value in sorted(stats.items()):
+            yield Stat(name, value)
+        if cleaned is sample:
+            yield sample
+            return
+        if not any(m.loss for m in cleaned.messages):
+            masked = {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("masked:")}
+            yield Filtered(REASON, f"every supervised turn was taken out of the loss: {masked}")
+            return
+        lineage = cleaned.lineage.model_copy(update={"steps": [*cleaned.lineage.steps, self.step_id]})
+        yield cleaned.model_copy(update={"lineage": lineage})
+
+
+class CleanOutputs(RecordStep):
+    """Deletes invented environment lines from agent outputs and masks outputs that hold several
+    actions or skip a demanded thought (see the module docstring)."""
+
+    type_name = "clean_outputs"
+    config_model = CleanOutputsConfig
+    input_type = Sample
+    output_type = Sample
+
+    def processor(self) -> CleanOutputsFn:
+        return CleanOutputsFn(self.config, self.context)  # type: ignore[arg-type]
+
+    @classmethod
+    def summarize(cls, config: StepConfig, ledger: Any) -> dict[str, Any]:
+        return {
+            "in": ledger.in_,
+            "changed_samples": ledger.stats.get("changed_samples", 0),
+            "deleted_lines": ledger.stats.get("deleted_lines", 0),
+            "masked": {k.split(":", 1)[1]: v for k, v in sorted(ledger.stats.items()) if k.startswith("masked:")},
+            "dropped": ledger.filtered.get(REASON, 0),
+        }
+
+
+__all__ = ["CleanOutputs", "CleanOutputsConfig", "TaskRules", "clean", "delete_invented"]
