@@ -20,6 +20,7 @@ from transforms.negatives import (
     NegativesConfig,
     Query,
     call_code,
+    call_details,
     capability_text,
     content_words,
     load_rules,
@@ -358,6 +359,23 @@ def test_needs_tool_answers_say_what_is_missing_in_the_query_language():
                 assert "get_stock_price" not in {t.name for t in sample.tools}
             else:
                 assert sample.tools == [] and sample.messages[0].role is Role.USER
+
+
+def test_details_name_arguments_in_words_not_identifiers():
+    call = ToolCall(name="find_movies", arguments={"release_year": 2019, "trackingNumber": "YT20", "genre": "comedy"})
+    assert call_details(call) == [
+        {"name": "release year", "value": "2019"},
+        {"name": "tracking number", "value": "YT20"},
+        {"name": "genre", "value": "comedy"},
+    ]
+    movies = ToolSpec(name="find_movies", description="Search for movies by genre and release year")
+    fn = maker()
+    trajectory = traj(
+        [user("Can you find comedy movies from 2019?"), call_turn("find_movies", genre="comedy", release_year=2019)],
+        tools=[movies],
+    )
+    answers = [fn.build(case, trajectory, POOL).messages[-1].content for case in ("no_tools", "irrelevant_tools")]
+    assert all("release year" in a and "release_year" not in a for a in answers), answers
 
 
 def test_code_the_source_ran_is_offered_as_help():

@@ -731,10 +731,19 @@ def capability_text(description: str) -> str:
     return f"{verb} {rest}".strip()
 
 
+_CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def spoken_name(name: str) -> str:
+    """An argument's name as the words an answer says: ``release_year`` and ``releaseYear``
+    become ``release year`` (a reply to a user does not quote an API's identifiers)."""
+    return " ".join(_CAMEL_HUMP.sub(" ", name).replace("_", " ").replace("-", " ").split()).lower()
+
+
 def call_details(call: ToolCall, limit: int = 4) -> list[dict[str, str]]:
-    """Up to ``limit`` named scalar arguments of ``call`` as ``{name, value}``. The parser's bare
-    ``input`` / ``target`` values are left out: in text-command dialects (KG, WebShop) the agent
-    chose them, the user did not say them."""
+    """Up to ``limit`` named scalar arguments of ``call`` as ``{name, value}``, the name in words
+    (:func:`spoken_name`). The parser's bare ``input`` / ``target`` values are left out: in
+    text-command dialects (KG, WebShop) the agent chose them, the user did not say them."""
     if not isinstance(call.arguments, dict):
         return []
     details = []
@@ -744,7 +753,7 @@ def call_details(call: ToolCall, limit: int = 4) -> list[dict[str, str]]:
         if str(value).strip() == "":
             continue
         text = str(value).strip().replace("\n", " ")
-        details.append({"name": str(name), "value": text[:120]})
+        details.append({"name": spoken_name(str(name)), "value": text[:120]})
         if len(details) == limit:
             break
     return details
