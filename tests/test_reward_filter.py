@@ -25,6 +25,7 @@ from transforms.reward_filter import (
     episode,
     judge,
     longest_repeat,
+    thought_names,
 )
 
 AGENTGYM = "agentgym_sampled_trajectories_with_reward"
@@ -400,6 +401,40 @@ def test_final_answer_rules():
     assert judge(make("webshop", episode_turns("click[b0123]")), RewardFilterConfig(checks=["reward"])).kept
 
 
+MIND2WEB_PAGE = (
+    "'''\n<html> <li id=0> <a id=1> <p> Store Locator </p> </a> </li> </html>\n'''\n\n"
+    "Task: Locate a large store in Washington that has kids' and maternity products.\n"
+    "Previous actions:\nNone\nWhat should be the next action?\n\n"
+    "A. None of the above\nB. <a id=1> <p> Store Locator </p> </a>"
+)
+
+
+def test_an_output_whose_thought_names_what_the_episode_never_showed_is_ungrounded():
+    other_episode = (
+        'Thought: The "TRAVEL INFO" tab has been clicked, and the next task is to find Wi-Fi '
+        'subscriptions. I should click on the "Pre-paid Wi-Fi" link.\nAnswer: D.\nAction: CLICK'
+    )
+    this_episode = (
+        "Thought: To find a store in Washington, I'll open the 'Store Locator' first.\nAnswer: B.\nAction: CLICK"
+    )
+    ungrounded = make("mind2web", [("user", MIND2WEB_PAGE, False), ("assistant", other_episode, True)])
+    grounded = make("mind2web", [("user", MIND2WEB_PAGE, False), ("assistant", this_episode, True)])
+    kept, stats = outcome(grounded)
+    assert isinstance(kept, Trajectory) and "violation:ungrounded_output" not in stats
+    dropped, stats = outcome(ungrounded)
+    assert isinstance(dropped, Filtered) and dropped.reason == "ungrounded_output"
+    assert "TRAVEL INFO" in dropped.detail and "Pre-paid Wi-Fi" in dropped.detail
+    assert stats["violation:ungrounded_output"] == 1
+    assert thought_names(this_episode) == ["Store Locator", "Washington"]  # "I'll" is no quote, "I" no name
+    assert thought_names("Answer: B.\nAction: CLICK") == []  # only thoughts are read
+    # only the tasks in grounded_tasks (default: Mind2Web), and only with the check on
+    webshop = make("webshop", [("user", MIND2WEB_PAGE, False), ("assistant", other_episode, True)])
+    only_grounded = RewardFilterConfig(checks=["grounded"])
+    assert judge(webshop, only_grounded).kept
+    assert not judge(webshop, only_grounded.model_copy(update={"grounded_tasks": ["webshop"]})).kept
+    assert judge(ungrounded, RewardFilterConfig(checks=["reward"])).kept
+
+
 def test_first_failing_check_is_the_reason_and_all_are_counted():
     trajectory = make("webshop", episode_turns("click[Next >]", "click[Next >]", "click[Next >]"), reward=0.0)
     result, stats = outcome(trajectory)
@@ -493,7 +528,7 @@ def test_real_agentinstruct_trajectories_that_break_the_rules(external):
     all_checks = RewardFilterConfig(missing_reward="keep")
     first_reasons = [_reasons(t, all_checks)[:1] for t in everything]
     strict = Counter(reasons[0] for reasons in first_reasons if reasons)
-    assert strict == {"invalid_action": 23, "no_final_answer": 6, "repeated_output": 3}
+    assert strict == {"invalid_action": 23, "no_final_answer": 6, "repeated_output": 3, "ungrounded_output": 26}
     dropped = {t.source_id for t, reasons in zip(everything, first_reasons, strict=True) if reasons}
     unparsed = {t.source_id for t in everything if any("No executable function found" in u.text for u in t.turns)}
     assert unparsed <= dropped  # every episode with an unparseable action is dropped
@@ -509,6 +544,7 @@ def test_mind2web_partial_credit_threshold_on_real_rows(external):
     n steps, also summed step by step as an environment accumulates it)."""
     rows = _read(external("agentinstruct_thudm", "mind2web.shared80.parquet"), "agentinstruct")
     assert len(rows) == 103 and all(t.task == "mind2web" and t.reward is None for t in rows)
+    rows = [t for t in rows if judge(t, RewardFilterConfig(missing_reward="keep")).kept]  # the other rules pass
     fn = RewardFilterFn(RewardFilterConfig())
     expected_kept = kept = seen = 0
     index = 0

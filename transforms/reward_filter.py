@@ -22,7 +22,12 @@ of the first failing check, in this order:
    observation, not an invalid action: ALFWorld "Nothing happens." after a well-formed command, TextCraft "Could
    not find ...", BabyAI "You cannot ...", "No change in state" after a well-formed action
    never count;
-6. ``no_final_answer``: the task defines a final answer and the episode does not end with one.
+6. ``ungrounded_output`` (check ``grounded``, tasks in ``grounded_tasks``, default Mind2Web): an
+   agent output's thought quotes or names something (a phrase in quotes, a capitalised name
+   inside a sentence) that no earlier turn of the episode contains: it was written for another
+   episode. AgentInstruct's released Mind2Web answers include thoughts about "Dish Outdoor" deals
+   for a glamping task and "Frosthaven" for a Thai restaurant, with answers to match;
+7. ``no_final_answer``: the task defines a final answer and the episode does not end with one.
 
 "Agent outputs" are the supervised (``loss=true``) assistant turns; "environment turns" are the
 user and tool turns after the first agent output, so task prompts and in-context examples never
@@ -45,8 +50,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from schemas import Role, Trajectory, Turn, canonical_json
 from transforms.base import Filtered, RecordError, RecordStep, Stat, StepConfig
 
-Check = Literal["reward", "success", "repeated_output", "invalid_action", "final_answer"]
-ALL_CHECKS: tuple[Check, ...] = ("reward", "success", "repeated_output", "invalid_action", "final_answer")
+Check = Literal["reward", "success", "repeated_output", "invalid_action", "grounded", "final_answer"]
+ALL_CHECKS: tuple[Check, ...] = ("reward", "success", "repeated_output", "invalid_action", "grounded", "final_answer")
 ANY_TASK = "*"
 REJECTED_PORT = "rejected"
 
@@ -104,6 +109,18 @@ DEFAULT_FINAL_ANSWERS: dict[str, dict[str, str]] = {
     "babyai": {"pattern": r"The task is completed", "where": "last_observation"},
     "textcraft": {"pattern": r"^\s*Crafted \d+ minecraft:", "where": "last_observation"},
 }
+
+#: Tasks whose agent outputs may name only what the episode showed (check ``grounded``).
+DEFAULT_GROUNDED_TASKS: tuple[str, ...] = ("mind2web",)
+
+#: A thought: the text after a thought marker, up to the next line that opens with a marker.
+_THOUGHT = re.compile(
+    r"^[ \t>*]*(?:Thought|THOUGHT|Think)[ \t]*:(.*?)(?=^[ \t]*[A-Za-z][A-Za-z ]{0,20}:|\Z)", re.M | re.S
+)
+#: Names in a thought: quoted phrases (an apostrophe inside a word is no quote) and runs of
+#: capitalised words inside a sentence (not at its start, not inside quotes).
+_QUOTED = re.compile(r"\"([^\"\n]{2,60})\"|“([^”\n]{2,60})”|(?<!\w)'([^'\n]{2,60})'(?!\w)")
+_CAPITALISED = re.compile(r"(?<![\w'\"“-])[A-Z][A-Za-z0-9&-]+(?: [A-Z][A-Za-z0-9&-]*)*")
 
 THRESHOLD_TOLERANCE = 1e-9
 
@@ -164,6 +181,7 @@ class RewardFilterConfig(StepConfig):
     empty_output_is_invalid: bool = True
     max_invalid_actions: int = Field(0, ge=0)
     final_answer: dict[str, FinalAnswerRule | None] = Field(default_factory=dict)
+    grounded_tasks: list[str] = Field(default_factory=lambda: list(DEFAULT_GROUNDED_TASKS))
     rejected_port: bool = True
 
     @field_validator("reward_field")
@@ -311,6 +329,35 @@ def invalid_actions(
     return hits
 
 
+def thought_names(text: str) -> list[str]:
+    """The quoted phrases and in-sentence capitalised names of ``text``'s thoughts."""
+    names: list[str] = []
+    for thought in _THOUGHT.findall(text):
+        names += [next(g for g in groups if g) for groups in _QUOTED.findall(thought)]
+        unquoted = _QUOTED.sub('""', thought)
+        for match in _CAPITALISED.finditer(unquoted):
+            before = unquoted[: match.start()].rstrip(" \t")
+            if before and before[-1] not in ".!?:\n\"'“":
+                names.append(match.group(0))
+    return names
+
+
+def ungrounded_names(trajectory: Trajectory) -> tuple[int, list[str]] | None:
+    """``(turn index, names)`` of the first agent output whose thought names something no earlier
+    turn contains (case-insensitive, trailing punctuation ignored), else ``None``."""
+    seen: list[str] = []
+    for index, turn in enumerate(trajectory.turns):
+        if turn.role is Role.ASSISTANT and turn.loss:
+            names = thought_names(turn.text)
+            if names:
+                before = "\n".join(seen)
+                missing = [n for n in names if n.strip(" .,;:!?").lower() not in before]
+                if missing:
+                    return index, missing
+        seen.append(turn.text.lower())
+    return None
+
+
 def has_final_answer(ep: Episode, where: str, pattern: re.Pattern[str]) -> bool:
     """Whether the last agent output (``where="last_output"``) or the last environment turn
     (``"last_observation"``) matches ``pattern``."""
@@ -413,6 +460,11 @@ def judge(trajectory: Trajectory, config: RewardFilterConfig | None = None, rule
         if len(hits) > config.max_invalid_actions:
             allowed = config.max_invalid_actions
             verdict.add("invalid_action", f"{len(hits)} invalid action(s), {allowed} allowed; first: {hits[0]!r}")
+    if "grounded" in checks and task in config.grounded_tasks:
+        found = ungrounded_names(trajectory)
+        if found is not None:
+            index, names = found
+            verdict.add("ungrounded_output", f"turn {index} names {names[:3]!r}, which no earlier turn shows")
     if "final_answer" in checks and task and task in rules.final:
         where, pattern = rules.final[task]
         if not has_final_answer(ep, where, pattern):
