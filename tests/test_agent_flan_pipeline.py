@@ -26,6 +26,7 @@ EXPLAINED = {
     "no_final_answer",
     "invalid_action",
     "ungrounded_output",  # Mind2Web thoughts written for another episode
+    "inconsistent_choice",  # Mind2Web answers that contradict their choices
     # align: calls that fit no declared tool, unparseable or marker-holding steps
     "undeclared_tool",
     "invalid_arguments",
@@ -63,7 +64,11 @@ def test_every_record_is_accounted_for_with_reasons(flan):
     assert steps["align"].in_ == sum(
         steps[r].emitted for r in ("valid_agentinstruct", "successful_toolbench", "read_glaive", "successful_fireact")
     )
-    assert steps["valid_agentinstruct"].filtered == {"invalid_action": 24, "ungrounded_output": 26}
+    assert steps["valid_agentinstruct"].filtered == {
+        "invalid_action": 24,
+        "ungrounded_output": 26,
+        "inconsistent_choice": 15,
+    }
     assert steps["successful_toolbench"].filtered == {"unsuccessful": 4}  # win: false
     assert steps["successful_fireact"].filtered == {"no_final_answer": 49}  # reward = False / 0
     assert steps["instruction_pairs"].emitted == 2000

@@ -55,24 +55,25 @@ def test_ledger_on_the_real_data(recipe):
         "read_alpaca": 999,
     }
     assert all(not ledger.dead_letter for ledger in steps.values())
-    # the released AgentInstruct set: the rules drop 58 episodes (ALFWorld episodes that send
+    # the released AgentInstruct set: the rules drop 73 episodes (ALFWorld episodes that send
     # "Task succeeded." as an action, KG episodes with unparseable actions, an empty Mind2Web
     # answer, episodes ending without a final answer, 3x repeated outputs, Mind2Web answers
-    # whose thought names what the page never showed)
+    # whose thought names what the page never showed or that contradict their choices)
     agentinstruct = steps["filter_agentinstruct"]
-    assert agentinstruct.passed == 1407
+    assert agentinstruct.passed == 1392
     assert agentinstruct.filtered == {
         "invalid_action": 23,
         "no_final_answer": 6,
         "repeated_output": 3,
         "ungrounded_output": 26,
+        "inconsistent_choice": 15,
     }
     tasks = summary.manifest.ratios["filter_agentinstruct"]["tasks"]
     assert {t: v["kept"] for t, v in tasks.items()} == {
         "alfworld": 257,
         "db": 417,
         "kg": 236,
-        "mind2web": 76,
+        "mind2web": 61,
         "os": 146,
         "webshop": 275,
     }
@@ -84,7 +85,7 @@ def test_ledger_on_the_real_data(recipe):
     tasks = summary.manifest.ratios["filter_agentgym"]["tasks"]
     assert {t: v["kept"] for t, v in tasks.items()} == {"babyai": 98, "textcraft": 45, "webshop": 46}
     assert tasks["textcraft"]["filtered"] == {"below_threshold": 24, "invalid_action": 269, "repeated_output": 36}
-    assert steps["agent_chat"].in_ == 1407 + 189
+    assert steps["agent_chat"].in_ == 1392 + 189
     # no general sample here claims another model's identity (the FastChat identity set is not read)
     assert steps["identity_general"].in_ == 1499 and not steps["identity_general"].filtered
     assert steps["mix"].in_ == steps["decontaminate_agent"].passed + steps["decontaminate_general"].passed
@@ -100,7 +101,7 @@ def test_eta_with_every_agent_sample_kept(recipe):
     # every agent sample that passed the filters is in the output, once
     agent = [s for s in samples if s.kind == "agent"]
     assert len(agent) == len({s.id for s in agent}) == steps["decontaminate_agent"].passed
-    assert len(agent) >= 0.99 * (1407 + 189)  # dedup and decontamination remove only a few
+    assert len(agent) >= 0.99 * (1392 + 189)  # dedup and decontamination remove only a few
     assert not [s for s in agent if "repeat_of" in s.metadata]
     assert ratios["sides"]["agent"]["kept_share"] == 1.0 and ratios["sides"]["agent"]["repeats"] == 0
     # eta = 0.2 exactly in samples (general = 4 x agent), also reported in supervised tokens
@@ -125,7 +126,7 @@ def test_eta_with_every_agent_sample_kept(recipe):
     assert ratios["sides"]["general"]["repeats"] == len(general) - len(copies)
     sources = Counter(s.lineage.source for s in agent)
     assert set(sources) == {"agentinstruct", "agentgym"}
-    assert sources["agentinstruct"] <= 1407 and sources["agentgym"] <= 189
+    assert sources["agentinstruct"] <= 1392 and sources["agentgym"] <= 189
 
 
 def test_no_identity_claims_and_no_failed_episodes(recipe):

@@ -17,6 +17,7 @@ from pipelines.run import run_spec
 from schemas import Role, Sample, Trajectory, Turn, trajectory_id
 from schemas.arrow import ArrowCodec
 from transforms.base import Filtered, RecordError, Stat
+from transforms.choice_answers import choice_problem, choices_of
 from transforms.read import ReadConfig, ReadFile
 from transforms.reward_filter import (
     RewardFilter,
@@ -435,6 +436,84 @@ def test_an_output_whose_thought_names_what_the_episode_never_showed_is_unground
     assert judge(ungrounded, RewardFilterConfig(checks=["reward"])).kept
 
 
+MIND2WEB_FORM = (
+    "'''\n<html> <form> <input id=0 text first name /> <select id=1 state> <option> Ohio </option> </select> "
+    "<a id=2> Deals </a> </form> </html>\n'''\n\n"
+    "Task: Find deals near Columbus for Jane.\n"
+    "Previous actions:\n[link]  Stores -> CLICK\n[select]  State -> SELECT: Ohio\nWhat should be the next action?\n\n"
+    "A. None of the above\nB. <input id=0 text first name />\nC. <select id=1 state> <option> Ohio </option>\n"
+    "D. <a id=2> Deals </a>"
+)
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        ("Answer: F.\nAction: CLICK", "answer F is not among the choices A, B, C, D"),
+        ("Answer: A. None of the above\nAction: CLICK\nValue: Search", "comes with an action (CLICK)"),
+        ("Answer: D.", "has no action"),
+        ("Answer: D.\nAction: SET\nValue: Deals", "action SET is none of CLICK, TYPE, SELECT"),
+        ("Answer: D.\nAction: TYPE\nValue: Jane", "TYPE on '<a id=2> Deals </a>': TYPE takes input, textarea"),
+        ("Answer: B.\nAction: SELECT\nValue: Jane", "SELECT on '<input id=0 text first name />'"),
+        ("Answer: C.\nAction: TYPE\nValue: Ohio", "TYPE on '<select id=1 state>"),
+        ("Answer: B.\nAction: TYPE", "TYPE without a value"),
+        ("Answer: B.\nAction: TYPE\nValue: Smith", "value 'Smith' appears in no earlier turn"),
+        ("Answer: B.\nAction: TYPE\nValue: Jane\nAnswer: D.\nAction: CLICK", "several answers (B, D)"),
+        ("Action: CLICK", "no 'Answer:' letter"),
+    ],
+)
+def test_a_choice_answer_that_contradicts_its_choices_is_inconsistent(answer: str, why: str):
+    trajectory = make("mind2web", [("user", MIND2WEB_FORM, False), ("assistant", f"Thought: Next.\n{answer}", True)])
+    dropped, stats = outcome(trajectory)
+    assert isinstance(dropped, Filtered) and dropped.reason == "inconsistent_choice"
+    assert dropped.detail.startswith("turn 1: ") and why in dropped.detail
+    assert stats["violation:inconsistent_choice"] == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Answer: D.\nAction: CLICK",
+        "Answer: B.\nAction: CLICK",  # a click may focus an input
+        "Answer: B.\nAction: TYPE\nValue: jane.",  # case and a closing full stop do not matter
+        'Answer: B.\nAction: TYPE.\nValue: "Columbus"',
+        "Answer: C.\nAction: SELECT\nValue: Ohio",  # a value the previous actions show
+        "Answer: A. None of the above",
+        "Answer: A.",
+    ],
+)
+def test_a_choice_answer_the_page_allows_is_kept(answer: str):
+    trajectory = make("mind2web", [("user", MIND2WEB_FORM, False), ("assistant", f"Thought: Next.\n{answer}", True)])
+    assert choice_problem(trajectory) is None
+    kept, stats = outcome(trajectory)
+    assert isinstance(kept, Trajectory) and "violation:inconsistent_choice" not in stats
+
+
+def test_the_choice_check_reads_only_its_tasks_and_its_operations():
+    wrong = [("user", MIND2WEB_FORM, False), ("assistant", "Answer: D.\nAction: TYPE\nValue: Jane", True)]
+    only_choice = RewardFilterConfig(checks=["choice"])
+    assert not judge(make("mind2web", wrong), only_choice).kept
+    assert judge(make("webshop", wrong), only_choice).kept  # not in choice_tasks
+    assert not judge(make("webshop", wrong), only_choice.model_copy(update={"choice_tasks": ["webshop"]})).kept
+    assert judge(make("mind2web", wrong), RewardFilterConfig(checks=["reward"])).kept
+    # operations are configurable: typing into any element, or HOVER as an operation of its own
+    anywhere = RewardFilterConfig(checks=["choice"], choice_operations={"CLICK": [], "TYPE": [], "SELECT": ["Select"]})
+    assert anywhere.choice_operations["SELECT"] == ["select"]
+    assert judge(make("mind2web", wrong), anywhere).kept
+    hover = [("user", MIND2WEB_FORM, False), ("assistant", "Answer: D.\nAction: HOVER", True)]
+    assert not judge(make("mind2web", hover), only_choice).kept
+    with_hover = RewardFilterConfig(checks=["choice"], choice_operations={"CLICK": [], "HOVER": []})
+    assert judge(make("mind2web", hover), with_hover).kept
+    with pytest.raises(ValidationError, match="capitals"):
+        RewardFilterConfig(choice_operations={"click": []})
+    # an output without lettered choices before it is not read; an unsupervised one neither
+    assert choice_problem(make("mind2web", [("user", "Find deals.", False), ("assistant", "Answer: Q.", True)])) is None
+    assert (
+        choice_problem(make("mind2web", [("user", MIND2WEB_FORM, False), ("assistant", "Answer: F.", False)])) is None
+    )
+    assert choices_of(MIND2WEB_FORM)["D"] == "<a id=2> Deals </a>"
+
+
 def test_first_failing_check_is_the_reason_and_all_are_counted():
     trajectory = make("webshop", episode_turns("click[Next >]", "click[Next >]", "click[Next >]"), reward=0.0)
     result, stats = outcome(trajectory)
@@ -528,7 +607,16 @@ def test_real_agentinstruct_trajectories_that_break_the_rules(external):
     all_checks = RewardFilterConfig(missing_reward="keep")
     first_reasons = [_reasons(t, all_checks)[:1] for t in everything]
     strict = Counter(reasons[0] for reasons in first_reasons if reasons)
-    assert strict == {"invalid_action": 23, "no_final_answer": 6, "repeated_output": 3, "ungrounded_output": 26}
+    assert strict == {
+        "invalid_action": 23,
+        "no_final_answer": 6,
+        "repeated_output": 3,
+        "ungrounded_output": 26,
+        "inconsistent_choice": 15,
+    }
+    # Mind2Web answers that contradict their choices: 22, 7 of them also written for another episode
+    contradicting = [t for t in everything if judge(t, RewardFilterConfig(checks=["choice"])).violations]
+    assert len(contradicting) == 22 and {t.task for t in contradicting} == {"mind2web"}
     dropped = {t.source_id for t, reasons in zip(everything, first_reasons, strict=True) if reasons}
     unparsed = {t.source_id for t in everything if any("No executable function found" in u.text for u in t.turns)}
     assert unparsed <= dropped  # every episode with an unparseable action is dropped

@@ -27,7 +27,11 @@ of the first failing check, in this order:
    inside a sentence) that no earlier turn of the episode contains: it was written for another
    episode. AgentInstruct's released Mind2Web answers include thoughts about "Dish Outdoor" deals
    for a glamping task and "Frosthaven" for a Thai restaurant, with answers to match;
-7. ``no_final_answer``: the task defines a final answer and the episode does not end with one.
+7. ``inconsistent_choice`` (check ``choice``, tasks in ``choice_tasks``, default Mind2Web): an
+   agent output's multiple-choice answer contradicts the choices it was given: a letter not
+   offered, an action on "None of the above", TYPE into a link, SELECT on a button, a typed value
+   that no earlier turn contains (:mod:`transforms.choice_answers`);
+8. ``no_final_answer``: the task defines a final answer and the episode does not end with one.
 
 "Agent outputs" are the supervised (``loss=true``) assistant turns; "environment turns" are the
 user and tool turns after the first agent output, so task prompts and in-context examples never
@@ -49,9 +53,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from schemas import Role, Trajectory, Turn, canonical_json
 from transforms.base import Filtered, RecordError, RecordStep, Stat, StepConfig
+from transforms.choice_answers import DEFAULT_OPERATIONS, choice_problem
 
-Check = Literal["reward", "success", "repeated_output", "invalid_action", "grounded", "final_answer"]
-ALL_CHECKS: tuple[Check, ...] = ("reward", "success", "repeated_output", "invalid_action", "grounded", "final_answer")
+Check = Literal["reward", "success", "repeated_output", "invalid_action", "grounded", "choice", "final_answer"]
+ALL_CHECKS: tuple[Check, ...] = (
+    "reward",
+    "success",
+    "repeated_output",
+    "invalid_action",
+    "grounded",
+    "choice",
+    "final_answer",
+)
 ANY_TASK = "*"
 REJECTED_PORT = "rejected"
 
@@ -122,6 +135,9 @@ _THOUGHT = re.compile(
 _QUOTED = re.compile(r"\"([^\"\n]{2,60})\"|“([^”\n]{2,60})”|(?<!\w)'([^'\n]{2,60})'(?!\w)")
 _CAPITALISED = re.compile(r"(?<![\w'\"“-])[A-Z][A-Za-z0-9&-]+(?: [A-Z][A-Za-z0-9&-]*)*")
 
+#: Tasks whose agent outputs answer lettered choices (check ``choice``).
+DEFAULT_CHOICE_TASKS: tuple[str, ...] = ("mind2web",)
+
 THRESHOLD_TOLERANCE = 1e-9
 
 
@@ -182,6 +198,8 @@ class RewardFilterConfig(StepConfig):
     max_invalid_actions: int = Field(0, ge=0)
     final_answer: dict[str, FinalAnswerRule | None] = Field(default_factory=dict)
     grounded_tasks: list[str] = Field(default_factory=lambda: list(DEFAULT_GROUNDED_TASKS))
+    choice_tasks: list[str] = Field(default_factory=lambda: list(DEFAULT_CHOICE_TASKS))
+    choice_operations: dict[str, list[str]] = Field(default_factory=lambda: dict(DEFAULT_OPERATIONS), min_length=1)
     rejected_port: bool = True
 
     @field_validator("reward_field")
@@ -190,6 +208,13 @@ class RewardFilterConfig(StepConfig):
         if value not in ("reward", "success") and not (value.startswith("metadata.") and len(value) > 9):
             raise ValueError("reward_field must be 'reward', 'success' or 'metadata.<key>'")
         return value
+
+    @field_validator("choice_operations")
+    @classmethod
+    def _operations_upper(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        if any(not op.isalpha() or op != op.upper() for op in value):
+            raise ValueError("choice_operations keys are operations in capitals (CLICK, TYPE, SELECT)")
+        return {op: [tag.lower() for tag in tags] for op, tags in value.items()}
 
     @field_validator("invalid_output_patterns")
     @classmethod
@@ -465,6 +490,11 @@ def judge(trajectory: Trajectory, config: RewardFilterConfig | None = None, rule
         if found is not None:
             index, names = found
             verdict.add("ungrounded_output", f"turn {index} names {names[:3]!r}, which no earlier turn shows")
+    if "choice" in checks and task in config.choice_tasks:
+        problem = choice_problem(trajectory, config.choice_operations)
+        if problem is not None:
+            index, why = problem
+            verdict.add("inconsistent_choice", f"turn {index}: {why}")
     if "final_answer" in checks and task and task in rules.final:
         where, pattern = rules.final[task]
         if not has_final_answer(ep, where, pattern):
