@@ -548,6 +548,18 @@ def test_tool_cards_final_calls_and_own_tools():
     assert card.final_call(None, tools) == ToolCall(name="finish", arguments={})
     kg = trajectory(("user", "q", False), task="kg")
     assert cards.card_for(kg).final_call("#3", cards.card_for(kg).tools_for(kg)) is None  # prose answer
+    # a typed answer parameter takes the answer's JSON value: DB-Bench's list is a list, not a
+    # string holding a list's JSON; an answer that is no JSON of that type is invalid_arguments
+    db = trajectory(("user", "q", False), task="db")
+    db_card, db_tools = cards.card_for(db), cards.card_for(db).tools_for(db)
+    assert db_card.final_call(' ["Summer", 6923] ', db_tools) == ToolCall(
+        name="answer", arguments={"answer": ["Summer", 6923]}
+    )
+    assert db_card.final_call("[2.175]", db_tools).arguments == {"answer": [2.175]}
+    with pytest.raises(ToolCardError, match="invalid_arguments"):
+        db_card.final_call("Summer", db_tools)  # no JSON
+    with pytest.raises(ToolCardError, match="invalid_arguments"):
+        db_card.final_call('{"season": "Summer"}', db_tools)  # JSON, but no list
     own = trajectory(
         ("user", "q", False),
         source="glaive",

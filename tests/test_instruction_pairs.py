@@ -132,11 +132,17 @@ def test_targets_parse_back_with_the_format_parser(fmt):
         PairStep(thought=None, answer="It is cold."),
         PairStep(thought="done.", call=ToolCall(name="answer", arguments={"answer": "[3]"})),  # DB/OS final tool
         PairStep(thought=None, call=ToolCall(name="finish", arguments={"answer": "Badr Hari"})),
+        # DB's typed answer: a list in the call, its JSON in ReAct's Final Answer line
+        PairStep(thought="done.", call=ToolCall(name="answer", arguments={"answer": ["Paris", 3]})),
     ]
     for step in steps:
         text = render_step(step, fmt)
         check_format(step, fmt, text)
     assert render_step(steps[2], "react") == "Thought: done.\nFinal Answer: [3]"
+    assert render_step(steps[4], "react") == 'Thought: done.\nFinal Answer: ["Paris", 3]'
+    assert json.loads(render_step(steps[4], "json"))["arguments"] == {"answer": ["Paris", 3]}
+    with pytest.raises(RecordError, match="format_check_failed"):
+        check_format(steps[4], fmt, render_step(steps[4], fmt).replace("Paris", "Rome"))
     with pytest.raises(RecordError, match="format_check_failed"):
         check_format(steps[0], fmt, render_step(steps[0], fmt).replace("Oslo", "Bergen"))
 

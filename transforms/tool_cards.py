@@ -25,7 +25,10 @@ Public API (stable; other steps import it):
   :class:`ToolCardError` with ``reason`` ``undeclared_tool`` or ``invalid_arguments``.
 - :meth:`ToolCard.final_call` ``(answer, tools) -> ToolCall | None``: a final step (with an
   answer text, or ``None`` for "finished") as a call to the card's final tool, or ``None`` when
-  the card has no final tool of that kind (the answer is then prose).
+  the card has no final tool of that kind (the answer is then prose). The answer text is the
+  value of the tool's first parameter: as written for a string parameter, parsed as JSON for any
+  other type (DB-Bench's ``Final Answer: ["Paris", 3]`` is the list ``["Paris", 3]``, not a
+  string that holds a list's JSON); text that does not parse is ``invalid_arguments``.
 - :meth:`ToolCard.prompt_turns` ``(turns) -> list[Turn]``: the trajectory's turns with the
   environment's format prompt removed (its format rules, ``Action:`` demands and the assistant's
   "Ok." acknowledgement, and user turns that are the collection harness's, not the task's); the
@@ -65,6 +68,7 @@ deterministic and free of I/O after :func:`load_cards`.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -312,12 +316,28 @@ class ToolCard:
                 if kind == "done":
                     made = ToolCall(name=tool.name, arguments={})
                 else:
-                    properties = list((tool.parameters.get("properties") or {}).keys())
-                    key = properties[0] if properties else "answer"
-                    made = ToolCall(name=tool.name, arguments={key: answer.strip()})
+                    properties = tool.parameters.get("properties") or {}
+                    key = next(iter(properties), "answer")
+                    value = self._final_value(tool.name, answer.strip(), properties.get(key) or {})
+                    made = ToolCall(name=tool.name, arguments={key: value})
                 validate_call(made, tools)
                 return made
         return None
+
+    def _final_value(self, tool: str, text: str, schema: dict[str, Any]) -> Any:
+        """``text`` as the value of a parameter with JSON Schema ``schema``: itself for a string
+        (or untyped) parameter, its JSON value for any other type."""
+        kinds = schema.get("type")
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds or [])
+        if not kinds or "string" in kinds:
+            return text
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ToolCardError(
+                "invalid_arguments",
+                f"card {self.name!r}: the final answer for {tool!r} is no JSON {'/'.join(kinds)}: {text!r}"[:500],
+            ) from None
 
     # -- the environment's prompt ---------------------------------------------------------------
 
