@@ -23,6 +23,7 @@ from transforms.negatives import (
     call_details,
     capability_text,
     content_words,
+    extends,
     load_rules,
     pick_irrelevant_tools,
     select,
@@ -99,7 +100,23 @@ def test_help_code_stops_before_a_command_that_uses_what_only_an_output_showed()
         "bash",
     )
     dots = [bash("ls -la ~"), bash("ls -la ~ | grep '^d\\..*' | wc -l")]  # ".." is no learned name
-    assert call_code(dots, asked="Count hidden folders", observed=("", "drwx 2 root .."))[0].count("\n\n") == 1
+    # the second command stays (".." is no learned name) and replaces the first, which it extends
+    assert call_code(dots, asked="Count hidden folders", observed=("", "drwx 2 root ..")) == (
+        "ls -la ~ | grep '^d\\..*' | wc -l",
+        "bash",
+    )
+
+
+def test_help_code_hands_over_the_command_not_the_steps_that_built_it():
+    steps = [bash("ls -lh ~"), bash("ls -lh ~  | sort -rh -k5"), bash("ls -lh ~ | sort -rh -k5 | head -5")]
+    assert call_code(steps) == ("ls -lh ~ | sort -rh -k5 | head -5", "bash")  # white space runs count as one
+    # a command another one does not extend stays, in order; so does one a later command only resembles
+    setup = [bash("cd ~"), bash('find . -name "*.json"'), bash('find . -name "*.json" | wc -l'), bash("ls -la")]
+    assert call_code(setup) == ('cd ~\n\nfind . -name "*.json" | wc -l\n\nls -la', "bash")
+    assert extends("ls -lh ~ | head", "ls -lh ~") and extends("SELECT a FROM t WHERE b = 1", "SELECT a FROM t")
+    assert not extends("ls -la", "ls -l") and not extends("ls -l", "ls -l") and not extends("cat x", "ls")
+    queries = [ToolCall(name="sql", arguments={"query": q}) for q in ("SELECT * FROM t", "SELECT * FROM t LIMIT 3")]
+    assert call_code(queries) == ("SELECT * FROM t LIMIT 3", "sql")
 
 
 def test_help_code_leaves_out_a_call_the_environment_answered_with_an_error():

@@ -789,7 +789,10 @@ def call_code(
     (a number, a file name) it could only have learned from an output the user never saw
     (``echo 10742594 | numfmt``, ``cat ./init_text2.txt`` after a ``find``): the user is told
     to run it themselves, without those outputs. A call marked in ``failed`` (the environment
-    answered with an error) is left out: the corrected one that follows is what to run."""
+    answered with an error) is left out: the corrected one that follows is what to run. A call
+    that a later one extends (``ls -lh ~`` before ``ls -lh ~ | sort -rh -k5 | head -5``) was a
+    step of building that one and is left out too: the user needs the command, not the agent's
+    way to it."""
     blocks: list[str] = []
     language = None
     for position, call in enumerate(calls):
@@ -807,11 +810,24 @@ def call_code(
         if seen and learned_literal(value, seen, asked + "\n" + "\n".join(blocks)):
             break
         language = lang
-        if value.strip() and value.strip() not in blocks:
-            blocks.append(value.strip())
+        code = value.strip()
+        if code and code not in blocks:
+            blocks = [block for block in blocks if not extends(code, block)]
+            blocks.append(code)
         if len(blocks) == limit:
             break
     return ("\n\n".join(blocks), language) if blocks and language else None
+
+
+def extends(code: str, earlier: str) -> bool:
+    """Whether ``code`` is ``earlier`` with more after it (a pipe, a clause, more commands), not
+    merely a longer word: ``ls -lh ~ | head`` extends ``ls -lh ~``; ``ls -la`` does not extend
+    ``ls -l``. Runs of white space count as one space."""
+    code, earlier = " ".join(code.split()), " ".join(earlier.split())
+    if len(code) <= len(earlier) or not code.startswith(earlier):
+        return False
+    follows = code[len(earlier)]
+    return not (follows.isalnum() or follows == "_") or not (earlier[-1].isalnum() or earlier[-1] == "_")
 
 
 @dataclasses.dataclass(frozen=True)
