@@ -24,6 +24,8 @@ EXPLAINED = {
     # successful episodes only (reward_filter before align)
     "unsuccessful",
     "no_final_answer",
+    "repeated_output",  # the same output 3 times in a row (a DB INSERT sent 6 times)
+    "hidden_context",  # instruction_pairs: outputs that cite hints or evidence never shown
     "invalid_action",
     "ungrounded_output",  # Mind2Web thoughts written for another episode
     "inconsistent_choice",  # Mind2Web answers that contradict their choices
@@ -65,9 +67,11 @@ def test_every_record_is_accounted_for_with_reasons(flan):
         steps[r].emitted for r in ("valid_agentinstruct", "successful_toolbench", "read_glaive", "successful_fireact")
     )
     assert steps["valid_agentinstruct"].filtered == {
-        "invalid_action": 24,
+        "repeated_output": 3,
+        "invalid_action": 23,
         "ungrounded_output": 26,
         "inconsistent_choice": 15,
+        "no_final_answer": 6,
     }
     assert steps["successful_toolbench"].filtered == {"unsuccessful": 4}  # win: false
     assert steps["successful_fireact"].filtered == {"no_final_answer": 49}  # reward = False / 0

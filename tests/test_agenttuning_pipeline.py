@@ -193,7 +193,11 @@ def test_samples_are_chat_shaped_unique_and_keep_loss_flags(recipe):
     # the 1-shot example's "OK." acknowledgement stays unsupervised (loss false), the agent's own turns supervised
     assert any(m.role is Role.ASSISTANT and not m.loss for s in agentinstruct for m in s.messages)
     steps = Counter(tuple(s.lineage.steps) for s in agentinstruct)
-    assert steps == {("agent_chat",): len(agentinstruct) - 2, ("agent_chat", "clean_agent"): 2}  # 2 KG thoughts
+    # cleaned: 2 KG actions without their demanded thought, 206 DB answers whose thoughts claim a
+    # check against the expected answer or cite BIRD's evidence, 4 OS answers that cite hints
+    cleaned = Counter(s.lineage.task for s in agentinstruct if "clean_agent" in s.lineage.steps)
+    assert cleaned == {"db": 206, "os": 4, "kg": 2}
+    assert steps == {("agent_chat",): len(agentinstruct) - 212, ("agent_chat", "clean_agent"): 212}
 
 
 def test_output_loads_with_datasets(recipe):

@@ -145,11 +145,63 @@ def test_config_adds_or_replaces_task_rules_and_rejects_a_bad_regex():
     (out,), _ = apply(one, rules=rules)
     assert out.messages[-1].content == "look around"
     assert set(CleanOutputsConfig(rules=rules, replace=True).task_rules()) == {"sciworld"}
-    assert set(CleanOutputsConfig(rules=rules).task_rules()) == {"sciworld", "textcraft"}
+    assert set(CleanOutputsConfig(rules=rules).task_rules()) == {"sciworld", "textcraft", "db", "os"}
     with pytest.raises(ValidationError, match="invalid regex"):
         CleanOutputsConfig(rules={"x": {"action_line": "("}})
     with pytest.raises(ValidationError):
         TaskRules(invented_lines=["ok"], typo=1)
+
+
+DB_PROMPT = "I will ask you a question, then you should help me operate a MySQL database with SQL to answer it."
+
+
+def test_db_claims_of_a_check_against_the_expected_answer_are_reworded():
+    one = episode(
+        "db",
+        DB_PROMPT,
+        ("user", "How many cards are red?"),
+        ("assistant", "I count the red cards.\nAction: Operation\n```sql\nSELECT COUNT(*) FROM cards\n```"),
+        ("user", "[(7,)]"),
+        (
+            "assistant",
+            "The SQL query executed successfully and returned the expected answer. The answer matches the "
+            "provided result, so I can commit my answer now. It is 7, which matches the provided value.\n"
+            'Action: Answer\nFinal Answer: ["7"]',
+        ),
+    )
+    (out,), stats = apply(one)
+    assert out.messages[-1].content == (
+        "The SQL query executed successfully and returned the answer. So I can commit my answer now. "
+        'It is 7.\nAction: Answer\nFinal Answer: ["7"]'
+    )
+    assert out.messages[-1].loss and stats == {"rewritten": 3, "changed_samples": 1}
+    assert out.messages[-3] == one.messages[-3]  # the other output is untouched
+    # "the expected" after other verbs stays: only a claim about what the query returned is reworded
+    kept = episode("db", DB_PROMPT, ("user", "q"), ("assistant", "The expected format is a list.\nAction: Answer"))
+    assert apply(kept)[0] == [kept]
+
+
+def test_an_output_citing_context_no_turn_showed_leaves_the_loss():
+    cites = "Think: According to the hint 5, I will sort in reverse order.\nAct: bash\n```bash\nsort -r x\n```"
+    plain = "Think: I sort in reverse order.\nAct: bash\n```bash\nsort -r x\n```"
+    os_prompt = (
+        "You are an assistant that will act like a person, I'will play the role of linux(ubuntu) operating system."
+    )
+    (out,), stats = apply(
+        episode("os", os_prompt, ("user", "Sort x."), ("assistant", cites), ("user", "ok"), ("assistant", plain))
+    )
+    assert [m.loss for m in out.messages[-3:]] == [False, False, True]
+    assert stats == {"masked:hidden_context": 1, "changed_samples": 1}
+    # the same words after a turn that showed hints are no citation of hidden context
+    shown = episode("os", os_prompt, ("user", "Sort x. Hint 5: sort -r sorts in reverse."), ("assistant", cites))
+    assert apply(shown)[0] == [shown]
+    evidence = episode(
+        "db", DB_PROMPT, ("user", "q"), ("assistant", "The evidence provided says a is b.\nAction: Answer")
+    )
+    (out,), _ = apply(evidence, replace=True, rules={"db": {"hidden_context": r"\bevidence\b"}})
+    assert isinstance(out, Filtered)  # its only supervised output cites it: nothing left to learn
+    with pytest.raises(ValidationError):
+        CleanOutputsConfig(rules={"db": {"rewrites": [{"pattern": "(", "replace": ""}]}})
 
 
 def test_the_step_in_a_pipeline_keeps_the_ledger(tmp_path):
@@ -183,6 +235,7 @@ def test_the_step_in_a_pipeline_keeps_the_ledger(tmp_path):
         "in": 3,
         "changed_samples": 2,
         "deleted_lines": 1,
+        "rewritten": 0,
         "masked": {"missing_thought": 1},
         "dropped": 1,
     }

@@ -50,7 +50,7 @@ def test_every_call_is_declared_valid_and_answered_by_a_linked_result(native):
             calls[sample.lineage.source] += len(message.tool_calls)
         if sample.kind == "negative":
             assert not ids  # a negative never calls
-    assert +calls == {"agentinstruct": 8121, "glaive": 310, "reason_tool_use": 66, "toolbench": 16}
+    assert +calls == {"agentinstruct": 8014, "glaive": 310, "reason_tool_use": 66, "toolbench": 16}
     assert parallel == 12  # reason_tool_use's parallel calls stay in one message
 
 
@@ -58,7 +58,7 @@ def test_sources_and_negatives(native):
     summary, samples = native
     by = Counter((s.lineage.source, s.kind) for s in samples)
     assert by == {
-        ("agentinstruct", "agent"): 1394,
+        ("agentinstruct", "agent"): 1386,
         ("glaive", "agent"): 446,
         ("reason_tool_use", "agent"): 49,
         ("toolbench", "agent"): 4,

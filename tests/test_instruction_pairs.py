@@ -15,6 +15,7 @@ from schemas import Role, ToolCall, ToolSpec, Trajectory, Turn, trajectory_id
 from tests.helpers import parse_file
 from transforms.base import Filtered, RecordError, Stat, StepContext
 from transforms.instruction_pairs import (
+    ELIGIBLE,
     InstructionPairs,
     NotEligible,
     PairStep,
@@ -413,3 +414,23 @@ def test_screened_trajectories_are_read_again_only_when_drawn(monkeypatch):
     assert [(o.reason, o.detail) for o in outs if isinstance(o, Filtered)] == [("no_task", "why")] and len(reads) == 1
     outs = list(fn(trajectory, selected=[trajectory.id], screening=screening))
     assert len([o for o in outs if not isinstance(o, Stat)]) == 1 and len(reads) == 2
+
+
+def test_a_trajectory_whose_outputs_cite_hidden_hints_gives_no_pair():
+    def os_episode(task_text: str) -> Trajectory:
+        turns = [
+            Turn(role=Role.USER, text=task_text),
+            Turn(
+                role=Role.ASSISTANT,
+                text="Think: As per the hints, I list the files.\n\nAct: bash\n\n```bash\nls\n```",
+                loss=True,
+            ),
+            Turn(role=Role.USER, text="The output of the OS:\na.txt"),
+            Turn(role=Role.ASSISTANT, text="Think: One file.\n\nAct: answer(1)", loss=True),
+        ]
+        return traj(turns, tools=[], task="os", source="agentinstruct")
+
+    step = maker(count=1)
+    hidden = os_episode("How many files are in the current directory?")
+    assert step.screen(hidden) == ("hidden_context", "turn 1 cites context the conversation never shows")
+    assert step.screen(os_episode("How many files are here? Hints: use ls.")) == ELIGIBLE

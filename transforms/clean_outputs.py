@@ -15,6 +15,14 @@ model learns to produce whatever its supervised turns hold, so:
 - **Several actions** (``action_line``, per task): a supervised output with more than one line
   matching the task's action regex (after the deletion) gets ``loss: false``; it stays in the
   conversation as context, so the observations that follow still make sense.
+- **Claims rewritten** (``rewrites``, per task): a regex and its replacement, applied to the
+  episode's outputs. DB-Bench's answers were written by a model that had been shown the
+  expected answer, and their thoughts say so ("returned the expected answer", "The answer
+  matches the provided result, so I can commit my answer now"): a check the agent cannot make.
+  The claim is reworded to what the agent saw ("returned the answer", "So I can commit ...").
+- **Hidden context** (``hidden_context``, per task): a supervised output that matches the
+  regex while no earlier turn does (it cites "the hints" or "the evidence provided", context the
+  generating model had and the conversation never shows) gets ``loss: false``.
 - **Missing thought** (``missing_thought: mask``, every task): when the instructions show a
   thought line that they do not call optional (the format of the audit's
   ``format_contradiction`` check), a supervised output with an action line and no line opening
@@ -24,8 +32,9 @@ Guarantees: only assistant text and loss flags change; roles, order, tool calls 
 messages stay; the id is kept (same source record and derivation), the token counts are
 recomputed and the step is appended to ``lineage.steps`` when anything changed, and a sample
 nothing applies to passes unchanged. A sample left with no supervised turn is filtered as
-``no_supervised_turn_left``. Stats: ``deleted_lines``, ``masked:several_actions``,
-``masked:missing_thought``, ``masked:empty_after_deletion`` and ``changed_samples``. The rules
+``no_supervised_turn_left``. Stats: ``deleted_lines``, ``rewritten`` (replacements made),
+``masked:several_actions``, ``masked:hidden_context``, ``masked:missing_thought``,
+``masked:empty_after_deletion`` and ``changed_samples``. The rules
 are data (``templates/quality/agent_outputs.yaml``); a config adds tasks (``rules``) or replaces
 the built-in ones (``replace: true``). Pure function of the sample and the config.
 """
@@ -35,7 +44,7 @@ from __future__ import annotations
 import functools
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import yaml
@@ -51,6 +60,20 @@ REASON = "no_supervised_turn_left"
 _BLANK_RUN = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
 
 
+class Rewrite(BaseModel):
+    """A claim an agent output must not make, and what it says instead (``re.sub`` syntax)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pattern: str
+    replace: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        return check_regexes([value])[0]
+
+
 class TaskRules(BaseModel):
     """What breaks one task's protocol in an agent output."""
 
@@ -61,15 +84,20 @@ class TaskRules(BaseModel):
     invented_lines: list[str] = Field(default_factory=list)
     #: Regex (multi-line) of one action line; an output with more than one is taken out of the loss.
     action_line: str | None = None
+    #: Claims reworded in the episode's outputs (applied in order).
+    rewrites: list[Rewrite] = Field(default_factory=list)
+    #: Regex (multi-line) of a reference to context the conversation never shows; a supervised
+    #: output that matches it, when no earlier turn does, is taken out of the loss.
+    hidden_context: str | None = None
 
     @field_validator("invented_lines")
     @classmethod
     def _lines_compile(cls, value: list[str]) -> list[str]:
         return check_regexes(value)
 
-    @field_validator("action_line")
+    @field_validator("action_line", "hidden_context")
     @classmethod
-    def _action_compiles(cls, value: str | None) -> str | None:
+    def _one_compiles(cls, value: str | None) -> str | None:
         return None if value is None else check_regexes([value])[0]
 
     @property
@@ -81,6 +109,18 @@ class TaskRules(BaseModel):
     @property
     def action(self) -> re.Pattern[str] | None:
         return None if self.action_line is None else _compiled(self.action_line)
+
+    @property
+    def hidden(self) -> re.Pattern[str] | None:
+        return None if self.hidden_context is None else _compiled(self.hidden_context)
+
+    def rewrite(self, text: str) -> tuple[str, int]:
+        """``text`` with every rewrite applied, and how many replacements were made."""
+        made = 0
+        for rule in self.rewrites:
+            text, count = _compiled(rule.pattern).subn(rule.replace, text)
+            made += count
+        return text, made
 
 
 @functools.cache
@@ -113,6 +153,19 @@ class CleanOutputsConfig(StepConfig):
         return dict(self.rules) if self.replace else {**builtin_rules(), **self.rules}
 
 
+def hidden_citations(pattern: re.Pattern[str], turns: Sequence[tuple[bool, str]]) -> set[int]:
+    """Indexes of the supervised turns (``(supervised, text)`` pairs) that match ``pattern`` while
+    no earlier turn that is not a supervised one does: they cite context never shown."""
+    found: set[int] = set()
+    shown = False
+    for index, (supervised, text) in enumerate(turns):
+        if not supervised:
+            shown = shown or pattern.search(text) is not None
+        elif not shown and pattern.search(text):
+            found.add(index)
+    return found
+
+
 def delete_invented(text: str, pattern: re.Pattern[str]) -> tuple[str, int]:
     """``text`` without the whole lines ``pattern`` matches (runs of blank lines they leave
     become one blank line, and the ends are trimmed of blank lines), and how many were deleted."""
@@ -135,6 +188,8 @@ def clean(sample: Sample, config: CleanOutputsConfig, rules: dict[str, TaskRules
     if task is None and not thought:
         return sample, stats
     messages: list[Message] = list(sample.messages)
+    hidden = task.hidden if task is not None else None
+    citing = set() if hidden is None else hidden_citations(hidden, [(m.loss, m.content) for m in messages])
     for index in range(start, len(messages)):
         message = messages[index]
         if message.role is not Role.ASSISTANT:
@@ -150,10 +205,18 @@ def clean(sample: Sample, config: CleanOutputsConfig, rules: dict[str, TaskRules
                 text = message.content
                 update["loss"] = False
                 stats["masked:empty_after_deletion"] += 1
+        if task is not None and task.rewrites:
+            text, made = task.rewrite(text)
+            if made:
+                update["content"] = text
+                stats["rewritten"] += made
         if message.loss and "loss" not in update:
             if task is not None and task.action is not None and len(task.action.findall(text)) > 1:
                 update["loss"] = False
                 stats["masked:several_actions"] += 1
+            elif index in citing:
+                update["loss"] = False
+                stats["masked:hidden_context"] += 1
             elif thought and skips_thought(text, thought):
                 update["loss"] = False
                 stats["masked:missing_thought"] += 1
@@ -212,9 +275,19 @@ class CleanOutputs(RecordStep):
             "in": ledger.in_,
             "changed_samples": ledger.stats.get("changed_samples", 0),
             "deleted_lines": ledger.stats.get("deleted_lines", 0),
+            "rewritten": ledger.stats.get("rewritten", 0),
             "masked": {k.split(":", 1)[1]: v for k, v in sorted(ledger.stats.items()) if k.startswith("masked:")},
             "dropped": ledger.filtered.get(REASON, 0),
         }
 
 
-__all__ = ["CleanOutputs", "CleanOutputsConfig", "TaskRules", "clean", "delete_invented"]
+__all__ = [
+    "CleanOutputs",
+    "CleanOutputsConfig",
+    "Rewrite",
+    "TaskRules",
+    "builtin_rules",
+    "clean",
+    "delete_invented",
+    "hidden_citations",
+]

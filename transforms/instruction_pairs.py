@@ -60,6 +60,7 @@ from transforms.base import (
     StepConfig,
     StepContext,
 )
+from transforms.clean_outputs import builtin_rules, hidden_citations
 from transforms.phrasing import PhraseBook, PhrasingError, load_book
 from transforms.react import FINISH_NAMES, ParsedStep, StepParseError, _finish_answer, has_markers, parse_turn
 from transforms.samples import sample_of
@@ -448,11 +449,19 @@ class PairMaker:
         return read_conversation(trajectory, self.cards, self.config.ignore_success_flag)
 
     def screen(self, trajectory: Trajectory) -> Screening:
-        """:data:`ELIGIBLE`, or the (reason, detail) of the filter the trajectory falls under."""
+        """:data:`ELIGIBLE`, or the (reason, detail) of the filter the trajectory falls under.
+
+        A trajectory whose agent outputs cite context the conversation never shows (the
+        ``hidden_context`` rule of its task in ``clean_outputs``' built-in rules: AgentBench OS
+        thoughts that follow "the hints", DB thoughts that quote BIRD's "evidence") gives no
+        pair (``hidden_context``): its steps rest on what the model would not see."""
         try:
             self.read(trajectory)
         except NotEligible as exc:
             return exc.reason, exc.detail
+        hidden = hidden_citation(trajectory)
+        if hidden is not None:
+            return "hidden_context", hidden
         return ELIGIBLE
 
     def __call__(
@@ -488,12 +497,24 @@ class PairMaker:
         yield sample
 
 
+def hidden_citation(trajectory: Trajectory) -> str | None:
+    """Why the trajectory's agent outputs rest on context the conversation never shows (the
+    ``hidden_context`` rule of its task in ``clean_outputs``' built-in rules), or ``None``."""
+    rules = builtin_rules().get(trajectory.task or "")
+    if rules is None or rules.hidden is None:
+        return None
+    turns = [(t.role is Role.ASSISTANT and t.loss, t.text) for t in trajectory.turns]
+    citing = hidden_citations(rules.hidden, turns)
+    return f"turn {min(citing)} cites context the conversation never shows" if citing else None
+
+
 def eligible(trajectory: Trajectory, cards: ToolCards | None = None, ignore_success_flag: Collection[str] = ()) -> bool:
+    """Whether the trajectory can give a pair (the step's screening, without the reason)."""
     try:
         read_conversation(trajectory, cards, ignore_success_flag)
     except NotEligible:
         return False
-    return True
+    return hidden_citation(trajectory) is None
 
 
 def _rank(trajectory: Trajectory, seed: int, step_id: str, balance: bool) -> tuple[str, tuple[tuple[int, str], str]]:
