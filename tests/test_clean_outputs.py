@@ -145,7 +145,7 @@ def test_config_adds_or_replaces_task_rules_and_rejects_a_bad_regex():
     (out,), _ = apply(one, rules=rules)
     assert out.messages[-1].content == "look around"
     assert set(CleanOutputsConfig(rules=rules, replace=True).task_rules()) == {"sciworld"}
-    assert set(CleanOutputsConfig(rules=rules).task_rules()) == {"sciworld", "textcraft", "db", "os"}
+    assert set(CleanOutputsConfig(rules=rules).task_rules()) == {"sciworld", "textcraft", "db", "os", "fireact"}
     with pytest.raises(ValidationError, match="invalid regex"):
         CleanOutputsConfig(rules={"x": {"action_line": "("}})
     with pytest.raises(ValidationError):
@@ -241,3 +241,27 @@ def test_the_step_in_a_pipeline_keeps_the_ledger(tmp_path):
     }
     (dropped,) = rejected(tmp_path / "out", "clean")
     assert dropped["reason"] == "no_supervised_turn_left" and "webshop" in dropped["payload"]
+
+
+def test_fireact_outputs_lose_the_invented_observation_and_the_unstated_step_limit():
+    reflect = (
+        "Now that I haven't solved the task within 5 steps, let me do a reflection and think about how to "
+        "improve my strategy.\n\nThe search result says the rule has exceptions."
+    )
+    one = episode(
+        "fireact",
+        "Question: Is hearsay admissible?",
+        ("assistant", reflect),
+        ("user", "Observation: ..."),
+        ("assistant", "Observation: Episode finished, reward = 1"),
+    )
+    (out,), stats = apply(one)
+    assert out.messages[-3].content == "The search result says the rule has exceptions." and out.messages[-3].loss
+    assert out.messages[-1].content == "Observation: Episode finished, reward = 1" and not out.messages[-1].loss
+    assert stats == {"rewritten": 1, "masked:empty_after_deletion": 1, "changed_samples": 1}
+    # a sentence that is the whole thought stays (deleting it would leave the thought empty)
+    alone = (
+        "Thought: Now that I haven't solved the task within 9 steps, I need to wrap up and finish this task "
+        "in the next step.\nAction: finish[yes]"
+    )
+    assert builtin_rules()["fireact"].rewrite(alone) == (alone, 0)
