@@ -171,3 +171,15 @@ def test_parallel_calls_are_one_step_each_with_the_thought_first():
     calls = [ToolCall(name="w", arguments={"city": c}, id=f"call_{i}") for i, c in enumerate(("Oslo", "Rome"))]
     parsed = steps("Both cities.", tool_calls=calls)
     assert parsed == [ParsedStep(thought="Both cities.", call=calls[0]), ParsedStep(call=calls[1])]
+
+
+def test_a_final_call_with_a_typed_answer_gives_its_json_as_the_answer_text():
+    # DB's answer tool takes a list; as text its answer is the list's JSON, as DB-Bench writes it
+    native = Turn(
+        role=Role.ASSISTANT, text="", tool_calls=[ToolCall(name="answer", arguments={"answer": ["Paris", 3]})]
+    )
+    assert parse_turn(native) == [ParsedStep(answer='["Paris", 3]', finished=True)]
+    finish = Turn(role=Role.ASSISTANT, text='Action: finish\nAction Input: {"answer": ["Paris", 3]}')
+    assert parse_turn(finish)[0].answer == '["Paris", 3]'
+    plain = Turn(role=Role.ASSISTANT, text="", tool_calls=[ToolCall(name="answer", arguments={"answer": "Paris"})])
+    assert parse_turn(plain)[0].answer == "Paris"

@@ -325,17 +325,8 @@ def render_step(step: PairStep, fmt: str) -> str:
 
 def _react_final_text(step: PairStep) -> str | None:
     if step.call is not None and step.call.name.lower() == "answer":
-        return _final_text(step.call.arguments)
+        return _finish_answer(step.call.arguments)
     return None
-
-
-def _final_text(arguments: Any) -> str | None:
-    """The ``Final Answer:`` text of a final call's arguments: the answer as written, or the JSON
-    of a typed one (DB-Bench's list ``["Paris", 3]`` is the protocol's own text)."""
-    value = arguments.get("answer") if isinstance(arguments, dict) else None
-    if value is not None and not isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    return _finish_answer(arguments)
 
 
 def same_call(a: ToolCall, b: ToolCall) -> bool:
@@ -353,7 +344,7 @@ def check_format(step: PairStep, fmt: str, text: str) -> None:
             raise RecordError("format_check_failed", f"ReAct target does not parse: {exc}") from None
         ok = len(parsed) == 1 and parsed[0].thought == step.thought
         if ok and step.call is not None and step.call.name.lower() in FINISH_NAMES:
-            expected = _final_text(step.call.arguments)
+            expected = _finish_answer(step.call.arguments)
             ok = parsed[0].finished and parsed[0].answer == (expected.strip() if expected is not None else None)
         elif ok and step.call is not None:
             ok = parsed[0].call is not None and same_call(parsed[0].call, step.call)

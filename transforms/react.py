@@ -97,10 +97,14 @@ def _json_arguments(raw: str) -> Any:
 
 
 def _finish_answer(arguments: Any) -> str | None:
+    """The answer text of a final call's arguments: the string it gives, or the JSON of a typed
+    ``answer`` (DB-Bench's list ``["Paris", 3]``: its ``Final Answer:`` text), else ``None``."""
     if isinstance(arguments, dict):
         for key in ("final_answer", "answer", "input"):
             if isinstance(arguments.get(key), str):
                 return arguments[key]
+        if arguments.get("answer") is not None:
+            return json.dumps(arguments["answer"], ensure_ascii=False)
         if arguments.get("return_type") == "give_up_and_restart":
             return None
     if isinstance(arguments, str):
