@@ -6,6 +6,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -167,6 +168,64 @@ def test_user_templates_override_slots(tmp_path):
     traj = trajectory(("user", "q", False), ("assistant", "Thought: t\nAction: search[x]", True), source="fireact")
     (sample,) = outputs(aligner(tmp_path, templates="mine.yaml"), traj)
     assert [m.content for m in sample.messages[3:5]] == ["TOOL=search", "more?"]
+
+
+GET_FACT = ToolSpec(
+    name="get_fact",
+    description="A fact",
+    parameters={"type": "object", "properties": {"animal": {"type": "string"}}, "required": ["animal"]},
+)
+
+
+def call_and_answer(question: str, answer: str) -> Trajectory:
+    return trajectory(
+        ("user", question, False),
+        ("assistant", 'Action: get_fact\nAction Input: {"animal": "cat"}', True),
+        ("tool", '{"fact": "cats nap"}', False),
+        ("assistant", f"Final Answer: {answer}", True),
+        tools=[GET_FACT],
+        source="glaive",
+    )
+
+
+def generated(sample: Sample) -> list[str]:
+    """The phrase book's turns of a sample (the tool name taken out)."""
+    parts = ("tool", "elicit", "answer", "finish")
+    return [m.content.replace("get_fact", "") for m in sample.messages if m.part in parts]
+
+
+def test_a_chinese_task_gets_the_chinese_wording_of_every_generated_turn():
+    fn = aligner()
+    chinese, english = Counter(), Counter()
+    for n in range(12):  # twelve keyed-hash draws of each slot
+        (zh,) = outputs(fn, call_and_answer(f"你好，请告诉我一个关于猫的事实，第{n}次。", "猫每天要睡很久。"))
+        (en,) = outputs(fn, call_and_answer(f"Hello, tell me a fact about cats, take {n}.", "Cats nap a lot."))
+        assert len(generated(zh)) == len(generated(en)) == 3  # tool, elicit, answer
+        for text in generated(zh):
+            assert not re.search(r"[A-Za-z]", text), text  # no English around the tool name
+            chinese[text] += 1
+        for text in generated(en):
+            assert not re.search(r"[\u4e00-\u9fff]", text), text
+            english[text] += 1
+        assert "猫每天要睡很久。" in generated(zh)[-1]  # a sentence answer is said as it is
+    assert len(chinese) >= 6 and len(english) >= 6  # several variants of each language are drawn
+
+
+def test_language_slots_of_a_user_book(tmp_path):
+    (tmp_path / "mine.yaml").write_text('zh.tool: ["用{{ tool }}"]\nfr.elicit_continue: ["Continuez."]\n')
+    fn = aligner(tmp_path, templates="mine.yaml")
+    (zh,) = outputs(fn, call_and_answer("你好，请告诉我一个关于猫的事实。", "猫每天要睡很久。"))
+    assert generated(zh)[0] == "用"  # the user's zh.tool; the built-in zh slots it does not give stay
+    french = "Bonjour, pourriez-vous me donner un fait intéressant sur les chats, s'il vous plaît ?"
+    (fr,) = outputs(fn, call_and_answer(french, "Les chats dorment beaucoup."))
+    assert generated(fr)[1] == "Continuez."  # told by the language model: French is not a CJK script
+    assert not re.search(r"[\u4e00-\u9fff]", generated(fr)[0])  # French has no tool slot: the default's
+    (tmp_path / "bogus.yaml").write_text('zh.tools: ["x"]\n')
+    with pytest.raises(PhrasingError, match=r"unknown slots zh\.tools"):
+        aligner(tmp_path, templates="bogus.yaml")
+    (tmp_path / "wrong.yaml").write_text('zh.tool: ["{{ answer }}"]\n')
+    with pytest.raises(PhrasingError, match=r"slot .zh.tool.*undefined"):
+        aligner(tmp_path, templates="wrong.yaml")
 
 
 @pytest.mark.parametrize("slot", ["elicit_tool", "elicit_arguments", "elicit_answer"])

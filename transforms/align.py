@@ -71,6 +71,7 @@ from transforms.base import (
 )
 from transforms.json_text import dumps_indented
 from transforms.phrasing import Deferred, PhraseBook, PhrasingError, load_book, parse_book, read_text
+from transforms.quality.language import SCRIPT_LANGUAGES, detect_language
 from transforms.react import FINISH_NAMES, ParsedStep, StepParseError, has_markers, parse_turn
 from transforms.samples import message_of, sample_of
 from transforms.sampling import RankKey, keyed_fraction, prefix_threshold, rank_key
@@ -177,8 +178,10 @@ def is_sentence(answer: str) -> bool:
     text = answer.strip()
     if text.startswith(("[", "{", "#", '"')):
         return False  # a JSON value or a KG variable
-    return len(text.split()) >= SENTENCE_WORDS or (
-        text[:1].isupper() and text.endswith((".", "!", "?")) and " " in text
+    return (
+        len(text.split()) >= SENTENCE_WORDS
+        or (text[:1].isupper() and text.endswith((".", "!", "?")) and " " in text)
+        or text.endswith(("。", "！", "？"))  # a sentence in a CJK script (no spaces, no capitals)
     )
 
 
@@ -204,6 +207,17 @@ class Aligner:
         self.phrases = PhraseBook(book, context.seed, context.step_id)
         self.cards = cards if cards is not None else load_cards()
         self.demands = [re.compile(p) for p in config.format_demands]
+        self.languages = self.phrases.languages()
+
+    def language_of(self, turns: list[Turn]) -> str | None:
+        """The conversation's language, when the phrase book words some slot in it: the language
+        of the first user turn (the task). CJK languages are told by script alone, so a book whose
+        languages are all CJK never loads the language model."""
+        if not self.languages:
+            return None
+        task = next((t.text for t in turns if t.role is Role.USER), "")
+        language = detect_language(task, scripts_only=self.languages <= SCRIPT_LANGUAGES)
+        return language if language in self.languages else None
 
     # -- the two shapes of output ------------------------------------------------------------
 
@@ -244,15 +258,23 @@ class Aligner:
         """The trajectory rewritten as natural chat; raises RecordError when it cannot be."""
         card = self.cards.card_for(trajectory)
         tools = self.declared_tools(trajectory, card)
-        builder = _ChatBuilder(
-            self.phrases, trajectory.id, card, tools, self.config.finals, self.config.decision, self.config.style
-        )
         turns = list(trajectory.turns)
         source_system = None
         if turns and turns[0].role is Role.SYSTEM:
             source_system, turns = turns[0].text, turns[1:]
         if card is not None:
             turns = card.prompt_turns(turns)
+        language = self.language_of(turns)
+        builder = _ChatBuilder(
+            self.phrases,
+            trajectory.id,
+            card,
+            tools,
+            self.config.finals,
+            self.config.decision,
+            self.config.style,
+            language,
+        )
         instruction = card.instruction_for(tools) if card is not None else ""
         parts = []
         if source_system is not None and (self.config.system == "keep" or not (tools or instruction)):
@@ -264,6 +286,7 @@ class Aligner:
                 self.phrases.render(
                     "system_tools",
                     f"{trajectory.id}:system",
+                    in_language=language,
                     tools=[_tool_view(t) for t in tools],
                     instruction=instruction,
                 )
@@ -404,8 +427,10 @@ class _ChatBuilder:
         finals: str,
         decision: str = "with_thought",
         style: str = "agent_flan",
+        language: str | None = None,
     ) -> None:
         self.phrases = phrases
+        self.language = language
         self.trajectory_id = trajectory_id
         self.card = card
         self.tools = tools
@@ -473,7 +498,7 @@ class _ChatBuilder:
     def _say(self, part: str, content: str, loss: bool, **extra: Any) -> None:
         if self._needs_elicitation(part):
             key = f"{self.trajectory_id}:{len(self.messages)}"
-            question = self.phrases.render("elicit_continue", key)
+            question = self.phrases.render("elicit_continue", key, self.language)
             self.messages.append(Message(role=Role.USER, content=question, loss=False, part="elicit"))
         self.messages.append(Message(role=Role.ASSISTANT, content=content, loss=loss, part=part, **extra))
 
@@ -498,10 +523,11 @@ class _ChatBuilder:
     def _call(self, call: ToolCall, loss: bool, key: str) -> None:
         render = self.phrases.render
         name = call.name
-        self._say("tool", render("tool", f"{self.trajectory_id}:{key}:tool", tool=name), loss)
+        self._say("tool", render("tool", f"{self.trajectory_id}:{key}:tool", self.language, tool=name), loss)
         content = render(
             "arguments",
             f"{self.trajectory_id}:{key}:arguments",
+            self.language,
             tool=name,
             arguments_json=_arguments_json(call.arguments),
             arguments_pretty=_arguments_pretty(call.arguments),
@@ -527,13 +553,15 @@ class _ChatBuilder:
     def _answer_text(self, step: ParsedStep, key: str) -> str:
         """A final answer in the phrase book's words (a sentence as is, a value in a sentence,
         "The task is complete." for a finish without text)."""
-        render = self.phrases.render
+        render, language = self.phrases.render, self.language
         if step.answer and is_sentence(step.answer):
-            return render("answer_sentence", f"{self.trajectory_id}:{key}:answer", answer=step.answer.strip())
+            return render("answer_sentence", f"{self.trajectory_id}:{key}:answer", language, answer=step.answer.strip())
         if step.answer:
-            bare = step.answer.strip().rstrip(".!?") or step.answer
-            return render("answer", f"{self.trajectory_id}:{key}:answer", answer=step.answer.strip(), answer_bare=bare)
-        return render("finish", f"{self.trajectory_id}:{key}:finish")
+            bare = step.answer.strip().rstrip(".!?。！？") or step.answer
+            return render(
+                "answer", f"{self.trajectory_id}:{key}:answer", language, answer=step.answer.strip(), answer_bare=bare
+            )
+        return render("finish", f"{self.trajectory_id}:{key}:finish", language)
 
 
 class Align(RecordStep):
@@ -556,7 +584,7 @@ class Align(RecordStep):
                     "assistant messages is now one neutral pool, 'elicit_continue', used before every next part "
                     "alike; move neutral wordings there and delete these slots (docs/transforms/align.md)."
                 )
-        return load_book("align/default.yaml", path, self.context.base_dir, SLOT_VARIABLES)
+        return load_book("align/default.yaml", path, self.context.base_dir, SLOT_VARIABLES, languages=True)
 
     def cards(self) -> ToolCards:
         try:

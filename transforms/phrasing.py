@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import threading
 from collections.abc import Callable, Mapping
 from functools import cached_property
@@ -233,11 +234,19 @@ class PhraseBook:
     def slots(self) -> set[str]:
         return set(self.book)
 
-    def render(self, slot: str, key: str, **variables: Any) -> str:
-        """The chosen variant of ``slot`` rendered with ``variables``, stripped."""
-        variants = self._compiled[slot]
+    def languages(self) -> set[str]:
+        """Languages with wording of their own for some slot (``<language>.<slot>`` slots)."""
+        return {split[0] for split in map(language_slot, self.book) if split is not None}
+
+    def render(self, slot: str, key: str, in_language: str | None = None, **variables: Any) -> str:
+        """The chosen variant of ``slot`` rendered with ``variables``, stripped. With
+        ``in_language``, the book's ``<in_language>.<slot>`` variants are used when it has them
+        (else ``slot``'s); the choice is the same keyed hash of ``slot`` and ``key`` either way."""
+        compiled = self._compiled
+        name = f"{in_language}.{slot}" if in_language is not None and f"{in_language}.{slot}" in compiled else slot
+        variants = compiled[name]
         index = keyed_hash(self.seed, self.step_id, f"{slot}\x1f{key}") % len(variants)
-        return self._render(slot, index, variants[index], variables)
+        return self._render(name, index, variants[index], variables)
 
     def _render(self, slot: str, index: int, variant: _Variant, variables: Mapping[str, Any]) -> str:
         values = {
@@ -276,21 +285,43 @@ class PhraseBook:
                 self._render(slot, index, variant, samples[slot])
 
 
-def load_book(builtin: str, user_path: str | None, base_dir: str, variables: Mapping[str, Mapping[str, Any]]) -> Book:
+#: A slot worded for one language: ``zh.tool`` is slot ``tool`` in Chinese (ISO 639-1 code).
+_LANGUAGE_SLOT = re.compile(r"([a-z]{2,3})\.(.+)")
+
+
+def language_slot(slot: str) -> tuple[str, str] | None:
+    """``(language, slot)`` of a language slot such as ``zh.tool``, else None."""
+    match = _LANGUAGE_SLOT.fullmatch(slot)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def load_book(
+    builtin: str,
+    user_path: str | None,
+    base_dir: str,
+    variables: Mapping[str, Mapping[str, Any]],
+    languages: bool = False,
+) -> Book:
     """The built-in book with a user's slots laid over it, checked: every slot of ``variables``
     exists, no other slot does, and every variant renders in the sandbox with exactly the
-    variables its slot gets at run time (``variables[slot]``, example values)."""
+    variables its slot gets at run time (``variables[slot]``, example values). With
+    ``languages``, a ``<language>.<slot>`` slot (``zh.tool``) of a known slot is known too and
+    gets that slot's variables; a language need not word every slot."""
     book = parse_book(builtin_text(builtin), f"templates/{builtin}")
-    if user_path:
-        user = parse_book(read_text(user_path, base_dir), user_path)
-        unknown = set(user) - set(variables)
-        if unknown:
-            raise PhrasingError(
-                f"{user_path}: unknown slots {', '.join(sorted(unknown))}; known: {', '.join(sorted(variables))}"
-            )
-        book = book.overlay(user)
+    user = parse_book(read_text(user_path, base_dir), user_path) if user_path else Book()
+    book = book.overlay(user)
+    known = dict(variables)
+    if languages:
+        for slot in book:
+            split = language_slot(slot)
+            if split is not None and split[1] in variables:
+                known[slot] = variables[split[1]]
+    unknown = set(user) - set(known)
+    if unknown:
+        described = ", ".join(sorted(variables)) + (" (each also as <language>.<slot>)" if languages else "")
+        raise PhrasingError(f"{user_path}: unknown slots {', '.join(sorted(unknown))}; known: {described}")
     missing = set(variables) - set(book)
     if missing:
         raise PhrasingError(f"templates lack slots: {', '.join(sorted(missing))}")
-    PhraseBook(book, samples=variables)
+    PhraseBook(book, samples=known)
     return book

@@ -77,13 +77,20 @@ def natural_text(text: str) -> str:
     return _NOISE.sub(" ", text)
 
 
-def detect_language(text: str, min_letters: int = MIN_LETTERS, min_confidence: float = MIN_CONFIDENCE) -> str | None:
+#: Languages :func:`detect_language` tells by script alone (no model).
+SCRIPT_LANGUAGES = frozenset({"zh", "ja", "ko"})
+
+
+def detect_language(
+    text: str, min_letters: int = MIN_LETTERS, min_confidence: float = MIN_CONFIDENCE, scripts_only: bool = False
+) -> str | None:
     """ISO 639-1 code of the language of ``text``, or ``None`` when it cannot be told.
 
     Only the first ``MAX_CHARS`` characters of natural text are read. CJK scripts are decided by
     script share (``zh``, ``ja``, ``ko``) when they make up at least
     30 % of the letters; otherwise the langid model decides, and only when the text has at least
     ``min_letters`` letters and the model's normalised probability is at least ``min_confidence``.
+    ``scripts_only`` stops before the model (for callers that only need :data:`SCRIPT_LANGUAGES`).
     """
     text = natural_text(text[: 4 * MAX_CHARS])[:MAX_CHARS]
     letters = len(_LETTER.findall(text))
@@ -96,7 +103,7 @@ def detect_language(text: str, min_letters: int = MIN_LETTERS, min_confidence: f
         return "ko"
     if han / letters >= 0.3:
         return "zh" if han >= 4 else None
-    if letters < min_letters:
+    if scripts_only or letters < min_letters:
         return None
     language, probability = _identifier().classify(text)
     return language if probability >= min_confidence else None
