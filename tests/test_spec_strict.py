@@ -271,3 +271,31 @@ def test_the_demo_shard_hash_quoted_in_the_docs_is_the_real_one(tmp_path):
         assert quoted, f"{doc} no longer quotes the demo's hash where this test looks ({pattern})"
         for value in quoted:
             assert real.startswith(value), f"{doc} quotes {value}, the demo's shard is {real}"
+
+
+
+def test_record_steps_fast_path_routes_and_counts_like_the_checked_path():
+    """A record of the declared type followed by statistics skips ``_route``'s checks; what it
+    emits and counts must be what the checked path (no declared type) emits and counts, and
+    any other shape still goes through the checks."""
+    from transforms.base import RecordDoFn, Stat
+
+    def processor(record: int):
+        if record % 2 == 0:
+            return [(record,), Stat("seen", 1), Stat("weight", record)]  # the fast path
+        return iter([(record,), (record, "twice"), Stat("seen", 1)])  # two outputs: the checked path
+
+    runs = []
+    for output_type in (None, tuple):
+        fn = RecordDoFn(processor, "s", output_type=output_type)
+        fn.start_bundle()
+        runs.append(([fn.process(record) for record in range(6)], dict(fn.acct.counts)))
+    assert runs[0] == runs[1]
+    emitted, counts = runs[1]
+    assert emitted[0] == [(0,)] and emitted[1] == [(1,), (1, "twice")]
+    assert counts[("stat", "weight")] == 0 + 2 + 4 and counts[("stat", "seen")] == 6
+
+    fn = RecordDoFn(lambda record: [(record,), Stat("seen", 1), "a str"], "s", output_type=tuple)
+    fn.start_bundle()
+    (rejected,) = fn.process(7)  # a wrong output after a record of the declared type is still refused
+    assert '"reason":"step_contract"' in rejected.value[1]

@@ -248,11 +248,20 @@ class RecordDoFn(beam.DoFn):
         except Exception as exc:  # a bug or an unexpected input: never lose the record
             return [acct.rejected(DEAD_LETTER, "unexpected_error", f"{type(exc).__name__}: {exc}", record)]
         output_type = self.output_type
-        if len(outcomes) == 1 and output_type is not None and type(outcomes[0]) is output_type:
-            # The common case, one record of the declared type: the checks below all pass.
-            acct.counts[_PASSED_KEY] += 1
-            acct.counts[_EMITTED_KEY] += 1
-            return outcomes
+        if output_type is not None and outcomes and type(outcomes[0]) is output_type:
+            # The common cases, one record of the declared type alone or followed by statistics:
+            # the checks of ``_route`` all pass.
+            counts = acct.counts
+            if len(outcomes) == 1:
+                counts[_PASSED_KEY] += 1
+                counts[_EMITTED_KEY] += 1
+                return outcomes
+            if all(type(o) is Stat for o in outcomes[1:]):
+                for stat in outcomes[1:]:
+                    counts[(STAT, stat.name)] += stat.value
+                counts[_PASSED_KEY] += 1
+                counts[_EMITTED_KEY] += 1
+                return outcomes[:1]
         return self._route(record, outcomes)
 
     def _route(self, record: Any, outcomes: list[Any]) -> list[Any]:

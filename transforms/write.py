@@ -203,9 +203,9 @@ class Write(Step):
         if self.context.output_dir is None:
             raise ValueError("the write step needs the run's output directory")
         config = self.config
-        encoded = samples | "Encode" >> beam.ParDo(RecordDoFn(EncodeRow(), self.step_id)).with_outputs(
-            REJECTED, LEDGER, main=MAIN
-        )
+        encoded = samples | "Encode" >> beam.ParDo(
+            RecordDoFn(EncodeRow(), self.step_id, output_type=tuple)
+        ).with_outputs(REJECTED, LEDGER, main=MAIN)
         rows = encoded[MAIN]
         rows.element_type = beam.typehints.Tuple[bytes, bytes]
 
