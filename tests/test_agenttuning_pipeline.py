@@ -159,7 +159,7 @@ def test_agent_outputs_keep_the_protocol(recipe):
     summary, _, samples = recipe
     ledger = summary.manifest.steps["clean_agent"]
     assert ledger.stats["deleted_lines"] == 146
-    assert ledger.stats["masked:several_actions"] == 22 and ledger.stats["masked:missing_thought"] == 186
+    assert ledger.stats["masked:several_actions"] == 23 and ledger.stats["masked:missing_thought"] == 186
     assert ledger.filtered == {"no_supervised_turn_left": 12}
     agent = [s for s in samples if s.kind == "agent"]
     ok_line = re.compile(r"(?m)^\s*(?:>\s*)?OK\.\s*$")

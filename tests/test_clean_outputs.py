@@ -119,6 +119,31 @@ def test_webshop_actions_without_the_demanded_thought_leave_the_loss():
     assert kept is one and stats == {}
 
 
+@pytest.mark.parametrize(
+    "task, one_action",
+    [
+        ("webshop", "Thought:\nI think I should pick the size.\n\nAction:\nclick[40w x 34l]"),
+        ("kg", "Thought: I need the relations of Apple.\nAction: get_relations(Apple)"),
+        ("os", "Think: I count the files.\n\nAct: bash\n\n```bash\nls | wc -l\n```"),
+        ("alfworld", "THOUGHT: The mug is in the cabinet.\n ACTION: open cabinet 1"),
+    ],
+)
+def test_a_react_output_that_runs_away_into_several_actions_leaves_the_loss(task, one_action):
+    """webshop_106: one supervised WebShop output repeats its thought and action 76 times."""
+    runaway = "\n".join([one_action + " Okay."] * 3)
+    one = episode(task, "Solve the task.", ("user", "the task"), ("assistant", one_action), ("user", "obs"))
+    (same,), stats = apply(one)
+    assert same is one and stats == {}
+    two = episode(task, "Solve the task.", ("user", "the task"), ("assistant", runaway), ("user", "obs"))
+    two.messages.append(Message(role=Role.ASSISTANT, content=one_action, loss=True))
+    (out,), stats = apply(two)
+    assert stats == {"masked:several_actions": 1, "changed_samples": 1}
+    assert [(m.content, m.loss) for m in out.messages[4:] if m.role is Role.ASSISTANT] == [
+        (runaway, False),  # masked, kept as context
+        (one_action, True),
+    ]
+
+
 def test_a_thought_the_format_calls_optional_is_not_demanded_and_other_samples_pass_unchanged():
     optional = episode(
         "alfworld",
@@ -145,7 +170,8 @@ def test_config_adds_or_replaces_task_rules_and_rejects_a_bad_regex():
     (out,), _ = apply(one, rules=rules)
     assert out.messages[-1].content == "look around"
     assert set(CleanOutputsConfig(rules=rules, replace=True).task_rules()) == {"sciworld"}
-    assert set(CleanOutputsConfig(rules=rules).task_rules()) == {"sciworld", "textcraft", "db", "os", "fireact"}
+    assert set(CleanOutputsConfig(rules=rules).task_rules()) == {"sciworld", *builtin_rules()}
+    assert {"textcraft", "db", "os", "fireact", "webshop", "kg", "alfworld"} <= set(builtin_rules())
     with pytest.raises(ValidationError, match="invalid regex"):
         CleanOutputsConfig(rules={"x": {"action_line": "("}})
     with pytest.raises(ValidationError):

@@ -273,7 +273,6 @@ def test_the_demo_shard_hash_quoted_in_the_docs_is_the_real_one(tmp_path):
             assert real.startswith(value), f"{doc} quotes {value}, the demo's shard is {real}"
 
 
-
 def test_record_steps_fast_path_routes_and_counts_like_the_checked_path():
     """A record of the declared type followed by statistics skips ``_route``'s checks; what it
     emits and counts must be what the checked path (no declared type) emits and counts, and
