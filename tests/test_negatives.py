@@ -378,6 +378,21 @@ def test_needs_tool_answers_say_what_is_missing_in_the_query_language():
                 assert sample.tools == [] and sample.messages[0].role is Role.USER
 
 
+def test_native_style_declares_irrelevant_tools_without_describing_them():
+    """function_calling's positives declare tools in ``tools`` only (a chat template renders
+    them); negatives that also described them in a system message would teach that tools
+    described in words are never called."""
+    trajectory = traj([user("What's the current stock price of Apple?"), call_turn("get_stock_price", company="Apple")],
+                      tools=[STOCK])  # fmt: skip
+    described = maker().build("irrelevant_tools", trajectory, POOL)
+    native = maker(style="native").build("irrelevant_tools", trajectory, POOL)
+    assert described.messages[0].role is Role.SYSTEM and all(
+        t.name in described.messages[0].content for t in described.tools
+    )
+    assert native.tools == described.tools and [m.role for m in native.messages] == [Role.USER, Role.ASSISTANT]
+    assert native.messages[1:] == described.messages[2:]  # the same answer
+
+
 def test_details_name_arguments_in_words_not_identifiers():
     call = ToolCall(name="find_movies", arguments={"release_year": 2019, "trackingNumber": "YT20", "genre": "comedy"})
     assert call_details(call) == [

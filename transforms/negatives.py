@@ -190,6 +190,12 @@ class NegativesConfig(StepConfig):
     max_new_tokens: int = Field(128, ge=1)
     tools_per_sample: int = Field(3, ge=1)
     same_language_tools: bool = True
+    #: How declared tools reach the model: ``agent_flan`` describes them in a system message (the
+    #: align step's ``system_tools`` slot) as well as in ``sample.tools``; ``native`` declares
+    #: them in ``sample.tools`` only, for a chat template to render, as ``align``'s native style
+    #: does (otherwise only the negatives would describe tools in words, and a model would learn
+    #: that tools described in words are never called).
+    style: Literal["agent_flan", "native"] = "agent_flan"
 
     @model_validator(mode="after")
     def _check(self) -> NegativesConfig:
@@ -1108,7 +1114,7 @@ class NegativeMaker:
             )
             if not tools:
                 raise RecordError("no_irrelevant_tools", "no pool tool passes the irrelevance check for this query")
-        messages = [self._system(tools, key)] if tools else []
+        messages = [self._system(tools, key)] if tools and self.config.style == "agent_flan" else []
         if case == "general_with_tools":
             messages += [
                 Message(role=t.role, content=t.text, loss=t.loss, part="prose" if t.role is Role.ASSISTANT else None)
