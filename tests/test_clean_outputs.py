@@ -230,6 +230,30 @@ def test_an_output_citing_context_no_turn_showed_leaves_the_loss():
         CleanOutputsConfig(rules={"db": {"rewrites": [{"pattern": "(", "replace": ""}]}})
 
 
+@pytest.mark.parametrize(
+    "task, cites",
+    [
+        ("db", "We can use the provided formula: divide the sum by the count.\nAction: Operation"),
+        ("db", "The user specified that the most popular refers to the maximum of `review`.\nAction: Operation"),
+        (
+            "os",
+            "Think: As the prompt mentioned, I need to sync history first.\n\nAct: bash\n\n```bash\nhistory -a\n```",
+        ),
+    ],
+)
+def test_other_citations_of_hidden_hints_leave_the_loss(task, cites):
+    """BIRD's hidden evidence and AgentBench's hidden hints, cited in other words."""
+    (out,), stats = apply(episode(task, "Solve it.", ("user", "the question"), ("assistant", cites)))
+    assert isinstance(out, Filtered) and stats["masked:hidden_context"] == 1
+
+
+def test_results_that_match_the_provided_answer_are_reworded():
+    claim = "The results match the provided answer, so I can now commit my answer.\nAction: Answer"
+    (out,), stats = apply(episode("db", DB_PROMPT, ("user", "q"), ("assistant", claim)))
+    assert out.messages[-1].content == "So I can now commit my answer.\nAction: Answer"
+    assert stats == {"rewritten": 1, "changed_samples": 1}
+
+
 def test_the_step_in_a_pipeline_keeps_the_ledger(tmp_path):
     def record(task: str, prompt: str, *outputs: str) -> dict:
         turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": "OK."}]

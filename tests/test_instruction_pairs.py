@@ -193,6 +193,14 @@ def test_a_kg_question_without_its_in_context_example_is_not_a_new_one():
     assert "new question" not in conversation.task.lower()
 
 
+def test_an_os_problem_without_its_in_context_example_is_not_a_new_one():
+    from transforms.instruction_pairs import task_text
+
+    asked = "Now, I will start a new problem in a new OS. My problem is:\n\nHow many files are in /etc?"
+    assert task_text(asked) == "How many files are in /etc?"
+    assert task_text("How many files are in /etc?") == "How many files are in /etc?"
+
+
 def test_allocate_spreads_the_count_evenly_over_sources_exactly():
     def ranked(group: str, n: int):
         return [((i, f"{group}{i}"), f"{group}{i}") for i in range(n)]

@@ -88,6 +88,9 @@ TOOLBENCH_BEGIN = re.compile(r"\n\s*Begin!\s*$")
 #: AgentInstruct's KG task after its in-context example ("A new question: ..."): a pair leaves
 #: the example out, so the question is no longer a new one.
 NEW_QUESTION = re.compile(r"^\s*A new question:\s*")
+#: AgentInstruct's OS task after its in-context example ("Now, I will start a new problem in a new
+#: OS. My problem is: ..."): the same pointer at a left-out example; the problem stays.
+NEW_PROBLEM = re.compile(r"^\s*Now, I will start a new problem in a new OS\. My problem is:\s*")
 #: ToolBench's depth-first search talks to the model in user turns ("This is not the first time
 #: you try this task ..., previous actions candidates"): a search protocol, not a user.
 SEARCH_PROTOCOL = re.compile(r"This is not the first time you try this task|previous actions candidates")
@@ -141,8 +144,9 @@ class NotEligible(Exception):
 
 def task_text(text: str) -> str:
     """The task of a pair: the user turn without ToolBench's "Begin!" line, and "A new question:"
-    (which points at an in-context example the pair leaves out) said as "Question:"."""
-    return NEW_QUESTION.sub("Question: ", TOOLBENCH_BEGIN.sub("", text)).strip()
+    (which points at an in-context example the pair leaves out) said as "Question:"; OS's "Now,
+    I will start a new problem in a new OS. My problem is:" (the same pointer) left out."""
+    return NEW_PROBLEM.sub("", NEW_QUESTION.sub("Question: ", TOOLBENCH_BEGIN.sub("", text))).strip()
 
 
 def _parsed(turn: Turn) -> list[ParsedStep]:
