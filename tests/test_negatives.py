@@ -350,6 +350,14 @@ def test_answerable_questions_are_answered_not_refused():
     ]
     found = maker().reader.examine("agent", traj(turns, tools=[ToolSpec(name="calculate_area")]))
     assert found.kind == "normal" and found.answer == "The area of the rectangle is 15 square units."
+    joke = [
+        user("I'm a bit down. Can you tell me a joke?"),
+        call_turn("get_random_joke"),
+        Turn(role=Role.TOOL, text='{"joke": "Why do scientists not trust atoms? They make up everything."}'),
+        assistant("Here is one: why do scientists not trust atoms? Because they make up everything!"),
+    ]
+    found = maker().reader.examine("agent", traj(joke, tools=[ToolSpec(name="get_random_joke")]))
+    assert found.kind == "normal" and found.answer.startswith("Here is one")  # a joke needs no tool
 
 
 def test_needs_tool_answers_say_what_is_missing_in_the_query_language():
