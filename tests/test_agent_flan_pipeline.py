@@ -26,6 +26,9 @@ EXPLAINED = {
     "no_final_answer",
     "repeated_output",  # the same output 3 times in a row (a DB INSERT sent 6 times)
     "hidden_context",  # instruction_pairs: outputs that cite hints or evidence never shown
+    "ungrounded_argument",  # align, instruction_pairs: a call to an email address nobody gave
+    "premature_claim",  # instruction_pairs: a first output that claims a change before making it
+    "no_supervised_turn",  # balance: a DB answer left with only retrieval and understanding parts
     "invalid_action",
     "ungrounded_output",  # Mind2Web thoughts written for another episode
     "inconsistent_choice",  # Mind2Web answers that contradict their choices
@@ -80,7 +83,9 @@ def test_every_record_is_accounted_for_with_reasons(flan):
     assert summary.manifest.ratios["negatives"]["achieved"] == summary.manifest.ratios["negatives"]["target"]
     # the paper's split: half without tools, half with irrelevant tools
     assert set(summary.manifest.ratios["negatives"]["achieved"]) == {"no_tools", "irrelevant_tools"}
-    assert steps["write"].emitted == summary.manifest.output.num_rows == steps["align"].emitted + 2000 + 761
+    # balance drops the one DB answer left with nothing but its (down-weighted) answer call
+    assert steps["balance"].filtered == {"no_supervised_turn": 1}
+    assert steps["write"].emitted == summary.manifest.output.num_rows == steps["align"].emitted + 2000 + 761 - 1
 
 
 def test_shares_meet_their_targets(flan):

@@ -295,7 +295,7 @@ def aligned_calls(sample: Sample) -> list[ToolCall]:
 #: AgentInstruct trajectories whose actions fit no declared tool (ALFWorld "Task failed." / "end
 #: task", KG get_entities_of_type / delete_entities or one-argument get_neighbors, Mind2Web
 #: SET / HOVER / "CLICK on <...>" or a click with a value): filtered with the reason.
-AGENTINSTRUCT_FILTERED = {"undeclared_tool": 19, "invalid_arguments": 4}
+AGENTINSTRUCT_FILTERED = {"undeclared_tool": 19, "invalid_arguments": 4, "ungrounded_argument": 1}
 
 
 @pytest.mark.real_data

@@ -8,10 +8,11 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from schemas import Lineage, Message, Role, Sample, count_tokens
+from schemas import Lineage, Message, Role, Sample, Trajectory, Turn, count_tokens, trajectory_id
 from tests.helpers import rejected, run, write_spec
 from transforms.base import Filtered, Stat, StepContext
 from transforms.clean_outputs import CleanOutputsConfig, CleanOutputsFn, TaskRules, builtin_rules, delete_invented
+from transforms.instruction_pairs import claimed_too_early
 
 TEXTCRAFT_PROMPT = (
     "For any other natural language or thoughts, use prefix 'think: '.\n\n"
@@ -252,6 +253,28 @@ def test_results_that_match_the_provided_answer_are_reworded():
     (out,), stats = apply(episode("db", DB_PROMPT, ("user", "q"), ("assistant", claim)))
     assert out.messages[-1].content == "So I can now commit my answer.\nAction: Answer"
     assert stats == {"rewritten": 1, "changed_samples": 1}
+
+
+def test_a_first_output_that_claims_the_outcome_before_anything_ran_leaves_the_loss():
+    """24 of the 417 DB answers open with "Record inserted successfully." above the INSERT."""
+    early = "Record inserted successfully.\nAction: Operation\n```sql\nINSERT INTO `t` VALUES (1)\n```"
+    after = 'The record has been inserted successfully.\nAction: Answer\nFinal Answer: ["none"]'
+    one = episode("db", DB_PROMPT, ("user", "Add 1 to t."), ("assistant", early), ("user", "[]"), ("assistant", after))
+    (out,), stats = apply(one)
+    assert [(m.content, m.loss) for m in out.messages[4:] if m.role is Role.ASSISTANT] == [
+        (early, False),
+        (after, True),
+    ]
+    assert stats == {"masked:premature_claim": 1, "changed_samples": 1}
+    planned = early.replace("Record inserted successfully.", "I insert the record.")
+    calm = episode(
+        "db", DB_PROMPT, ("user", "Add 1 to t."), ("assistant", planned), ("user", "[]"), ("assistant", after)
+    )
+    assert apply(calm)[0] == [calm]  # the claim after the result is the agent reading it
+
+    turns = [Turn(role=m.role, text=m.content, loss=m.loss) for m in one.messages]
+    trajectory = Trajectory(id=trajectory_id("a", "1", turns), source="a", source_id="1", task="db", turns=turns)
+    assert "before anything ran" in claimed_too_early(trajectory)  # and it gives no instruction pair
 
 
 def test_the_step_in_a_pipeline_keeps_the_ledger(tmp_path):

@@ -69,6 +69,7 @@ from transforms.base import (
     StepContext,
     check_regexes,
 )
+from transforms.grounded_arguments import argument_strings, describe, ungrounded_emails
 from transforms.json_text import dumps_indented
 from transforms.phrasing import Deferred, PhraseBook, PhrasingError, load_book, parse_book, read_text
 from transforms.quality.language import SCRIPT_LANGUAGES, detect_language
@@ -111,7 +112,13 @@ DEFAULT_FORMAT_DEMANDS = [
 #: Reasons that filter a trajectory (a deliberate drop of data that would teach the wrong thing);
 #: the others (an unparseable step, a marker left in the output) are dead letters.
 FILTER_REASONS = frozenset(
-    {"undeclared_tool", "invalid_arguments", "format_in_instruction", "several_actions_in_a_turn"}
+    {
+        "undeclared_tool",
+        "invalid_arguments",
+        "format_in_instruction",
+        "several_actions_in_a_turn",
+        "ungrounded_argument",
+    }
 )
 ANY_SOURCE = "*"
 SENTENCE_WORDS = 6
@@ -476,11 +483,11 @@ class _ChatBuilder:
             if step.thought:
                 texts.append(step.thought.strip())
             if step.call is not None:
-                calls.append(self._with_id(self._declared(step.call), step.call))
+                calls.append(self._with_id(self._grounded(self._declared(step.call), turn.loss), step.call))
             elif step.finished:
                 final = self._final(step, turn)
                 if final is not None:
-                    calls.append(self._with_id(final, None))
+                    calls.append(self._with_id(self._grounded(final, turn.loss), None))
                 else:
                     texts.append(self._answer_text(step, f"{index}.{number}"))
         self.messages.append(
@@ -520,7 +527,18 @@ class _ChatBuilder:
             return None
         return self.card.final_call(step.answer, self.tools)
 
+    def _grounded(self, call: ToolCall, loss: bool) -> ToolCall:
+        """``call``, unless it is supervised and sends to an email address no earlier message
+        gives (:mod:`transforms.grounded_arguments`): then the trajectory is filtered
+        ``ungrounded_argument``."""
+        if loss and any("@" in text for text in argument_strings(call.arguments)):
+            missing = ungrounded_emails(call.arguments, "\n".join(m.content for m in self.messages))
+            if missing:
+                raise RecordError("ungrounded_argument", describe(call.name, missing))
+        return call
+
     def _call(self, call: ToolCall, loss: bool, key: str) -> None:
+        self._grounded(call, loss)
         render = self.phrases.render
         name = call.name
         self._say("tool", render("tool", f"{self.trajectory_id}:{key}:tool", self.language, tool=name), loss)

@@ -9,7 +9,10 @@ it does not declare is filtered ``undeclared_tool``, one whose arguments fail th
 (default) a ``tool`` message that answers no call of the sample (no ``tool_call_id``, or an id
 no earlier call has) is filtered ``unlinked_tool_result``: its call is missing or only written in
 prose (glaive has such conversations: "AI 计算折扣: {...}" followed by the tool's result), and a
-native template would render a result nobody asked for. Validation is the audit's
+native template would render a result nobody asked for. With ``grounded_contacts`` (default) a
+supervised call whose arguments send to an email address that no earlier message gives is
+filtered ``ungrounded_argument`` (:mod:`transforms.grounded_arguments`: glaive's translated
+``老板@公司.com`` for the user's ``boss@company.com``, placeholders). Validation is the audit's
 (``argument_schema``): the schema's own ``$schema`` or draft 7, and with ``forbid_extra``
 (default) a call may not pass keys an object schema does not list unless the schema allows it.
 
@@ -31,6 +34,7 @@ from typing import Any
 from schemas import Role, Sample, ToolCall, ToolSpec
 from schemas.tools import parameters_validator
 from transforms.base import Filtered, RecordStep, Stat, StepConfig, StepContext
+from transforms.grounded_arguments import argument_strings, describe, ungrounded_emails
 
 PYTHON_TYPES = {
     "dict": "object",
@@ -47,6 +51,7 @@ class CheckCallsConfig(StepConfig):
     python_types: bool = True
     forbid_extra: bool = True
     require_linked_results: bool = True
+    grounded_contacts: bool = True
 
 
 def json_schema_types(schema: Any) -> Any:
@@ -95,6 +100,15 @@ class CallChecker:
         where = "/".join(str(p) for p in error.absolute_path) or "(arguments)"
         return Filtered("invalid_arguments", f"{call.name}({call.arguments_json()[:200]}) {where}: {error.message}")
 
+    @staticmethod
+    def ungrounded(call: ToolCall, sample: Sample, index: int) -> Filtered | None:
+        """``ungrounded_argument`` when ``call`` (in message ``index``) sends to an email address
+        that no earlier message's text gives, else None."""
+        if not any("@" in text for text in argument_strings(call.arguments)):
+            return None
+        missing = ungrounded_emails(call.arguments, "\n".join(m.content for m in sample.messages[:index]))
+        return Filtered("ungrounded_argument", describe(call.name, missing)) if missing else None
+
     def __call__(self, sample: Sample) -> Iterator[Any]:
         if self.config.python_types and sample.tools:
             tools = [t.model_copy(update={"parameters": json_schema_types(t.parameters)}) for t in sample.tools]
@@ -113,6 +127,8 @@ class CallChecker:
                     ids.add(call.id)
                 calls += 1
                 problem = self.problem(call, declared)
+                if problem is None and self.config.grounded_contacts and message.loss:
+                    problem = self.ungrounded(call, sample, i)
                 if problem is not None:
                     yield problem
                     return

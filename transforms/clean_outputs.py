@@ -23,6 +23,9 @@ model learns to produce whatever its supervised turns hold, so:
 - **Hidden context** (``hidden_context``, per task): a supervised output that matches the
   regex while no earlier turn does (it cites "the hints" or "the evidence provided", context the
   generating model had and the conversation never shows) gets ``loss: false``.
+- **Premature claim** (``premature_claim``, per task): the episode's first supervised output
+  gets ``loss: false`` when it matches the regex: it claims an outcome ("Record inserted
+  successfully.") before anything ran.
 - **Missing thought** (``missing_thought: mask``, every task): when the instructions show a
   thought line that they do not call optional (the format of the audit's
   ``format_contradiction`` check), a supervised output with an action line and no line opening
@@ -89,13 +92,17 @@ class TaskRules(BaseModel):
     #: Regex (multi-line) of a reference to context the conversation never shows; a supervised
     #: output that matches it, when no earlier turn does, is taken out of the loss.
     hidden_context: str | None = None
+    #: Regex (multi-line) of a claim of an outcome ("Record inserted successfully."); the
+    #: episode's first supervised output, written before anything ran, that makes it is taken out
+    #: of the loss.
+    premature_claim: str | None = None
 
     @field_validator("invented_lines")
     @classmethod
     def _lines_compile(cls, value: list[str]) -> list[str]:
         return check_regexes(value)
 
-    @field_validator("action_line", "hidden_context")
+    @field_validator("action_line", "hidden_context", "premature_claim")
     @classmethod
     def _one_compiles(cls, value: str | None) -> str | None:
         return None if value is None else check_regexes([value])[0]
@@ -113,6 +120,10 @@ class TaskRules(BaseModel):
     @property
     def hidden(self) -> re.Pattern[str] | None:
         return None if self.hidden_context is None else _compiled(self.hidden_context)
+
+    @property
+    def premature(self) -> re.Pattern[str] | None:
+        return None if self.premature_claim is None else _compiled(self.premature_claim)
 
     def rewrite(self, text: str) -> tuple[str, int]:
         """``text`` with every rewrite applied, and how many replacements were made."""
@@ -166,6 +177,13 @@ def hidden_citations(pattern: re.Pattern[str], turns: Sequence[tuple[bool, str]]
     return found
 
 
+def premature_claim(pattern: re.Pattern[str], turns: Sequence[tuple[bool, str]]) -> int | None:
+    """Index of the first supervised turn (``(supervised, text)`` pairs) when it matches
+    ``pattern``: the episode's first output claims an outcome before anything ran."""
+    first = next((i for i, (supervised, _) in enumerate(turns) if supervised), None)
+    return first if first is not None and pattern.search(turns[first][1]) else None
+
+
 def delete_invented(text: str, pattern: re.Pattern[str]) -> tuple[str, int]:
     """``text`` without the whole lines ``pattern`` matches (runs of blank lines they leave
     become one blank line, and the ends are trimmed of blank lines), and how many were deleted."""
@@ -190,6 +208,8 @@ def clean(sample: Sample, config: CleanOutputsConfig, rules: dict[str, TaskRules
     messages: list[Message] = list(sample.messages)
     hidden = task.hidden if task is not None else None
     citing = set() if hidden is None else hidden_citations(hidden, [(m.loss, m.content) for m in messages])
+    premature = task.premature if task is not None else None
+    claiming = None if premature is None else premature_claim(premature, [(m.loss, m.content) for m in messages])
     for index in range(start, len(messages)):
         message = messages[index]
         if message.role is not Role.ASSISTANT:
@@ -217,6 +237,9 @@ def clean(sample: Sample, config: CleanOutputsConfig, rules: dict[str, TaskRules
             elif index in citing:
                 update["loss"] = False
                 stats["masked:hidden_context"] += 1
+            elif index == claiming:
+                update["loss"] = False
+                stats["masked:premature_claim"] += 1
             elif thought and skips_thought(text, thought):
                 update["loss"] = False
                 stats["masked:missing_thought"] += 1

@@ -60,7 +60,8 @@ from transforms.base import (
     StepConfig,
     StepContext,
 )
-from transforms.clean_outputs import builtin_rules, hidden_citations
+from transforms.clean_outputs import builtin_rules, hidden_citations, premature_claim
+from transforms.grounded_arguments import describe, ungrounded_emails
 from transforms.phrasing import PhraseBook, PhrasingError, load_book
 from transforms.react import FINISH_NAMES, ParsedStep, StepParseError, _finish_answer, has_markers, parse_turn
 from transforms.samples import sample_of
@@ -268,6 +269,7 @@ def read_conversation(
         raise NotEligible("no_task", "no user turn before the first supervised assistant turn")
     events: list[tuple[str, Any]] = []
     first_call = -1
+    earlier = [turns[start].text]
     for turn in turns[start + 1 :]:
         if turn.role is Role.ASSISTANT:
             if not turn.loss:
@@ -275,6 +277,9 @@ def read_conversation(
             step = _clean(_card_step(turn, card, tools) if card is not None else _own_step(turn))
             if step.call is not None:
                 check_call(step.call, by_name)
+                missing = ungrounded_emails(step.call.arguments, "\n".join(earlier))
+                if missing:
+                    raise NotEligible("ungrounded_argument", describe(step.call.name, missing))
                 if first_call < 0:
                     first_call = len(events)
             events.append(("assistant", step))
@@ -286,6 +291,7 @@ def read_conversation(
             if SEARCH_PROTOCOL.search(turn.text):
                 raise NotEligible("search_protocol_turn", "a user turn of ToolBench's tree search, not of the user")
             events.append(("user", turn.text))
+        earlier.append(turn.text)
     if first_call < 0:
         raise NotEligible("no_tool_call", "no assistant turn calls a tool")
     for kind, step in events:
@@ -449,7 +455,9 @@ class PairMaker:
         A trajectory whose agent outputs cite context the conversation never shows (the
         ``hidden_context`` rule of its task in ``clean_outputs``' built-in rules: AgentBench OS
         thoughts that follow "the hints", DB thoughts that quote BIRD's "evidence") gives no
-        pair (``hidden_context``): its steps rest on what the model would not see."""
+        pair (``hidden_context``): its steps rest on what the model would not see. Nor does one
+        whose first output claims the outcome of what it is about to run (the task's
+        ``premature_claim`` rule: "Record inserted successfully." before the INSERT)."""
         try:
             self.read(trajectory)
         except NotEligible as exc:
@@ -457,6 +465,9 @@ class PairMaker:
         hidden = hidden_citation(trajectory)
         if hidden is not None:
             return "hidden_context", hidden
+        claim = claimed_too_early(trajectory)
+        if claim is not None:
+            return "premature_claim", claim
         return ELIGIBLE
 
     def __call__(
@@ -503,13 +514,24 @@ def hidden_citation(trajectory: Trajectory) -> str | None:
     return f"turn {min(citing)} cites context the conversation never shows" if citing else None
 
 
+def claimed_too_early(trajectory: Trajectory) -> str | None:
+    """Why the trajectory's first agent output claims an outcome before anything ran (the
+    ``premature_claim`` rule of its task in ``clean_outputs``' built-in rules), or ``None``."""
+    rules = builtin_rules().get(trajectory.task or "")
+    if rules is None or rules.premature is None:
+        return None
+    turns = [(t.role is Role.ASSISTANT and t.loss, t.text) for t in trajectory.turns]
+    index = premature_claim(rules.premature, turns)
+    return None if index is None else f"turn {index} claims an outcome before anything ran: {turns[index][1][:200]!r}"
+
+
 def eligible(trajectory: Trajectory, cards: ToolCards | None = None, ignore_success_flag: Collection[str] = ()) -> bool:
     """Whether the trajectory can give a pair (the step's screening, without the reason)."""
     try:
         read_conversation(trajectory, cards, ignore_success_flag)
     except NotEligible:
         return False
-    return hidden_citation(trajectory) is None
+    return hidden_citation(trajectory) is None and claimed_too_early(trajectory) is None
 
 
 def _rank(trajectory: Trajectory, seed: int, step_id: str, balance: bool) -> tuple[str, tuple[tuple[int, str], str]]:
