@@ -7,8 +7,10 @@ the scheme with Beam's ``FileSystems`` in this process (the in-process runner on
 
 from __future__ import annotations
 
+import atexit
 import os
 import posixpath
+import shutil
 import tempfile
 
 from apache_beam.io.filesystem import BeamIOError, FileMetadata
@@ -17,6 +19,15 @@ from apache_beam.io.localfilesystem import LocalFileSystem
 SCHEME = "fakeremote"
 PREFIX = f"{SCHEME}://"
 ROOT = tempfile.mkdtemp(prefix="agentmill-fakeremote-")
+_CREATOR = os.getpid()
+
+
+@atexit.register
+def _remove_root() -> None:
+    """The test session's fake bucket goes when the process that made it exits (a forked
+    child that inherits this hook leaves it alone)."""
+    if os.getpid() == _CREATOR:
+        shutil.rmtree(ROOT, ignore_errors=True)
 
 
 def local_path(path: str) -> str:
