@@ -503,14 +503,18 @@ class PairMaker:
         yield sample
 
 
+def _output_turns(trajectory: Trajectory) -> list[tuple[bool, str]]:
+    """``(supervised agent output, text)`` of every turn, as ``clean_outputs``' rules read them."""
+    return [(t.role is Role.ASSISTANT and t.loss, t.text) for t in trajectory.turns]
+
+
 def hidden_citation(trajectory: Trajectory) -> str | None:
     """Why the trajectory's agent outputs rest on context the conversation never shows (the
     ``hidden_context`` rule of its task in ``clean_outputs``' built-in rules), or ``None``."""
     rules = builtin_rules().get(trajectory.task or "")
-    if rules is None or rules.hidden is None:
-        return None
-    turns = [(t.role is Role.ASSISTANT and t.loss, t.text) for t in trajectory.turns]
-    citing = hidden_citations(rules.hidden, turns)
+    citing = (
+        set() if rules is None or rules.hidden is None else hidden_citations(rules.hidden, _output_turns(trajectory))
+    )
     return f"turn {min(citing)} cites context the conversation never shows" if citing else None
 
 
@@ -518,10 +522,8 @@ def claimed_too_early(trajectory: Trajectory) -> str | None:
     """Why the trajectory's first agent output claims an outcome before anything ran (the
     ``premature_claim`` rule of its task in ``clean_outputs``' built-in rules), or ``None``."""
     rules = builtin_rules().get(trajectory.task or "")
-    if rules is None or rules.premature is None:
-        return None
-    turns = [(t.role is Role.ASSISTANT and t.loss, t.text) for t in trajectory.turns]
-    index = premature_claim(rules.premature, turns)
+    turns = _output_turns(trajectory)
+    index = None if rules is None or rules.premature is None else premature_claim(rules.premature, turns)
     return None if index is None else f"turn {index} claims an outcome before anything ran: {turns[index][1][:200]!r}"
 
 
