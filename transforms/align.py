@@ -69,7 +69,7 @@ from transforms.base import (
     StepContext,
     check_regexes,
 )
-from transforms.grounded_arguments import argument_strings, describe, ungrounded_emails
+from transforms.grounded_arguments import ungrounded_call
 from transforms.json_text import dumps_indented
 from transforms.phrasing import Deferred, PhraseBook, PhrasingError, load_book, parse_book, read_text
 from transforms.quality.language import SCRIPT_LANGUAGES, detect_language
@@ -531,10 +531,9 @@ class _ChatBuilder:
         """``call``, unless it is supervised and sends to an email address no earlier message
         gives (:mod:`transforms.grounded_arguments`): then the trajectory is filtered
         ``ungrounded_argument``."""
-        if loss and any("@" in text for text in argument_strings(call.arguments)):
-            missing = ungrounded_emails(call.arguments, "\n".join(m.content for m in self.messages))
-            if missing:
-                raise RecordError("ungrounded_argument", describe(call.name, missing))
+        detail = ungrounded_call(call.name, call.arguments, (m.content for m in self.messages)) if loss else None
+        if detail is not None:
+            raise RecordError("ungrounded_argument", detail)
         return call
 
     def _call(self, call: ToolCall, loss: bool, key: str) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 from schemas import Role, Sample, ToolCall, ToolSpec
 from schemas.tools import parameters_validator
 from transforms.base import Filtered, RecordStep, Stat, StepConfig, StepContext
-from transforms.grounded_arguments import argument_strings, describe, ungrounded_emails
+from transforms.grounded_arguments import ungrounded_call
 
 PYTHON_TYPES = {
     "dict": "object",
@@ -104,10 +104,8 @@ class CallChecker:
     def ungrounded(call: ToolCall, sample: Sample, index: int) -> Filtered | None:
         """``ungrounded_argument`` when ``call`` (in message ``index``) sends to an email address
         that no earlier message's text gives, else None."""
-        if not any("@" in text for text in argument_strings(call.arguments)):
-            return None
-        missing = ungrounded_emails(call.arguments, "\n".join(m.content for m in sample.messages[:index]))
-        return Filtered("ungrounded_argument", describe(call.name, missing)) if missing else None
+        detail = ungrounded_call(call.name, call.arguments, (m.content for m in sample.messages[:index]))
+        return Filtered("ungrounded_argument", detail) if detail is not None else None
 
     def __call__(self, sample: Sample) -> Iterator[Any]:
         if self.config.python_types and sample.tools:

@@ -36,7 +36,7 @@ messages stay; the id is kept (same source record and derivation), the token cou
 recomputed and the step is appended to ``lineage.steps`` when anything changed, and a sample
 nothing applies to passes unchanged. A sample left with no supervised turn is filtered as
 ``no_supervised_turn_left``. Stats: ``deleted_lines``, ``rewritten`` (replacements made),
-``masked:several_actions``, ``masked:hidden_context``, ``masked:missing_thought``,
+``masked:several_actions``, ``masked:hidden_context``, ``masked:premature_claim``, ``masked:missing_thought``,
 ``masked:empty_after_deletion`` and ``changed_samples``. The rules
 are data (``templates/quality/agent_outputs.yaml``); a config adds tasks (``rules``) or replaces
 the built-in ones (``replace: true``). Pure function of the sample and the config.
@@ -206,10 +206,11 @@ def clean(sample: Sample, config: CleanOutputsConfig, rules: dict[str, TaskRules
     if task is None and not thought:
         return sample, stats
     messages: list[Message] = list(sample.messages)
+    turns = [(m.loss, m.content) for m in messages]
     hidden = task.hidden if task is not None else None
-    citing = set() if hidden is None else hidden_citations(hidden, [(m.loss, m.content) for m in messages])
+    citing = set() if hidden is None else hidden_citations(hidden, turns)
     premature = task.premature if task is not None else None
-    claiming = None if premature is None else premature_claim(premature, [(m.loss, m.content) for m in messages])
+    claiming = None if premature is None else premature_claim(premature, turns)
     for index in range(start, len(messages)):
         message = messages[index]
         if message.role is not Role.ASSISTANT:

@@ -52,6 +52,13 @@ def ungrounded_emails(arguments: Any, earlier: str) -> list[str]:
     return missing
 
 
-def describe(name: str, missing: list[str]) -> str:
-    """The detail of a dead letter or a filter: the call and the addresses nobody gave."""
+def ungrounded_call(name: str, arguments: Any, earlier: Iterable[str]) -> str | None:
+    """Why a call to ``name`` with ``arguments`` sends to an email address that none of the
+    ``earlier`` texts (the messages before the call) gives, or ``None``. The texts are read
+    only for a call that has an ``@`` in an argument (most calls have none)."""
+    if not any("@" in text for text in argument_strings(arguments)):
+        return None
+    missing = ungrounded_emails(arguments, "\n".join(earlier))
+    if not missing:
+        return None
     return f"call to {name!r} sends to {json.dumps(missing, ensure_ascii=False)}, which no earlier turn gives"

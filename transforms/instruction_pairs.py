@@ -61,7 +61,7 @@ from transforms.base import (
     StepContext,
 )
 from transforms.clean_outputs import builtin_rules, hidden_citations, premature_claim
-from transforms.grounded_arguments import describe, ungrounded_emails
+from transforms.grounded_arguments import ungrounded_call
 from transforms.phrasing import PhraseBook, PhrasingError, load_book
 from transforms.react import FINISH_NAMES, ParsedStep, StepParseError, _finish_answer, has_markers, parse_turn
 from transforms.samples import sample_of
@@ -277,9 +277,9 @@ def read_conversation(
             step = _clean(_card_step(turn, card, tools) if card is not None else _own_step(turn))
             if step.call is not None:
                 check_call(step.call, by_name)
-                missing = ungrounded_emails(step.call.arguments, "\n".join(earlier))
-                if missing:
-                    raise NotEligible("ungrounded_argument", describe(step.call.name, missing))
+                detail = ungrounded_call(step.call.name, step.call.arguments, earlier)
+                if detail is not None:
+                    raise NotEligible("ungrounded_argument", detail)
                 if first_call < 0:
                     first_call = len(events)
             events.append(("assistant", step))
@@ -462,13 +462,7 @@ class PairMaker:
             self.read(trajectory)
         except NotEligible as exc:
             return exc.reason, exc.detail
-        hidden = hidden_citation(trajectory)
-        if hidden is not None:
-            return "hidden_context", hidden
-        claim = claimed_too_early(trajectory)
-        if claim is not None:
-            return "premature_claim", claim
-        return ELIGIBLE
+        return output_rules_screening(trajectory)
 
     def __call__(
         self, trajectory: Trajectory, selected: list[str], screening: Screening | None = None
@@ -527,13 +521,25 @@ def claimed_too_early(trajectory: Trajectory) -> str | None:
     return None if index is None else f"turn {index} claims an outcome before anything ran: {turns[index][1][:200]!r}"
 
 
+def output_rules_screening(trajectory: Trajectory) -> Screening:
+    """:data:`ELIGIBLE`, or ``hidden_context`` / ``premature_claim`` with the detail: the
+    trajectory's outputs break a ``clean_outputs`` rule that would take them out of the loss."""
+    hidden = hidden_citation(trajectory)
+    if hidden is not None:
+        return "hidden_context", hidden
+    claim = claimed_too_early(trajectory)
+    if claim is not None:
+        return "premature_claim", claim
+    return ELIGIBLE
+
+
 def eligible(trajectory: Trajectory, cards: ToolCards | None = None, ignore_success_flag: Collection[str] = ()) -> bool:
     """Whether the trajectory can give a pair (the step's screening, without the reason)."""
     try:
         read_conversation(trajectory, cards, ignore_success_flag)
     except NotEligible:
         return False
-    return hidden_citation(trajectory) is None and claimed_too_early(trajectory) is None
+    return output_rules_screening(trajectory) == ELIGIBLE
 
 
 def _rank(trajectory: Trajectory, seed: int, step_id: str, balance: bool) -> tuple[str, tuple[tuple[int, str], str]]:
