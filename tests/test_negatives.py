@@ -15,6 +15,7 @@ from tests.conftest import DEMO_DATA, REPO
 from tests.helpers import parse_file, rejected, run, write_spec
 from transforms.base import Filtered, Stat, StepContext
 from transforms.negatives import (
+    LANGUAGE_SLOTS,
     NegativeMaker,
     Negatives,
     NegativesConfig,
@@ -24,13 +25,14 @@ from transforms.negatives import (
     capability_text,
     content_words,
     extends,
+    load_answer_book,
     load_rules,
     pick_irrelevant_tools,
     select,
     source_call_trail,
     source_calls,
 )
-from transforms.phrasing import PhrasingError
+from transforms.phrasing import PhraseBook, PhrasingError
 from transforms.quality.language import detect_language
 from transforms.react import has_markers
 
@@ -700,3 +702,19 @@ def test_model_responder_runs_a_local_model_through_run_inference(tmp_path):
     assert all(r["metadata"] and '"responder":"model"' in r["metadata"] for r in rows)
     second = run(spec, tmp_path / "again")
     assert [s.sha256 for s in first.manifest.output.shards] == [s.sha256 for s in second.manifest.output.shards]
+
+
+def test_builtin_wording_keeps_its_language_and_its_word():
+    """Every variant of the built-in book, rendered: Chinese help gives the request's values
+    without the English argument names ("origin：纽约"), and no irrelevant-tools answer says it
+    will answer when what follows is only help ("so I'll answer without them")."""
+    book = PhraseBook(load_answer_book(None, "."))
+    details = {**LANGUAGE_SLOTS["help_details"], "details": [{"name": "origin", "value": "纽约"}]}
+    chinese = [book._render("zh.help_details", i, v, details) for i, v in enumerate(book._compiled["zh.help_details"])]
+    assert chinese and all("纽约" in text and "origin" not in text for text in chinese)
+    irrelevant = {**LANGUAGE_SLOTS["irrelevant_tools"], "help": "HELP"}
+    for language in ("en", "zh"):
+        slot = f"{language}.irrelevant_tools"
+        for index, variant in enumerate(book._compiled[slot]):
+            text = book._render(slot, index, variant, irrelevant)
+            assert "answer without" not in text and "直接回答" not in text, text
