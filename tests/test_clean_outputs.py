@@ -338,3 +338,50 @@ def test_fireact_outputs_lose_the_invented_observation_and_the_unstated_step_lim
         "in the next step.\nAction: finish[yes]"
     )
     assert builtin_rules()["fireact"].rewrite(alone) == (alone, 0)
+
+
+def chat(*turns: tuple[str, str], sid: str = "c0") -> Sample:
+    """A glaive-style chat sample (no task): a system turn, then ``turns`` of (role, text) with
+    every assistant turn supervised."""
+    messages = [Message(role=Role.SYSTEM, content="You are a helpful assistant.")]
+    messages += [Message(role=Role(role), content=text, loss=role == "assistant") for role, text in turns]
+    return Sample(
+        id=sid,
+        kind="agent",
+        messages=messages,
+        lineage=Lineage(source="glaive", source_id=sid, steps=["chat"]),
+        counts=count_tokens(messages),
+    )
+
+
+def test_a_reply_in_another_language_than_its_query_leaves_the_loss():
+    # glaive zh item 116: the English answer was posted as the user's turn and "translated"
+    posted = (
+        'The main character of the novel "Romeo and Juliet" is Romeo Montague, a young man from a wealthy '
+        "family in Verona, Italy, who falls in love with Juliet Capulet at first sight."
+    )
+    one = chat(
+        ("user", posted),
+        ("assistant", "小说《罗密欧与朱丽叶》的主要角色是罗密欧，一个年轻的蒙太古，他爱上了朱丽叶。"),
+        ("user", "你能解释一下“量子计算”这个术语是什么意思吗？"),
+        ("assistant", "量子计算是一种利用量子力学现象（如叠加和纠缠）对数据进行操作的计算类型。"),
+        ("user", "Ruby代码实现冒泡排序算法的代码是什么？请提供逐步解释。"),
+        ("assistant", "Sure, here's an implementation of the bubble sort algorithm in Ruby, step by step."),
+    )
+    (out,), stats = apply(one)
+    assert [m.loss for m in out.messages if m.role is Role.ASSISTANT] == [False, True, False]
+    assert stats == {"masked:wrong_language": 2, "changed_samples": 1}
+    assert out.counts.supervised_tokens < one.counts.supervised_tokens
+    assert [m.content for m in out.messages] == [m.content for m in one.messages]
+    (kept,), stats = apply(one, wrong_language="keep")
+    assert kept is one and stats == {}
+    # a translation request is answered in the other language on purpose
+    asked = chat(
+        ("user", "请把这句话翻译成英文：今天天气很好，我们去公园散步吧。"),
+        ("assistant", "The weather is nice today, let's go for a walk in the park."),
+    )
+    (same,), stats = apply(asked)
+    assert same is asked and stats == {}
+    # a reply whose only supervised turn is in the wrong language leaves nothing to learn
+    (dropped,), _ = apply(chat(("user", posted), ("assistant", "小说《罗密欧与朱丽叶》的主要角色是罗密欧。")))
+    assert isinstance(dropped, Filtered) and dropped.reason == "no_supervised_turn_left"

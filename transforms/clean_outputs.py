@@ -37,7 +37,7 @@ recomputed and the step is appended to ``lineage.steps`` when anything changed, 
 nothing applies to passes unchanged. A sample left with no supervised turn is filtered as
 ``no_supervised_turn_left``. Stats: ``deleted_lines``, ``rewritten`` (replacements made),
 ``masked:several_actions``, ``masked:hidden_context``, ``masked:premature_claim``, ``masked:missing_thought``,
-``masked:empty_after_deletion`` and ``changed_samples``. The rules
+``masked:wrong_language``, ``masked:empty_after_deletion`` and ``changed_samples``. The rules
 are data (``templates/quality/agent_outputs.yaml``); a config adds tasks (``rules``) or replaces
 the built-in ones (``replace: true``). Pure function of the sample and the config.
 """
@@ -57,9 +57,12 @@ from schemas import Message, Role, Sample, count_tokens
 from transforms.base import Filtered, RecordStep, Stat, StepConfig, StepContext, check_regexes
 from transforms.quality.check import first_supervised
 from transforms.quality.checks.format_contradiction import demanded_thoughts, instructions_of, skips_thought
+from transforms.quality.checks.language_mismatch import LanguageOptions, judged_replies
 
 BUILTIN = "quality/agent_outputs.yaml"
 REASON = "no_supervised_turn_left"
+#: The audit's ``language_mismatch`` definition (its default options).
+_LANGUAGE = LanguageOptions()
 _BLANK_RUN = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
 
 
@@ -153,6 +156,8 @@ class CleanOutputsConfig(StepConfig):
     rules: dict[str, TaskRules] = Field(default_factory=dict)
     replace: bool = False
     missing_thought: Literal["mask", "keep"] = "mask"
+    #: ``mask``: a supervised reply in another language than its query leaves the loss.
+    wrong_language: Literal["mask", "keep"] = "mask"
 
     @model_validator(mode="after")
     def _known(self) -> CleanOutputsConfig:
@@ -203,7 +208,12 @@ def clean(sample: Sample, config: CleanOutputsConfig, rules: dict[str, TaskRules
         return sample, stats
     task = rules.get(sample.lineage.task or "")
     thought = demanded_thoughts(instructions_of(sample, start)) if config.missing_thought == "mask" else frozenset()
-    if task is None and not thought:
+    foreign = (
+        {r.index for r in judged_replies(sample, _LANGUAGE) if r.mismatched}
+        if config.wrong_language == "mask"
+        else set()
+    )
+    if task is None and not thought and not foreign:
         return sample, stats
     messages: list[Message] = list(sample.messages)
     turns = [(m.loss, m.content) for m in messages]
@@ -244,6 +254,9 @@ def clean(sample: Sample, config: CleanOutputsConfig, rules: dict[str, TaskRules
             elif thought and skips_thought(text, thought):
                 update["loss"] = False
                 stats["masked:missing_thought"] += 1
+            elif index in foreign:
+                update["loss"] = False
+                stats["masked:wrong_language"] += 1
         if update:
             messages[index] = message.model_copy(update=update)
     if not stats:
