@@ -335,3 +335,73 @@ def test_near_mode_collapses_the_repeated_real_prompts(tmp_path, external):
         dropped = near_text(Sample.model_validate_json(r["payload"]), "first_user").lower()
         kept = kept_first[r["detail"].split()[3]]
         assert dropped == kept or ("davinci" in dropped and "davinci" in kept)
+
+
+# --- trajectories ---------------------------------------------------------------------------------
+
+
+def test_trajectory_key_is_the_conversation_without_ids_or_system_turns():
+    from schemas import Trajectory, Turn
+
+    def trajectory(source_id: str, *turns: Turn) -> Trajectory:
+        return Trajectory(id=f"id-{source_id}", source="s", source_id=source_id, turns=list(turns))
+
+    call = ToolCall(id="call_0", name="f", arguments={"x": 1})
+    a = trajectory(
+        "1",
+        Turn(role=Role.SYSTEM, text="A"),
+        Turn(role=Role.USER, text="Hi"),
+        Turn(role=Role.ASSISTANT, text="", tool_calls=[call]),
+    )
+    b = trajectory(
+        "2",
+        Turn(role=Role.SYSTEM, text="B"),
+        Turn(role=Role.USER, text="hi "),
+        Turn(role=Role.ASSISTANT, text="", tool_calls=[call.model_copy(update={"id": "c9"})]),
+    )
+    other = trajectory(
+        "3",
+        Turn(role=Role.USER, text="Hi"),
+        Turn(role=Role.ASSISTANT, text="", tool_calls=[call.model_copy(update={"arguments": {"x": 2}})]),
+    )
+    config = DedupConfig()
+    assert dedup_key(a, config) == dedup_key(b, config) != dedup_key(other, config)
+    # the same conversation as a sample has the same key
+    as_sample = sample("x", ("user", "Hi"), ("assistant", ""))
+    as_sample.messages[1].tool_calls = [call]
+    assert dedup_key(as_sample, config) == dedup_key(a, config)
+
+
+def test_dedup_trajectories_keeps_one_of_each_conversation_before_it_fans_out(tmp_path):
+    from transforms.dedup import TrajectoryDedupConfig
+
+    texts = ["What is 2+2?", "Name a colour.", "what is  2+2?", "Name a colour.", "Unique one."]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(_conversation(i, t)) + "\n" for i, t in enumerate(texts)))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        json.dumps(
+            {
+                "name": "unique",
+                "steps": [
+                    {
+                        "id": "read",
+                        "type": "read",
+                        "config": {"format": "openai", "source": "chat", "paths": str(data)},
+                    },
+                    {"id": "unique", "type": "dedup_trajectories", "inputs": ["read"]},
+                    {"id": "chat", "type": "to_chat", "inputs": ["unique"], "config": {"kind": "general"}},
+                    {"id": "write", "type": "write", "inputs": ["chat"]},
+                ],
+            }
+        )
+    )
+    summary = run_spec(str(spec), str(tmp_path / "out"), None)
+    ledger = summary.manifest.steps["unique"]
+    assert (ledger.in_, ledger.passed, ledger.filtered, ledger.stats) == (5, 3, {"duplicate": 2}, {"duplicate_sets": 2})
+    rejected = [json.loads(line) for line in (tmp_path / "out" / "rejected" / "unique.jsonl").read_text().splitlines()]
+    # the kept trajectory of each set has the smallest id; the copy is filtered with its id
+    assert len(rejected) == 2 and all(r["detail"].split()[2] < r["record_id"] for r in rejected)
+    assert summary.manifest.steps["chat"].in_ == 3
+    with pytest.raises(ValidationError, match="exact duplicates only"):
+        TrajectoryDedupConfig(mode="near")

@@ -50,7 +50,7 @@ def test_every_call_is_declared_valid_and_answered_by_a_linked_result(native):
             calls[sample.lineage.source] += len(message.tool_calls)
         if sample.kind == "negative":
             assert not ids  # a negative never calls
-    assert +calls == {"agentinstruct": 8013, "glaive": 304, "reason_tool_use": 66, "toolbench": 16}
+    assert +calls == {"agentinstruct": 8013, "glaive": 270, "reason_tool_use": 66, "toolbench": 16}
     assert parallel == 12  # reason_tool_use's parallel calls stay in one message
 
 
@@ -59,20 +59,21 @@ def test_sources_and_negatives(native):
     by = Counter((s.lineage.source, s.kind) for s in samples)
     assert by == {
         ("agentinstruct", "agent"): 1382,
-        ("glaive", "agent"): 440,
+        ("glaive", "agent"): 385,  # 58 copies of other conversations kept once
         ("reason_tool_use", "agent"): 49,
         ("toolbench", "agent"): 4,
-        ("glaive", "negative"): 127,
-        ("arena_hard", "negative"): 70,
-        ("toolbench", "negative"): 3,
+        ("glaive", "negative"): 122,
+        ("arena_hard", "negative"): 74,
+        ("toolbench", "negative"): 4,
     }
     steps = summary.manifest.steps
     assert steps["check_calls"].filtered == {
-        "invalid_arguments": 7,
+        "invalid_arguments": 5,
         "undeclared_tool": 1,
         "unlinked_tool_result": 2,
-        "ungrounded_argument": 6,  # glaive's translated addresses ("老板@公司.com" for boss@company.com)
+        "ungrounded_argument": 5,  # glaive's translated addresses ("老板@公司.com" for boss@company.com)
     }
+    assert steps["unique_glaive"].filtered == {"duplicate": 58}
     assert steps["native"].filtered == {"invalid_arguments": 1, "undeclared_tool": 5, "ungrounded_argument": 1}
     # 3 DB episodes whose only output claims an INSERT it never runs
     assert steps["clean_agent"].filtered == {"no_supervised_turn_left": 3}

@@ -25,6 +25,7 @@ EXPECTED = {
     "score",
     "mix",
     "dedup",
+    "dedup_trajectories",
     "decontaminate",
     "audit",
     "identity_filter",

@@ -1,5 +1,6 @@
 """Step ``dedup``: Sample -> Sample, exact duplicates (``mode: exact``) or near duplicates
-(``mode: near``) removed.
+(``mode: near``) removed; step ``dedup_trajectories``: Trajectory -> Trajectory, exact duplicates
+removed before a trajectory fans out into several derivations.
 
 Exact mode. Two samples are duplicates when their normalised conversations are equal: the same roles and
 texts (and tool calls) in the same order, after collapsing whitespace and, by default,
@@ -21,6 +22,12 @@ Identical copies of one record are near duplicates of it. A sample whose compare
 word passes unclustered (stat ``near_no_text``). Stats: ``near_clusters`` (clusters that lost
 members), ``near_cluster_members`` (their members, kept ones included).
 
+Trajectories (``dedup_trajectories``, exact mode only). The same key over the trajectory's turns
+(role, text and calls; system turns ignored by default), so a source that holds the same
+conversation twice under two ids (glaive's demo files: 58 of 454 records) gives one trajectory,
+before ``align``, ``instruction_pairs`` and ``negatives`` each derive their own samples from it: a
+count-based step downstream then meets its quota with distinct conversations.
+
 Guarantees of both modes: every input is kept or filtered (nothing else); kept samples are
 unchanged; results do not depend on arrival order, runner or worker count; memory stays flat
 in the records (they are sorted on disk, :class:`transforms.spill.SortedGroups`).
@@ -38,7 +45,7 @@ from typing import Any, Literal
 import apache_beam as beam
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas import Role, Sample, content_hash
+from schemas import Role, Sample, Trajectory, content_hash
 from transforms.base import (
     EMITTED,
     FILTERED,
@@ -52,7 +59,7 @@ from transforms.base import (
     StepConfig,
     _Accounting,
 )
-from transforms.coders import SampleCoder
+from transforms.coders import PydanticJsonCoder, SampleCoder, TrajectoryCoder
 from transforms.quality import minhash
 from transforms.quality.ngrams import word_tokens
 from transforms.spill import SortedGroups
@@ -95,15 +102,18 @@ def normalise(text: str, config: DedupConfig) -> str:
     return " ".join(text.split())
 
 
-def dedup_key(sample: Sample, config: DedupConfig) -> str:
-    """The hash of the sample's normalised conversation; equal keys mean duplicates."""
+def dedup_key(record: Sample | Trajectory, config: DedupConfig) -> str:
+    """The hash of the record's normalised conversation (a sample's messages, a trajectory's
+    turns); equal keys mean duplicates."""
     parts = []
-    for message in sample.messages:
-        if config.ignore_system and message.role is Role.SYSTEM:
+    turns = record.messages if isinstance(record, Sample) else record.turns
+    for turn in turns:
+        if config.ignore_system and turn.role is Role.SYSTEM:
             continue
-        part: list[Any] = [message.role.value, normalise(message.content, config)]
-        if config.include_tool_calls and message.tool_calls:  # names and arguments, not ids
-            part.append([c.model_dump(mode="json", exclude={"id"}) for c in message.tool_calls])
+        text = turn.content if isinstance(record, Sample) else turn.text  # type: ignore[union-attr]
+        part: list[Any] = [turn.role.value, normalise(text, config)]
+        if config.include_tool_calls and turn.tool_calls:  # names and arguments, not ids
+            part.append([c.model_dump(mode="json", exclude={"id"}) for c in turn.tool_calls])
         parts.append(part)
     return content_hash(parts)
 
@@ -117,12 +127,13 @@ class _DedupDoFn(beam.DoFn):
     Input: one sort partition, ``(conversation key + NUL + sample id, sample JSON)`` pairs in
     order, so each set of duplicates arrives together and in keep order."""
 
-    def __init__(self, step_id: str) -> None:
+    def __init__(self, step_id: str, coder: type[PydanticJsonCoder] = SampleCoder) -> None:
         self.step_id = step_id
+        self.coder_type = coder
 
     def start_bundle(self) -> None:
         self.acct = _Accounting(self.step_id)
-        self.coder = SampleCoder()
+        self.coder = self.coder_type()
 
     def process(self, element: tuple[int, Iterable[tuple[bytes, bytes]]]) -> Iterator[Any]:
         _, pairs = element
@@ -145,12 +156,12 @@ class _DedupDoFn(beam.DoFn):
         yield from self.acct.flush()
 
 
-def sort_pair(sample: Sample, config: DedupConfig) -> tuple[int, tuple[bytes, bytes]]:
-    """``(partition, (conversation key + NUL + id, sample JSON))``: sorted, duplicates come
+def sort_pair(record: Sample | Trajectory, config: DedupConfig) -> tuple[int, tuple[bytes, bytes]]:
+    """``(partition, (conversation key + NUL + id, record JSON))``: sorted, duplicates come
     together and in keep order (smallest id, then smallest JSON, first)."""
-    key = dedup_key(sample, config)
+    key = dedup_key(record, config)
     partition = int(key[:8], 16) % DEDUP_PARTITIONS
-    return partition, (f"{key}\0{sample.id}".encode(), sample.model_dump_json().encode("utf-8"))
+    return partition, (f"{key}\0{record.id}".encode(), record.model_dump_json().encode("utf-8"))
 
 
 # --- near mode --------------------------------------------------------------------------------
@@ -276,11 +287,16 @@ class Dedup(Step):
         config: DedupConfig = self.config  # type: ignore[assignment]
         if config.mode == "near":
             return self._expand_near(samples, config.near)
+        return self._expand_exact(samples, config, SampleCoder)
+
+    def _expand_exact(
+        self, records: beam.PCollection, config: DedupConfig, coder: type[PydanticJsonCoder]
+    ) -> dict[str, Any]:
         outputs = (
-            samples
+            records
             | "Key" >> beam.Map(sort_pair, config)
             | "Sort" >> SortedGroups(self.context.spill_dir("sort"))
-            | "Keep" >> beam.ParDo(_DedupDoFn(self.step_id)).with_outputs(REJECTED, LEDGER, main=MAIN)
+            | "Keep" >> beam.ParDo(_DedupDoFn(self.step_id, coder)).with_outputs(REJECTED, LEDGER, main=MAIN)
         )
         return self._typed(outputs)
 
@@ -333,10 +349,35 @@ class Dedup(Step):
         }
 
 
+class TrajectoryDedupConfig(DedupConfig):
+    """Config of ``dedup_trajectories``: the exact mode's keys (near mode is for samples)."""
+
+    @model_validator(mode="after")
+    def _exact_only(self) -> TrajectoryDedupConfig:
+        if self.mode != "exact":
+            raise ValueError("dedup_trajectories removes exact duplicates only (mode: exact)")
+        return self
+
+
+class DedupTrajectories(Dedup):
+    """Removes exact duplicate trajectories (the same turns under another id), keeping the
+    smallest id of each set, before they fan out into derivations."""
+
+    type_name = "dedup_trajectories"
+    config_model = TrajectoryDedupConfig
+    input_type = Trajectory
+    output_type = Trajectory
+
+    def expand(self, trajectories: beam.PCollection) -> dict[str, Any]:
+        return self._expand_exact(trajectories, self.config, TrajectoryCoder)  # type: ignore[arg-type]
+
+
 __all__ = [
     "Dedup",
     "DedupConfig",
+    "DedupTrajectories",
     "NearConfig",
+    "TrajectoryDedupConfig",
     "cluster_assignments",
     "dedup_key",
     "near_keys",
