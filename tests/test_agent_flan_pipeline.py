@@ -29,6 +29,7 @@ EXPLAINED = {
     "ungrounded_argument",  # align, instruction_pairs: a call to an email address nobody gave
     "premature_claim",  # instruction_pairs: a first output that claims a change before making it
     "no_supervised_turn",  # balance: a DB answer left with only retrieval and understanding parts
+    "no_supervised_turn_left",  # clean_agent: a glaive reply whose Python lost its indentation
     "invalid_action",
     "duplicate",  # unique_glaive, unique_fireact: the same conversation under another id
     "ungrounded_output",  # Mind2Web thoughts written for another episode
@@ -45,6 +46,7 @@ EXPLAINED = {
     "environment_observation",
     "excluded_task",
     "react_markers_in_answer",
+    "collapsed_code_in_answer",
     # instruction_pairs: steps that cannot make a format pair
     "arguments_fail_schema",
     "no_declared_tools",
@@ -89,7 +91,9 @@ def test_every_record_is_accounted_for_with_reasons(flan):
     assert set(summary.manifest.ratios["negatives"]["achieved"]) == {"no_tools", "irrelevant_tools"}
     # balance drops the one DB answer left with nothing but its (down-weighted) answer call
     assert steps["balance"].filtered == {"no_supervised_turn": 1}
-    assert steps["write"].emitted == summary.manifest.output.num_rows == steps["align"].emitted + 2000 + 761 - 1
+    # a glaive conversation whose only supervised reply is Python that lost its indentation
+    assert steps["clean_agent"].filtered == {"no_supervised_turn_left": 1}
+    assert steps["write"].emitted == summary.manifest.output.num_rows == steps["align"].emitted + 2000 + 761 - 2
 
 
 def test_shares_meet_their_targets(flan):
@@ -147,5 +151,5 @@ def test_aligned_samples_call_only_declared_tools_under_matching_instructions(fl
                 validate_call(call, sample.tools)  # declared, and the schema holds
             if message.role.value in ("system", "user"):
                 assert not has_markers(message.content)  # no format the targets do not follow
-    # every aligned sample but the one kept in its format and the one balance dropped
-    assert aligned == summary.manifest.steps["align"].emitted - 2
+    # every aligned sample but the one kept in its format and those clean_agent and balance dropped
+    assert aligned == summary.manifest.steps["align"].emitted - 3

@@ -385,3 +385,44 @@ def test_a_reply_in_another_language_than_its_query_leaves_the_loss():
     # a reply whose only supervised turn is in the wrong language leaves nothing to learn
     (dropped,), _ = apply(chat(("user", posted), ("assistant", "小说《罗密欧与朱丽叶》的主要角色是罗密欧。")))
     assert isinstance(dropped, Filtered) and dropped.reason == "no_supervised_turn_left"
+
+
+@pytest.mark.parametrize(
+    ("code", "collapsed"),
+    [
+        ("def factorial(n):\n if n == 0:\n return 1\n else:\n return n * factorial(n-1)\n", True),
+        ('def is_prime(n):\n """doc"""\n # comment\n if n < 2:\n return False\n', True),
+        ("for i in range(3):\nprint(i)\n", True),
+        ("def factorial(n):\n    if n == 0:\n        return 1\n    return n * factorial(n - 1)\n", False),
+        # a block indented as a whole (inside a list item) is dedented first
+        ("   import csv\n\n   with open('a.csv') as f:\n       rows = list(csv.reader(f))\n", False),
+        # a placeholder body (a comment only) and fragments are not judged
+        ("def create_project(name):\n    # code to create a new project\n", False),
+        ("devices = jax.devices()[:2]\nwith mesh(devices, ('d',)):\n    # your code here\n", False),
+        ("print('unclosed\n", False),
+        ("x = [1,\n", False),
+    ],
+)
+def test_collapsed_indentation_is_only_a_block_body_not_indented_under_its_opener(code, collapsed):
+    from transforms.quality.code_blocks import collapsed_indentation, has_collapsed_python
+
+    assert collapsed_indentation(code) is collapsed
+    assert has_collapsed_python(f"Here:\n```python\n{code}```\nDone.") is collapsed
+    assert not has_collapsed_python(f"Here:\n```ruby\n{code}```")  # only Python's indentation is syntax
+
+
+def test_a_reply_with_python_whose_indentation_was_lost_leaves_the_loss():
+    flat = (
+        "Here is the function:\n```python\ndef factorial(n):\n if n == 0:\n return 1\n return n * factorial(n-1)\n```"
+    )
+    one = chat(
+        ("user", "Write a factorial function in Python."),
+        ("assistant", flat),
+        ("user", "What is recursion?"),
+        ("assistant", "Recursion is a function calling itself on a smaller input until a base case."),
+    )
+    (out,), stats = apply(one)
+    assert [m.loss for m in out.messages if m.role is Role.ASSISTANT] == [False, True]
+    assert stats == {"masked:collapsed_code": 1, "changed_samples": 1}
+    (kept,), stats = apply(one, collapsed_code="keep")
+    assert kept is one and stats == {}

@@ -59,7 +59,7 @@ def test_sources_and_negatives(native):
     by = Counter((s.lineage.source, s.kind) for s in samples)
     assert by == {
         ("agentinstruct", "agent"): 1382,
-        ("glaive", "agent"): 385,  # 58 copies of other conversations kept once
+        ("glaive", "agent"): 384,  # 58 copies of other conversations kept once
         ("reason_tool_use", "agent"): 49,
         ("toolbench", "agent"): 4,
         ("glaive", "negative"): 122,
@@ -75,8 +75,11 @@ def test_sources_and_negatives(native):
     }
     assert steps["unique_glaive"].filtered == {"duplicate": 58}
     assert steps["native"].filtered == {"invalid_arguments": 1, "undeclared_tool": 5, "ungrounded_argument": 1}
-    # 3 DB episodes whose only output claims an INSERT it never runs
-    assert steps["clean_agent"].filtered == {"no_supervised_turn_left": 3}
+    # 3 DB episodes whose only output claims an INSERT it never runs, 1 glaive conversation whose
+    # only supervised reply is Python that lost its indentation
+    assert steps["clean_agent"].filtered == {"no_supervised_turn_left": 4}
+    assert steps["clean_agent"].stats["masked:collapsed_code"] == 6
+    assert steps["clean_agent"].stats["masked:wrong_language"] == 10
     cases = Counter(s.metadata["case"] for s in samples if s.kind == "negative")
     assert cases == {"no_tools": 100, "irrelevant_tools": 100}
     assert all(s.tools for s in samples if s.kind == "negative" and s.metadata["case"] == "irrelevant_tools")

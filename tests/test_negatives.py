@@ -339,6 +339,19 @@ def test_normal_queries_keep_real_answers_and_bad_ones_are_filtered():
         ]
     )
     assert reader.examine("agent", mixed) == "answer_language_mismatch"
+    # glaive's flattened code: a real answer, but code that does not run
+    flat = traj(
+        [
+            user("Write a Python function for the factorial."),
+            assistant(
+                "Here it is:\n```python\ndef factorial(n):\n if n == 0:\n return 1\n return n * factorial(n-1)\n```"
+            ),
+        ]
+    )
+    assert reader.examine("agent", flat) == "collapsed_code_in_answer"
+    indented = flat.model_copy(deep=True)
+    indented.turns[-1].text = indented.turns[-1].text.replace("\n return 1", "\n     return 1")
+    assert reader.examine("agent", indented).kind == "normal"
 
 
 def test_answerable_questions_are_answered_not_refused():

@@ -30,6 +30,16 @@ model learns to produce whatever its supervised turns hold, so:
   thought line that they do not call optional (the format of the audit's
   ``format_contradiction`` check), a supervised output with an action line and no line opening
   with a demanded marker (``Think:`` under a demanded ``Thought:`` is no thought) gets ``loss: false``.
+- **Wrong language** (``wrong_language: mask``, every sample): a supervised reply in another
+  language than the user message it answers gets ``loss: false``, by the definition of the
+  audit's ``language_mismatch`` check (same function, same exemptions: replies with ReAct
+  markers or calls, translation requests, texts whose language cannot be told). glaive's
+  machine-translated Chinese demos hold such exchanges: an English answer posted as the user's
+  turn, "translated" by the assistant; a Chinese question answered in English.
+- **Collapsed code** (``collapsed_code: mask``, every sample): a supervised reply with a fenced
+  Python block whose indentation was lost (a block opener whose body is not indented:
+  :mod:`transforms.quality.code_blocks`) gets ``loss: false``: it is code that does not run
+  (glaive's demos flattened every line to one space).
 
 Guarantees: only assistant text and loss flags change; roles, order, tool calls and the other
 messages stay; the id is kept (same source record and derivation), the token counts are
@@ -37,7 +47,7 @@ recomputed and the step is appended to ``lineage.steps`` when anything changed, 
 nothing applies to passes unchanged. A sample left with no supervised turn is filtered as
 ``no_supervised_turn_left``. Stats: ``deleted_lines``, ``rewritten`` (replacements made),
 ``masked:several_actions``, ``masked:hidden_context``, ``masked:premature_claim``, ``masked:missing_thought``,
-``masked:wrong_language``, ``masked:empty_after_deletion`` and ``changed_samples``. The rules
+``masked:wrong_language``, ``masked:collapsed_code``, ``masked:empty_after_deletion`` and ``changed_samples``. The rules
 are data (``templates/quality/agent_outputs.yaml``); a config adds tasks (``rules``) or replaces
 the built-in ones (``replace: true``). Pure function of the sample and the config.
 """
@@ -58,6 +68,7 @@ from transforms.base import Filtered, RecordStep, Stat, StepConfig, StepContext,
 from transforms.quality.check import first_supervised
 from transforms.quality.checks.format_contradiction import demanded_thoughts, instructions_of, skips_thought
 from transforms.quality.checks.language_mismatch import LanguageOptions, judged_replies
+from transforms.quality.code_blocks import has_collapsed_python
 
 BUILTIN = "quality/agent_outputs.yaml"
 REASON = "no_supervised_turn_left"
@@ -158,6 +169,8 @@ class CleanOutputsConfig(StepConfig):
     missing_thought: Literal["mask", "keep"] = "mask"
     #: ``mask``: a supervised reply in another language than its query leaves the loss.
     wrong_language: Literal["mask", "keep"] = "mask"
+    #: ``mask``: a supervised reply with a fenced Python block whose indentation was lost leaves the loss.
+    collapsed_code: Literal["mask", "keep"] = "mask"
 
     @model_validator(mode="after")
     def _known(self) -> CleanOutputsConfig:
@@ -213,7 +226,12 @@ def clean(sample: Sample, config: CleanOutputsConfig, rules: dict[str, TaskRules
         if config.wrong_language == "mask"
         else set()
     )
-    if task is None and not thought and not foreign:
+    broken = (
+        {i for i, m in enumerate(sample.messages) if m.loss and has_collapsed_python(m.content)}
+        if config.collapsed_code == "mask"
+        else set()
+    )
+    if task is None and not thought and not foreign and not broken:
         return sample, stats
     messages: list[Message] = list(sample.messages)
     turns = [(m.loss, m.content) for m in messages]
@@ -257,6 +275,9 @@ def clean(sample: Sample, config: CleanOutputsConfig, rules: dict[str, TaskRules
             elif index in foreign:
                 update["loss"] = False
                 stats["masked:wrong_language"] += 1
+            elif index in broken:
+                update["loss"] = False
+                stats["masked:collapsed_code"] += 1
         if update:
             messages[index] = message.model_copy(update=update)
     if not stats:

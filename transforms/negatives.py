@@ -28,7 +28,8 @@ Mind2Web by default) and turns matching the observation patterns of
 
 Guarantees: the answer is in the query's language (a real answer in another language is
 filtered ``answer_language_mismatch``; a needs-tool query in a language without a phrase book is
-filtered ``no_phrase_book_language``); answers never hold a ReAct marker. Irrelevant tools are
+filtered ``no_phrase_book_language``); answers never hold a ReAct marker, nor a fenced Python
+block whose indentation was lost (``collapsed_code_in_answer``: code that does not run). Irrelevant tools are
 chosen by a documented check (:func:`pick_irrelevant_tools`). Exact counts per (case, query
 kind): ``count`` split by ``shares`` (largest remainder), each agent case split by
 ``needs_tool_share``, drawn by keyed-hash rankings of the eligible inputs (count, then select).
@@ -68,6 +69,7 @@ from transforms.base import (
 )
 from transforms.phrasing import Book, PhraseBook, PhrasingError, builtin_text, load_book, parse_book, read_text
 from transforms.quality import language
+from transforms.quality.code_blocks import has_collapsed_python
 from transforms.quality.language import detect_language
 from transforms.react import StepParseError, has_markers, parse_turn
 from transforms.samples import sample_of
@@ -936,6 +938,8 @@ class QueryReader:
             return "declines_request"
         if has_markers(reply):
             return "react_markers_in_answer"
+        if has_collapsed_python(reply):
+            return "collapsed_code_in_answer"
         if reply.rstrip().endswith(("?", "？")):
             return "asks_back"
         answer_language = detect_language(reply)
