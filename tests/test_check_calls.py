@@ -69,3 +69,34 @@ def test_python_type_names_are_mapped_before_checking():
     assert kept.tools[0].parameters["type"] == "object" and Stat("schemas_mapped", 1) in out
     unmapped = run(sample(ToolCall(name="f", arguments={"n": 1}, id="call_0"), tools=[tool]), python_types=False)
     assert reasons(unmapped) == ["invalid_schema"]
+
+
+def test_a_bare_property_map_is_wrapped_as_an_object_schema_and_checked():
+    from transforms.check_calls import is_bare_property_map, json_schema_parameters
+
+    # reason_tool_use's `search`: property name -> property schema, no object schema around it
+    bare = {
+        "q": {"description": "The search query string.", "type": "string", "default": "pizza"},
+        "number": {"description": "Results to return. Defaults to 10.", "type": "int, optional", "default": "10"},
+    }
+    assert is_bare_property_map(bare)
+    assert json_schema_parameters(bare) == {
+        "type": "object",
+        "properties": {
+            "q": {"description": "The search query string.", "type": "string", "default": "pizza"},
+            "number": {"description": "Results to return. Defaults to 10.", "type": "integer", "default": "10"},
+        },
+    }
+    assert not is_bare_property_map(WEATHER.parameters)
+    assert not is_bare_property_map({"city": "Oslo"})  # values must be property schemas
+    tool = ToolSpec(name="search", parameters=bare)
+    out = run(sample(ToolCall(name="search", arguments={"q": "tacos", "number": 5}, id="call_0"), tools=[tool]))
+    (kept,) = [o for o in out if isinstance(o, Sample)]
+    assert kept.tools[0].parameters["type"] == "object" and Stat("schemas_mapped", 1) in out
+    # checked at all now: an undeclared key and a wrong type fail
+    assert reasons(run(sample(ToolCall(name="search", arguments={"query": "tacos"}, id="call_0"), tools=[tool]))) == [
+        "invalid_arguments"
+    ]
+    assert reasons(run(sample(ToolCall(name="search", arguments={"number": "ten"}, id="call_0"), tools=[tool]))) == [
+        "invalid_arguments"
+    ]

@@ -18,8 +18,12 @@ filtered ``ungrounded_argument`` (:mod:`transforms.grounded_arguments`: glaive's
 
 ``python_types`` (default on) first maps the Python type names some sources write in their
 tool schemas (reason_tool_use, BFCL: ``dict``, ``list``, ``float``, ``int``, ``str``, ``bool``,
-``tuple``, ``any``) to JSON Schema's (``object``, ``array``, ``number``, ``integer``, ``string``,
-``boolean``, ``array``; ``any`` drops the type), so their calls can be checked at all; the
+``tuple``, ``any``, also as ``"str, optional"``) to JSON Schema's (``object``, ``array``,
+``number``, ``integer``, ``string``, ``boolean``, ``array``; ``any`` drops the type), and wraps a
+bare property map (xLAM/RapidAPI style: ``{"q": {"type": "string", "default": "pizza"}}``, no
+JSON Schema keyword at the top, every value a property schema) as ``{"type": "object",
+"properties": ...}`` with nothing required (every such property has a default), so their calls
+can be checked at all and a chat template renders the tools as every other sample's; the
 sample's declared tools are the mapped ones (counted as ``schemas_mapped``).
 
 Guarantees: messages and calls are never changed; every sample is kept or filtered with a
@@ -54,6 +58,43 @@ class CheckCallsConfig(StepConfig):
     grounded_contacts: bool = True
 
 
+#: Top-level keys that make a parameters object a JSON Schema rather than a bare property map.
+SCHEMA_KEYWORDS = frozenset(
+    {"type", "properties", "required", "$schema", "$ref", "$defs", "definitions", "additionalProperties",
+     "patternProperties", "anyOf", "oneOf", "allOf", "not", "items", "enum", "const", "title", "description"}
+)  # fmt: skip
+_PROPERTY_KEYS = frozenset({"type", "description", "default", "enum", "items", "properties"})
+
+
+def is_bare_property_map(parameters: Any) -> bool:
+    """Whether ``parameters`` is a map of property name -> property schema written without the
+    object schema around it: no JSON Schema keyword at the top, every value a dict holding a
+    ``type`` or ``description`` and only property keywords."""
+    return (
+        isinstance(parameters, dict)
+        and bool(parameters)
+        and not SCHEMA_KEYWORDS & set(parameters)
+        and all(
+            isinstance(v, dict) and ("type" in v or "description" in v) and set(v) <= _PROPERTY_KEYS | {"title"}
+            for v in parameters.values()
+        )
+    )
+
+
+def _python_type(name: str) -> str | None:
+    """JSON Schema's name for a Python type name (``"int, optional"`` too); ``None`` for ``any``."""
+    base = name.removesuffix("optional").rstrip(" ,") if name.endswith(", optional") else name
+    return None if base == "any" else PYTHON_TYPES.get(base, base)
+
+
+def json_schema_parameters(parameters: Any) -> Any:
+    """A tool's parameters as JSON Schema: a bare property map wrapped as an object schema, then
+    Python type names mapped (:func:`json_schema_types`)."""
+    if is_bare_property_map(parameters):
+        parameters = {"type": "object", "properties": parameters}
+    return json_schema_types(parameters)
+
+
 def json_schema_types(schema: Any) -> Any:
     """``schema`` with Python type names mapped to JSON Schema's, at every depth (``any``
     removes the ``type`` key); other values unchanged."""
@@ -64,9 +105,9 @@ def json_schema_types(schema: Any) -> Any:
     out: dict[str, Any] = {}
     for key, value in schema.items():
         if key == "type" and isinstance(value, str):
-            if value == "any":
-                continue
-            out[key] = PYTHON_TYPES.get(value, value)
+            mapped = _python_type(value)
+            if mapped is not None:
+                out[key] = mapped
         elif key == "type" and isinstance(value, list):
             out[key] = [PYTHON_TYPES.get(v, v) if isinstance(v, str) else v for v in value]
         elif key in ("properties", "patternProperties", "definitions", "$defs") and isinstance(value, dict):
@@ -109,7 +150,7 @@ class CallChecker:
 
     def __call__(self, sample: Sample) -> Iterator[Any]:
         if self.config.python_types and sample.tools:
-            tools = [t.model_copy(update={"parameters": json_schema_types(t.parameters)}) for t in sample.tools]
+            tools = [t.model_copy(update={"parameters": json_schema_parameters(t.parameters)}) for t in sample.tools]
             if tools != sample.tools:
                 yield Stat("schemas_mapped", 1)
                 sample = sample.model_copy(update={"tools": tools})
