@@ -43,7 +43,10 @@ def parse_tool_list(value: Any) -> list[ToolSpec]:
     """Tool specs from a list or a JSON string of a list.
 
     Accepts plain ``{name, description, parameters}`` entries and OpenAI-style
-    ``{type: "function", function: {...}}`` wrappers. Raises ``ValueError`` on anything else.
+    ``{type: "function", function: {...}}`` wrappers. A ``required`` list written beside
+    ``parameters`` instead of inside it (LLaMA-Factory's reason_tool_use) is moved into an object
+    schema that has none, so the schema keeps saying what a call must pass. Raises ``ValueError``
+    on anything else.
     """
     import json
 
@@ -68,10 +71,24 @@ def parse_tool_list(value: Any) -> list[ToolSpec]:
             ToolSpec(
                 name=entry.get("name") or "",
                 description=entry.get("description") or "",
-                parameters=entry.get("parameters") or {},
+                parameters=_with_required(entry.get("parameters") or {}, entry.get("required")),
             )
         )
     return tools
+
+
+def _with_required(parameters: Any, required: Any) -> Any:
+    """``parameters`` with a sibling ``required`` list moved in, when it is an object schema
+    with properties and no ``required`` of its own."""
+    if (
+        isinstance(required, list)
+        and required
+        and isinstance(parameters, dict)
+        and isinstance(parameters.get("properties"), dict)
+        and "required" not in parameters
+    ):
+        return {**parameters, "required": required}
+    return parameters
 
 
 def strict_parameters(schema: dict[str, Any]) -> dict[str, Any]:

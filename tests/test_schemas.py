@@ -99,6 +99,20 @@ def test_parse_tool_list_accepts_json_text_and_openai_wrappers():
         parse_tool_list([{"description": "no name"}])
 
 
+def test_a_required_list_beside_the_parameters_is_moved_into_the_object_schema():
+    # reason_tool_use's `match`: "required" sits next to "parameters", not in it
+    props = {"type": "object", "properties": {"id": {"type": "string"}, "is_id": {"type": "boolean"}}}
+    entry = {"type": "function", "function": {"name": "match", "parameters": props, "required": ["is_id"]}}
+    (tool,) = parse_tool_list([entry])
+    assert tool.parameters == {**props, "required": ["is_id"]}
+    # a schema that says its own required keeps it; an empty or missing list changes nothing
+    own = {**props, "required": ["id"]}
+    assert parse_tool_list([{"name": "m", "parameters": own, "required": ["is_id"]}])[0].parameters == own
+    assert parse_tool_list([{"name": "m", "parameters": props, "required": None}])[0].parameters == props
+    bare = {"q": {"type": "string"}}
+    assert parse_tool_list([{"name": "m", "parameters": bare, "required": ["q"]}])[0].parameters == bare
+
+
 def test_unknown_fields_are_rejected():
     with pytest.raises(ValidationError):
         Message(role="assistant", content="x", bogus=1)
