@@ -416,6 +416,23 @@ def test_native_style_declares_irrelevant_tools_without_describing_them():
     assert native.messages[1:] == described.messages[2:]  # the same answer
 
 
+def test_a_protocol_tool_is_never_drawn_as_an_irrelevant_tool():
+    """ToolBench's Finish ("ALWAYS call this function at the end of your attempt") declared in a
+    negative would contradict the agent data that must end with a call to it."""
+    finish = ToolSpec(
+        name="Finish",
+        description="If you believe that you have obtained a result that can answer the task, call this function.",
+        parameters={"type": "object", "properties": {"final_answer": {"type": "string"}}},
+    )
+    trajectory = traj([user("What's the current stock price of Apple?"), call_turn("get_stock_price", company="Apple")],
+                      tools=[STOCK])  # fmt: skip
+    pool = [finish, BOOKS]
+    assert [t.name for t in maker(tools_per_sample=2).build("irrelevant_tools", trajectory, pool).tools] == [
+        "search_books"
+    ]
+    assert maker().reader.rules.protocol("Finish") and not maker().reader.rules.protocol("finish_order")
+
+
 def test_details_name_arguments_in_words_not_identifiers():
     call = ToolCall(name="find_movies", arguments={"release_year": 2019, "trackingNumber": "YT20", "genre": "comedy"})
     assert call_details(call) == [

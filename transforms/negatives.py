@@ -260,6 +260,10 @@ class QueryRules(BaseModel):
     error_patterns: list[str] = Field(default_factory=list)
     #: A reply that matches one asks the user for details (of a call it will make).
     details_patterns: list[str] = Field(default_factory=list)
+    #: Tools of a source's calling protocol (ToolBench's ``Finish``, which its prompt says to call
+    #: at the end of every attempt): never drawn as irrelevant tools, since a prompt declaring one
+    #: would contradict the agent data that must end with it.
+    protocol_tools: list[str] = Field(default_factory=list)
 
     @field_validator(
         "observation_patterns",
@@ -268,6 +272,7 @@ class QueryRules(BaseModel):
         "decline_patterns",
         "error_patterns",
         "details_patterns",
+        "protocol_tools",
     )
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
@@ -342,6 +347,9 @@ class QueryRules(BaseModel):
 
     def answerable(self, tool: str) -> bool:
         return any(p.search(tool) for p in self._answerable)
+
+    def protocol(self, tool: str) -> bool:
+        return any(re.search(p, tool) for p in self.protocol_tools)
 
     def declines(self, reply: str) -> bool:
         return any(p.search(reply) for p in self._decline)
@@ -1036,7 +1044,9 @@ class NegativeMaker:
 
     def _tools(self, pool: list[dict[str, Any]]) -> list[ToolSpec]:
         if pool is not self._pool_source:
-            self._pool_source, self._pool = pool, [ToolSpec.model_validate(t) for t in pool]
+            rules = self.reader.rules
+            kept = [ToolSpec.model_validate(t) for t in pool]
+            self._pool_source, self._pool = pool, [t for t in kept if not rules.protocol(t.name)]
         return self._pool
 
     def _system(self, tools: list[ToolSpec], key: str) -> Message:
@@ -1107,7 +1117,7 @@ class NegativeMaker:
             tools = pick_irrelevant_tools(
                 query.text,
                 trajectory.tools,
-                pool,
+                [t for t in pool if not self.reader.rules.protocol(t.name)],
                 self.config.tools_per_sample,
                 self.context.seed,
                 self.context.step_id,
