@@ -47,6 +47,7 @@ EXPLAINED = {
     "excluded_task",
     "react_markers_in_answer",
     "collapsed_code_in_answer",
+    "knowledge_lookup",
     # instruction_pairs: steps that cannot make a format pair
     "arguments_fail_schema",
     "no_declared_tools",

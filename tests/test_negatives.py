@@ -416,6 +416,27 @@ def test_native_style_declares_irrelevant_tools_without_describing_them():
     assert native.messages[1:] == described.messages[2:]  # the same answer
 
 
+def test_a_knowledge_lookup_is_neither_refused_nor_answered_with_the_tools_results():
+    """glaive's search_books / get_movie_details queries: a refusal would teach refusing what the
+    model can answer, and the source's answer reports the tool's (sometimes invented) results."""
+    lookup = traj(
+        [
+            user("I am looking for a mystery book by Agatha Christie."),
+            call_turn("search_books", author="Agatha Christie", genre="mystery"),
+            Turn(role=Role.TOOL, text='{"results": [{"title": "And Then There Were None"}]}'),
+            assistant("I found a mystery book by Agatha Christie: And Then There Were None."),
+        ],
+        tools=[BOOKS],
+    )
+    assert maker().reader.examine("agent", lookup) == "knowledge_lookup"
+    found = maker(responder="model", model="unused").reader.examine("agent", lookup)
+    assert isinstance(found, Query) and found.kind == "normal" and found.answer is None
+    # a tool that reads live data still makes a needs-tool query
+    stock = traj([user("What's the current stock price of Apple?"), call_turn("get_stock_price", company="Apple")],
+                 tools=[STOCK])  # fmt: skip
+    assert maker().reader.examine("agent", stock).kind == "needs_tool"
+
+
 def test_a_protocol_tool_is_never_drawn_as_an_irrelevant_tool():
     """ToolBench's Finish ("ALWAYS call this function at the end of your attempt") declared in a
     negative would contradict the agent data that must end with a call to it."""

@@ -22,6 +22,13 @@ Queries are things people ask, of two kinds (``metadata.query``):
   ``dataset`` responder: the user's own answers (``answers:`` file, matched by query text) or,
   without that file, the source's own decline.
 
+A query whose source looked something up that a knowledgeable assistant often knows itself
+(``lookup_tools``: books, films, recipes, an encyclopedia) is filtered ``knowledge_lookup`` with
+the template and dataset responders: a refusal ("I can't reach a book catalogue") would teach to
+refuse what it can answer, and the source's answer reports the tool's results (glaive's invented
+ones included: ISBNs, a novel "by John Doe"), which answered without the tool teach making them
+up. The model responder answers it as the model would.
+
 Environment observations are never queries: tasks in ``exclude_tasks`` (ALFWorld, WebShop,
 Mind2Web by default) and turns matching the observation patterns of
 ``templates/negatives/queries.yaml`` are filtered ``excluded_task`` / ``environment_observation``.
@@ -264,6 +271,10 @@ class QueryRules(BaseModel):
     #: at the end of every attempt): never drawn as irrelevant tools, since a prompt declaring one
     #: would contradict the agent data that must end with it.
     protocol_tools: list[str] = Field(default_factory=list)
+    #: Tools that look up what a knowledgeable assistant often knows (books, films, recipes, an
+    #: encyclopedia): a query whose first call is one is neither refused nor answered with the
+    #: source's answer (see ``knowledge_lookup`` in the module docstring).
+    lookup_tools: list[str] = Field(default_factory=list)
 
     @field_validator(
         "observation_patterns",
@@ -273,6 +284,7 @@ class QueryRules(BaseModel):
         "error_patterns",
         "details_patterns",
         "protocol_tools",
+        "lookup_tools",
     )
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
@@ -350,6 +362,9 @@ class QueryRules(BaseModel):
 
     def protocol(self, tool: str) -> bool:
         return any(re.search(p, tool) for p in self.protocol_tools)
+
+    def lookup(self, tool: str) -> bool:
+        return any(re.search(p, tool) for p in self.lookup_tools)
 
     def declines(self, reply: str) -> bool:
         return any(p.search(reply) for p in self._decline)
@@ -914,6 +929,10 @@ class QueryReader:
             if self.config.responder == "model":  # the model answers it as it would
                 return Query("normal", text, query_language(text))
             return "answerable_without_answer"  # never refused: without a real answer, not used
+        if self.rules.lookup(made[0].name):
+            if self.config.responder == "model":  # the model answers from what it knows
+                return Query("normal", text, query_language(text))
+            return "knowledge_lookup"
         if group != "agent":
             return "no_plain_answer"
         if self.config.responder == "dataset":
