@@ -426,3 +426,33 @@ def test_a_reply_with_python_whose_indentation_was_lost_leaves_the_loss():
     assert stats == {"masked:collapsed_code": 1, "changed_samples": 1}
     (kept,), stats = apply(one, collapsed_code="keep")
     assert kept is one and stats == {}
+
+
+def test_an_action_the_environment_answers_with_an_error_leaves_the_loss():
+    db = (
+        "I am a helpful assistant. Use MySQL. Your response should use the following format:\n\n"
+        "Action: Operation\n```sql\nSELECT * FROM table WHERE condition;\n```"
+    )
+    one = episode(
+        "db",
+        db,
+        (
+            "assistant",
+            "Action: Operation\n```sql\nSELECT COUNT(*) FROM `posts` p WHERE YEAR(p.CreationDate) = 2010;\n```",
+        ),
+        ("user", "1054 (42S22): Unknown column 'p.CreationDate' in 'where clause'"),
+        (
+            "assistant",
+            "Action: Operation\n```sql\nSELECT COUNT(*) FROM `posts` p WHERE YEAR(p.CreaionDate) = 2010;\n```",
+        ),
+        ("user", "[(5,)]"),
+        ("assistant", 'Action: Answer\nFinal Answer: ["5"]'),
+    )
+    (out,), stats = apply(one)
+    assert [m.loss for m in out.messages if m.role is Role.ASSISTANT][1:] == [False, True, True]
+    assert stats == {"masked:failed_action": 1, "changed_samples": 1}
+    # KG's "cannot be executed" and OS's "command not found" are failures too; an error text in
+    # the task or in a later answer is not an answer to the output before it
+    assert builtin_rules()["kg"].failed.search("get_relations(Apple) cannot be executed. You may make a mistake")
+    assert builtin_rules()["os"].failed.search("The output of the OS:  bash: bc: command not found\r 0\r")
+    assert not builtin_rules()["os"].failed.search("The output of the OS:  4 files found")

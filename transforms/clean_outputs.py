@@ -26,6 +26,11 @@ model learns to produce whatever its supervised turns hold, so:
 - **Premature claim** (``premature_claim``, per task): the episode's first supervised output
   gets ``loss: false`` when it matches the regex: it claims an outcome ("Record inserted
   successfully.") before anything ran.
+- **Failed action** (``failed_action``, per task): the supervised output right before an
+  environment answer that matches the regex (an error: KG "get_relations(Apple) cannot be
+  executed", MySQL "1054 (42S22): Unknown column", bash "bc: command not found") gets
+  ``loss: false``: the action failed, so it is a mistake to learn from, not to learn. The
+  thought and tool choice before it, and the recovery after, stay supervised.
 - **Missing thought** (``missing_thought: mask``, every task): when the instructions show a
   thought line that they do not call optional (the format of the audit's
   ``format_contradiction`` check), a supervised output with an action line and no line opening
@@ -46,8 +51,9 @@ messages stay; the id is kept (same source record and derivation), the token cou
 recomputed and the step is appended to ``lineage.steps`` when anything changed, and a sample
 nothing applies to passes unchanged. A sample left with no supervised turn is filtered as
 ``no_supervised_turn_left``. Stats: ``deleted_lines``, ``rewritten`` (replacements made),
-``masked:several_actions``, ``masked:hidden_context``, ``masked:premature_claim``, ``masked:missing_thought``,
-``masked:wrong_language``, ``masked:collapsed_code``, ``masked:empty_after_deletion`` and ``changed_samples``. The rules
+``masked:several_actions``, ``masked:hidden_context``, ``masked:premature_claim``,
+``masked:failed_action``, ``masked:missing_thought``, ``masked:wrong_language``,
+``masked:collapsed_code``, ``masked:empty_after_deletion`` and ``changed_samples``. The rules
 are data (``templates/quality/agent_outputs.yaml``); a config adds tasks (``rules``) or replaces
 the built-in ones (``replace: true``). Pure function of the sample and the config.
 """
@@ -110,13 +116,16 @@ class TaskRules(BaseModel):
     #: episode's first supervised output, written before anything ran, that makes it is taken out
     #: of the loss.
     premature_claim: str | None = None
+    #: Regex (multi-line) of an environment answer that reports a failed action (an error); the
+    #: supervised output right before such an answer is taken out of the loss.
+    failed_action: str | None = None
 
     @field_validator("invented_lines")
     @classmethod
     def _lines_compile(cls, value: list[str]) -> list[str]:
         return check_regexes(value)
 
-    @field_validator("action_line", "hidden_context", "premature_claim")
+    @field_validator("action_line", "hidden_context", "premature_claim", "failed_action")
     @classmethod
     def _one_compiles(cls, value: str | None) -> str | None:
         return None if value is None else check_regexes([value])[0]
@@ -138,6 +147,10 @@ class TaskRules(BaseModel):
     @property
     def premature(self) -> re.Pattern[str] | None:
         return None if self.premature_claim is None else _compiled(self.premature_claim)
+
+    @property
+    def failed(self) -> re.Pattern[str] | None:
+        return None if self.failed_action is None else _compiled(self.failed_action)
 
     def rewrite(self, text: str) -> tuple[str, int]:
         """``text`` with every rewrite applied, and how many replacements were made."""
@@ -202,6 +215,22 @@ def premature_claim(pattern: re.Pattern[str], turns: Sequence[tuple[bool, str]])
     return first if first is not None and pattern.search(turns[first][1]) else None
 
 
+def failed_actions(pattern: re.Pattern[str], messages: Sequence[Message]) -> set[int]:
+    """Indexes of the supervised assistant messages whose next message is an environment answer
+    (a user or tool message) that matches ``pattern``: the action they sent failed."""
+    found: set[int] = set()
+    for index in range(len(messages) - 1):
+        message, answer = messages[index], messages[index + 1]
+        if (
+            message.role is Role.ASSISTANT
+            and message.loss
+            and answer.role in (Role.USER, Role.TOOL)
+            and pattern.search(answer.content)
+        ):
+            found.add(index)
+    return found
+
+
 def delete_invented(text: str, pattern: re.Pattern[str]) -> tuple[str, int]:
     """``text`` without the whole lines ``pattern`` matches (runs of blank lines they leave
     become one blank line, and the ends are trimmed of blank lines), and how many were deleted."""
@@ -239,6 +268,7 @@ def clean(sample: Sample, config: CleanOutputsConfig, rules: dict[str, TaskRules
     citing = set() if hidden is None else hidden_citations(hidden, turns)
     premature = task.premature if task is not None else None
     claiming = None if premature is None else premature_claim(premature, turns)
+    failing = set() if task is None or task.failed is None else failed_actions(task.failed, messages)
     for index in range(start, len(messages)):
         message = messages[index]
         if message.role is not Role.ASSISTANT:
@@ -269,6 +299,9 @@ def clean(sample: Sample, config: CleanOutputsConfig, rules: dict[str, TaskRules
             elif index == claiming:
                 update["loss"] = False
                 stats["masked:premature_claim"] += 1
+            elif index in failing:
+                update["loss"] = False
+                stats["masked:failed_action"] += 1
             elif thought and skips_thought(text, thought):
                 update["loss"] = False
                 stats["masked:missing_thought"] += 1
