@@ -74,6 +74,9 @@ def test_sources_and_negatives(native):
         "ungrounded_argument": 5,  # glaive's translated addresses ("老板@公司.com" for boss@company.com)
     }
     assert steps["unique_glaive"].filtered == {"duplicate": 58}
+    # reason_tool_use's reasoning parts are not kept, so no prompt demands reasoning
+    reason = [s for s in samples if s.lineage.source == "reason_tool_use"]
+    assert reason and all("must reason" not in s.messages[0].content for s in reason)
     assert steps["native"].filtered == {"invalid_arguments": 1, "undeclared_tool": 5, "ungrounded_argument": 1}
     # 3 DB episodes whose only output claims an INSERT it never runs, 1 glaive conversation whose
     # only supervised reply is Python that lost its indentation
