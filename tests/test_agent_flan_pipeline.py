@@ -48,6 +48,8 @@ EXPLAINED = {
     "react_markers_in_answer",
     "collapsed_code_in_answer",
     "knowledge_lookup",
+    "broken_code_in_help",  # negatives: DB help whose SQL MySQL cannot run as written
+    "malformed_action",  # instruction_pairs: the same SQL in a trajectory's outputs
     # instruction_pairs: steps that cannot make a format pair
     "arguments_fail_schema",
     "no_declared_tools",

@@ -199,12 +199,13 @@ def test_samples_are_chat_shaped_unique_and_keep_loss_flags(recipe):
     # the 1-shot example's "OK." acknowledgement stays unsupervised (loss false), the agent's own turns supervised
     assert any(m.role is Role.ASSISTANT and not m.loss for s in agentinstruct for m in s.messages)
     steps = Counter(tuple(s.lineage.steps) for s in agentinstruct)
-    # cleaned: 2 KG actions without their demanded thought, 231 DB answers whose thoughts claim a
-    # check against the expected answer, cite BIRD's evidence or claim a change before making it,
-    # 5 OS answers that cite hints
+    # cleaned: KG actions without their demanded thought or refused by the KB ("cannot be
+    # executed"), DB answers whose thoughts claim a check against the expected answer, cite BIRD's
+    # evidence or claim a change before making it, whose query MySQL refused or cannot run as
+    # written, OS answers that cite hints or run a command the container lacks
     cleaned = Counter(s.lineage.task for s in agentinstruct if "clean_agent" in s.lineage.steps)
-    assert cleaned == {"db": 231, "os": 5, "kg": 2}
-    assert steps == {("agent_chat",): len(agentinstruct) - 238, ("agent_chat", "clean_agent"): 238}
+    assert cleaned == {"db": 255, "kg": 36, "os": 11}
+    assert steps == {("agent_chat",): len(agentinstruct) - 302, ("agent_chat", "clean_agent"): 302}
 
 
 def test_output_loads_with_datasets(recipe):

@@ -456,3 +456,25 @@ def test_an_action_the_environment_answers_with_an_error_leaves_the_loss():
     assert builtin_rules()["kg"].failed.search("get_relations(Apple) cannot be executed. You may make a mistake")
     assert builtin_rules()["os"].failed.search("The output of the OS:  bash: bc: command not found\r 0\r")
     assert not builtin_rules()["os"].failed.search("The output of the OS:  4 files found")
+
+
+def test_a_query_mysql_cannot_run_as_written_leaves_the_loss_and_gives_no_pair():
+    from schemas import Trajectory, Turn
+    from transforms.instruction_pairs import output_rules_screening
+
+    db = "I am a helpful assistant. Use MySQL."
+    bad = (
+        "Action: Operation\n```sql\nSELECT COUNT(*) FROM `posts` JOIN `users` ON `posts.OwnerUserId` = `users.Id`;\n```"
+    )
+    prose = (
+        "To join `country.Code` with `borders.Country1`, I query both tables.\nAction: Operation\n"
+        "```sql\nSELECT `country`.`Name` FROM `country` JOIN `borders` ON `country`.`Code` = `borders`.`Country1`;\n```"
+    )
+    one = episode("db", db, ("assistant", bad), ("user", "[(3,)]"), ("assistant", prose), ("user", "[('France',)]"))
+    (out,), stats = apply(one)
+    assert [m.loss for m in out.messages if m.role is Role.ASSISTANT][1:] == [False, True]
+    assert stats == {"masked:malformed_action": 1, "changed_samples": 1}
+    turns = [Turn(role=Role.USER, text=db), Turn(role=Role.ASSISTANT, text=bad, loss=True)]
+    trajectory = Trajectory(id="t", source="agentinstruct", source_id="db_1", task="db", turns=turns)
+    reason, detail = output_rules_screening(trajectory)
+    assert reason == "malformed_action" and "`posts.OwnerUserId`" in detail

@@ -437,6 +437,20 @@ def test_a_knowledge_lookup_is_neither_refused_nor_answered_with_the_tools_resul
     assert maker().reader.examine("agent", stock).kind == "needs_tool"
 
 
+def test_code_that_cannot_run_as_written_is_not_handed_over_as_help():
+    """DB-Bench queries that qualify a column inside one pair of backticks fail in MySQL."""
+    sql = ToolCall(name="sql", arguments={"query": "SELECT COUNT(*) FROM `posts` WHERE `posts.Score` > 10"})
+    broken = traj([user("How many posts score above 10?"), assistant("", sql)], task="db")
+    assert maker().reader.examine("agent", broken) == "broken_code_in_help"
+    fixed = sql.model_copy(update={"arguments": {"query": "SELECT COUNT(*) FROM `posts` WHERE `posts`.`Score` > 10"}})
+    assert (
+        maker()
+        .reader.examine("agent", traj([user("How many posts score above 10?"), assistant("", fixed)], task="db"))
+        .kind
+        == "needs_tool"
+    )
+
+
 def test_a_protocol_tool_is_never_drawn_as_an_irrelevant_tool():
     """ToolBench's Finish ("ALWAYS call this function at the end of your attempt") declared in a
     negative would contradict the agent data that must end with a call to it."""

@@ -26,6 +26,11 @@ model learns to produce whatever its supervised turns hold, so:
 - **Premature claim** (``premature_claim``, per task): the episode's first supervised output
   gets ``loss: false`` when it matches the regex: it claims an outcome ("Record inserted
   successfully.") before anything ran.
+- **Malformed action** (``malformed_action``, per task): a supervised output (its text or its
+  calls' arguments) that matches the regex gets ``loss: false``: an action the environment
+  cannot run as written (DB: a table-qualified column in one pair of backticks, which MySQL
+  reads as one column named "users.DisplayName"), though the released observation after it
+  shows a result.
 - **Failed action** (``failed_action``, per task): the supervised output right before an
   environment answer that matches the regex (an error: KG "get_relations(Apple) cannot be
   executed", MySQL "1054 (42S22): Unknown column", bash "bc: command not found") gets
@@ -52,7 +57,7 @@ recomputed and the step is appended to ``lineage.steps`` when anything changed, 
 nothing applies to passes unchanged. A sample left with no supervised turn is filtered as
 ``no_supervised_turn_left``. Stats: ``deleted_lines``, ``rewritten`` (replacements made),
 ``masked:several_actions``, ``masked:hidden_context``, ``masked:premature_claim``,
-``masked:failed_action``, ``masked:missing_thought``, ``masked:wrong_language``,
+``masked:failed_action``, ``masked:malformed_action``, ``masked:missing_thought``, ``masked:wrong_language``,
 ``masked:collapsed_code``, ``masked:empty_after_deletion`` and ``changed_samples``. The rules
 are data (``templates/quality/agent_outputs.yaml``); a config adds tasks (``rules``) or replaces
 the built-in ones (``replace: true``). Pure function of the sample and the config.
@@ -119,13 +124,16 @@ class TaskRules(BaseModel):
     #: Regex (multi-line) of an environment answer that reports a failed action (an error); the
     #: supervised output right before such an answer is taken out of the loss.
     failed_action: str | None = None
+    #: Regex (multi-line) of an action the environment cannot run as written; a supervised output
+    #: whose text or call arguments match it is taken out of the loss.
+    malformed_action: str | None = None
 
     @field_validator("invented_lines")
     @classmethod
     def _lines_compile(cls, value: list[str]) -> list[str]:
         return check_regexes(value)
 
-    @field_validator("action_line", "hidden_context", "premature_claim", "failed_action")
+    @field_validator("action_line", "hidden_context", "premature_claim", "failed_action", "malformed_action")
     @classmethod
     def _one_compiles(cls, value: str | None) -> str | None:
         return None if value is None else check_regexes([value])[0]
@@ -151,6 +159,10 @@ class TaskRules(BaseModel):
     @property
     def failed(self) -> re.Pattern[str] | None:
         return None if self.failed_action is None else _compiled(self.failed_action)
+
+    @property
+    def malformed(self) -> re.Pattern[str] | None:
+        return None if self.malformed_action is None else _compiled(self.malformed_action)
 
     def rewrite(self, text: str) -> tuple[str, int]:
         """``text`` with every rewrite applied, and how many replacements were made."""
@@ -231,6 +243,11 @@ def failed_actions(pattern: re.Pattern[str], messages: Sequence[Message]) -> set
     return found
 
 
+def _matches_action(pattern: re.Pattern[str], text: str, message: Message) -> bool:
+    """Whether ``pattern`` matches the output's text or one of its calls' arguments (JSON)."""
+    return pattern.search(text) is not None or any(pattern.search(c.arguments_json()) for c in message.tool_calls)
+
+
 def delete_invented(text: str, pattern: re.Pattern[str]) -> tuple[str, int]:
     """``text`` without the whole lines ``pattern`` matches (runs of blank lines they leave
     become one blank line, and the ends are trimmed of blank lines), and how many were deleted."""
@@ -302,6 +319,9 @@ def clean(sample: Sample, config: CleanOutputsConfig, rules: dict[str, TaskRules
             elif index in failing:
                 update["loss"] = False
                 stats["masked:failed_action"] += 1
+            elif task is not None and task.malformed is not None and _matches_action(task.malformed, text, message):
+                update["loss"] = False
+                stats["masked:malformed_action"] += 1
             elif thought and skips_thought(text, thought):
                 update["loss"] = False
                 stats["masked:missing_thought"] += 1

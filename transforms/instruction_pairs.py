@@ -457,7 +457,9 @@ class PairMaker:
         thoughts that follow "the hints", DB thoughts that quote BIRD's "evidence") gives no
         pair (``hidden_context``): its steps rest on what the model would not see. Nor does one
         whose first output claims the outcome of what it is about to run (the task's
-        ``premature_claim`` rule: "Record inserted successfully." before the INSERT)."""
+        ``premature_claim`` rule: "Record inserted successfully." before the INSERT), nor one
+        with an action the environment cannot run as written (``malformed_action``: a MySQL
+        column qualified inside one pair of backticks)."""
         try:
             self.read(trajectory)
         except NotEligible as exc:
@@ -521,15 +523,36 @@ def claimed_too_early(trajectory: Trajectory) -> str | None:
     return None if index is None else f"turn {index} claims an outcome before anything ran: {turns[index][1][:200]!r}"
 
 
+def malformed_output(trajectory: Trajectory) -> str | None:
+    """Why one of the trajectory's agent outputs is an action the environment cannot run as
+    written (the ``malformed_action`` rule of its task in ``clean_outputs``' built-in rules), or
+    ``None``."""
+    rules = builtin_rules().get(trajectory.task or "")
+    pattern = None if rules is None else rules.malformed
+    if pattern is None:
+        return None
+    for index, turn in enumerate(trajectory.turns):
+        if turn.role is Role.ASSISTANT and turn.loss:
+            texts = [turn.text, *(c.arguments_json() for c in turn.tool_calls)]
+            found = next((m for m in map(pattern.search, texts) if m), None)
+            if found is not None:
+                return f"turn {index} is an action the environment cannot run as written: {found.group(0)!r}"
+    return None
+
+
 def output_rules_screening(trajectory: Trajectory) -> Screening:
-    """:data:`ELIGIBLE`, or ``hidden_context`` / ``premature_claim`` with the detail: the
-    trajectory's outputs break a ``clean_outputs`` rule that would take them out of the loss."""
+    """:data:`ELIGIBLE`, or ``hidden_context`` / ``premature_claim`` / ``malformed_action`` with the
+    detail: the trajectory's outputs break a ``clean_outputs`` rule that would take them out of
+    the loss."""
     hidden = hidden_citation(trajectory)
     if hidden is not None:
         return "hidden_context", hidden
     claim = claimed_too_early(trajectory)
     if claim is not None:
         return "premature_claim", claim
+    malformed = malformed_output(trajectory)
+    if malformed is not None:
+        return "malformed_action", malformed
     return ELIGIBLE
 
 

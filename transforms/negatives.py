@@ -275,6 +275,9 @@ class QueryRules(BaseModel):
     #: encyclopedia): a query whose first call is one is neither refused nor answered with the
     #: source's answer (see ``knowledge_lookup`` in the module docstring).
     lookup_tools: list[str] = Field(default_factory=list)
+    #: Code a source ran that cannot run as written (a MySQL column qualified inside one pair of
+    #: backticks): a needs-tool query whose calls hold it is not answered with that code as help.
+    broken_code_patterns: list[str] = Field(default_factory=list)
 
     @field_validator(
         "observation_patterns",
@@ -285,6 +288,7 @@ class QueryRules(BaseModel):
         "details_patterns",
         "protocol_tools",
         "lookup_tools",
+        "broken_code_patterns",
     )
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
@@ -365,6 +369,10 @@ class QueryRules(BaseModel):
 
     def lookup(self, tool: str) -> bool:
         return any(re.search(p, tool) for p in self.lookup_tools)
+
+    def broken_code(self, call: ToolCall) -> bool:
+        arguments = call.arguments_json()
+        return any(re.search(p, arguments) for p in self.broken_code_patterns)
 
     def declines(self, reply: str) -> bool:
         return any(p.search(reply) for p in self._decline)
@@ -933,6 +941,8 @@ class QueryReader:
             if self.config.responder == "model":  # the model answers from what it knows
                 return Query("normal", text, query_language(text))
             return "knowledge_lookup"
+        if self.config.responder == "template" and any(self.rules.broken_code(call) for call in made):
+            return "broken_code_in_help"
         if group != "agent":
             return "no_plain_answer"
         if self.config.responder == "dataset":
