@@ -74,7 +74,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas import Message, Role, Sample, count_tokens
+from schemas import Message, Role, Sample, ToolCall, count_tokens
 from transforms.base import Filtered, RecordStep, Stat, StepConfig, StepContext, check_regexes
 from transforms.quality.check import first_supervised
 from transforms.quality.checks.format_contradiction import demanded_thoughts, instructions_of, skips_thought
@@ -243,9 +243,9 @@ def failed_actions(pattern: re.Pattern[str], messages: Sequence[Message]) -> set
     return found
 
 
-def _matches_action(pattern: re.Pattern[str], text: str, message: Message) -> bool:
-    """Whether ``pattern`` matches the output's text or one of its calls' arguments (JSON)."""
-    return pattern.search(text) is not None or any(pattern.search(c.arguments_json()) for c in message.tool_calls)
+def action_match(pattern: re.Pattern[str], text: str, calls: Sequence[ToolCall]) -> re.Match[str] | None:
+    """The first match of ``pattern`` in an output's text or one of its calls' arguments (JSON)."""
+    return next((m for m in map(pattern.search, [text, *(c.arguments_json() for c in calls)]) if m), None)
 
 
 def delete_invented(text: str, pattern: re.Pattern[str]) -> tuple[str, int]:
@@ -286,6 +286,7 @@ def clean(sample: Sample, config: CleanOutputsConfig, rules: dict[str, TaskRules
     premature = task.premature if task is not None else None
     claiming = None if premature is None else premature_claim(premature, turns)
     failing = set() if task is None or task.failed is None else failed_actions(task.failed, messages)
+    malformed = task.malformed if task is not None else None
     for index in range(start, len(messages)):
         message = messages[index]
         if message.role is not Role.ASSISTANT:
@@ -319,7 +320,7 @@ def clean(sample: Sample, config: CleanOutputsConfig, rules: dict[str, TaskRules
             elif index in failing:
                 update["loss"] = False
                 stats["masked:failed_action"] += 1
-            elif task is not None and task.malformed is not None and _matches_action(task.malformed, text, message):
+            elif malformed is not None and action_match(malformed, text, message.tool_calls):
                 update["loss"] = False
                 stats["masked:malformed_action"] += 1
             elif thought and skips_thought(text, thought):
@@ -397,6 +398,7 @@ __all__ = [
     "CleanOutputsConfig",
     "Rewrite",
     "TaskRules",
+    "action_match",
     "builtin_rules",
     "clean",
     "delete_invented",

@@ -60,7 +60,7 @@ from transforms.base import (
     StepConfig,
     StepContext,
 )
-from transforms.clean_outputs import builtin_rules, hidden_citations, premature_claim
+from transforms.clean_outputs import action_match, builtin_rules, hidden_citations, premature_claim
 from transforms.grounded_arguments import ungrounded_call
 from transforms.phrasing import PhraseBook, PhrasingError, load_book
 from transforms.react import FINISH_NAMES, ParsedStep, StepParseError, _finish_answer, has_markers, parse_turn
@@ -533,8 +533,7 @@ def malformed_output(trajectory: Trajectory) -> str | None:
         return None
     for index, turn in enumerate(trajectory.turns):
         if turn.role is Role.ASSISTANT and turn.loss:
-            texts = [turn.text, *(c.arguments_json() for c in turn.tool_calls)]
-            found = next((m for m in map(pattern.search, texts) if m), None)
+            found = action_match(pattern, turn.text, turn.tool_calls)
             if found is not None:
                 return f"turn {index} is an action the environment cannot run as written: {found.group(0)!r}"
     return None

@@ -364,15 +364,27 @@ class QueryRules(BaseModel):
     def answerable(self, tool: str) -> bool:
         return any(p.search(tool) for p in self._answerable)
 
+    @cached_property
+    def _protocol(self) -> list[re.Pattern[str]]:
+        return [re.compile(p) for p in self.protocol_tools]
+
+    @cached_property
+    def _lookup(self) -> list[re.Pattern[str]]:
+        return [re.compile(p) for p in self.lookup_tools]
+
+    @cached_property
+    def _broken_code(self) -> list[re.Pattern[str]]:
+        return [re.compile(p) for p in self.broken_code_patterns]
+
     def protocol(self, tool: str) -> bool:
-        return any(re.search(p, tool) for p in self.protocol_tools)
+        return any(p.search(tool) for p in self._protocol)
 
     def lookup(self, tool: str) -> bool:
-        return any(re.search(p, tool) for p in self.lookup_tools)
+        return any(p.search(tool) for p in self._lookup)
 
     def broken_code(self, call: ToolCall) -> bool:
         arguments = call.arguments_json()
-        return any(re.search(p, arguments) for p in self.broken_code_patterns)
+        return any(p.search(arguments) for p in self._broken_code)
 
     def declines(self, reply: str) -> bool:
         return any(p.search(reply) for p in self._decline)
@@ -1073,9 +1085,7 @@ class NegativeMaker:
 
     def _tools(self, pool: list[dict[str, Any]]) -> list[ToolSpec]:
         if pool is not self._pool_source:
-            rules = self.reader.rules
-            kept = [ToolSpec.model_validate(t) for t in pool]
-            self._pool_source, self._pool = pool, [t for t in kept if not rules.protocol(t.name)]
+            self._pool_source, self._pool = pool, [ToolSpec.model_validate(t) for t in pool]
         return self._pool
 
     def _system(self, tools: list[ToolSpec], key: str) -> Message:
