@@ -20,8 +20,8 @@ from pipelines import beam_speed, storage
 from pipelines.errors import AgentmillError, StepError
 from pipelines.graph import Plan, PlannedStep
 from schemas import StepLedger
-from transforms.audit import AuditCheck, AuditSamples
 from transforms.base import LEDGER, MAIN, REJECTED, STEP_CONTRACT
+from transforms.beam.audit import AuditCheck, AuditSamples
 from transforms.quality.auditor import Auditor
 from transforms.spill import Merge, SortedGroups
 from transforms.write import AUDIT_ROWS, Write
@@ -115,7 +115,7 @@ def _check_outputs(planned: PlannedStep, step: Any, result: Any) -> None:
 
 def check_step_contracts(plan: Plan, ledgers: dict[str, StepLedger], work_dir: str) -> None:
     """Raise :class:`StepError` when a step broke the step contract on any record (dead letters
-    ``step_contract``, see :class:`transforms.base.RecordDoFn`): a bug in the step, so the run is
+    ``step_contract``, see :class:`transforms.beam.records.RecordDoFn`): a bug in the step, so the run is
     refused, naming the step, how many records, and the first one's detail from ``rejected/``."""
     for planned in plan.steps:
         count = ledgers[planned.id].dead_letter.get(STEP_CONTRACT, 0)
@@ -160,11 +160,11 @@ def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str, spill_root: str | 
         step_input = None
         with _step_code(planned):
             if not planned.inputs:
-                result = pipeline | step
+                result = pipeline | step.ptransform()
             else:
                 upstream = {(f"{i}" if p == MAIN else f"{i}.{p}"): outputs[(i, p)] for i, p in planned.inputs}
                 if step.fan_in == "named":
-                    result = upstream | step
+                    result = upstream | step.ptransform()
                 else:
                     if len(upstream) == 1:
                         step_input = next(iter(upstream.values()))
@@ -177,7 +177,7 @@ def build(pipeline: beam.Pipeline, plan: Plan, work_dir: str, spill_root: str | 
                         # the excerpts need as it writes them (no pass of the audit's own).
                         audit_check = step_input | "Run/Audit/Check" >> AuditCheck(auditor)
                         step.pick_for_audit(audit_check)
-                    result = step_input | step
+                    result = step_input | step.ptransform()
         _check_outputs(planned, step, result)
         for port in step.output_ports():
             outputs[(planned.id, port)] = result[port]

@@ -44,6 +44,7 @@ from pipelines.build import (
 )
 from pipelines.errors import OutputError, RunError, SpecError
 from pipelines.graph import Plan, load_plan
+from pipelines.inputs import collect_inputs
 from pipelines.publish import (
     MANIFEST,
     OWN_FILES,
@@ -58,9 +59,8 @@ from pipelines.report import write_report
 from pipelines.timing import step_seconds
 from schemas import AuditReport, InputFile, Manifest, OutputInfo, ShardInfo, StepLedger
 from schemas.hf_features import dataset_info_dict
-from transforms.audit import AUDITS_DIR, eval_files
+from transforms.audit import AUDITS_DIR
 from transforms.base import DEAD_LETTER, EMITTED, FILTERED, IN, MAIN, PASSED, PORT, STAT
-from transforms.files import InputError, fingerprint
 from transforms.spill import SPILL_FOLDER
 from transforms.write import Write, shard_filename, shard_schema, write_shard
 
@@ -117,45 +117,6 @@ def spill_root_for(output: str, work: str) -> str:
         return os.path.join(work, SPILL_FOLDER)
     digest = hashlib.sha256(output.encode("utf-8")).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), f"agentmill-spill-{digest}")
-
-
-def collect_inputs(plan: Plan, files: bool = True, fingerprints: bool = True) -> list[InputFile]:
-    """Run every step's own checks (templates, tokenizers, model directories), then resolve its
-    input files (``files``) and fingerprint them (``fingerprints``; otherwise size and hash are
-    left empty). Every problem is a :class:`SpecError` naming the step."""
-    inputs = []
-    for planned in plan.steps:
-        step = planned.instantiate(plan.spec.seed, plan.base_dir)
-        try:
-            step.check()
-        except ValueError as exc:
-            raise SpecError(plan.path, str(exc), step_id=planned.id) from None
-        files_of = getattr(step, "input_files", None)
-        if files_of is None or not files:
-            continue
-        try:
-            paths = files_of()
-        except InputError as exc:
-            raise SpecError(plan.path, str(exc), step_id=planned.id) from None
-        inputs.extend(_input_files(planned.id, paths, fingerprints))
-    if files and plan.spec.audit.enabled and plan.spec.audit.eval_sets:
-        try:
-            paths = eval_files(plan.spec.audit.eval_sets, plan.base_dir)
-        except InputError as exc:
-            raise SpecError(plan.path, f"audit eval_sets: {exc}") from None
-        inputs.extend(_input_files("audit", paths, fingerprints))
-    return inputs
-
-
-def _input_files(step_id: str, paths: list[str], fingerprints: bool) -> list[InputFile]:
-    inputs = []
-    for path in paths:
-        if fingerprints:
-            fp = fingerprint(path)
-            inputs.append(InputFile(step=step_id, path=fp.path, bytes=fp.bytes, sha256=fp.sha256))
-        else:
-            inputs.append(InputFile(step=step_id, path=path, bytes=0, sha256=""))
-    return inputs
 
 
 def _patterns(node: Any) -> list[str]:

@@ -252,13 +252,14 @@ def test_near_pipeline_ledger_detail_and_kept_ids(tmp_path):
 def test_near_keep_pass_filters_identical_copies_of_one_record():
     """Two copies of one record (the same id and JSON: e.g. one file read by two steps) share a
     node: the first is kept, the second filtered as its copy."""
-    from transforms.dedup import _NearDoFn, near_sort_pair
+    from transforms.beam.dedup import NearDoFn
+    from transforms.dedup import near_sort_pair
 
     near = NearConfig()
     one = sample("a", ("user", "Name three rivers in Africa and their lengths."))
     other = sample("b", ("user", "Completely unrelated words here for a change."))
     rows = sorted(pair for s in (one, other, one) for partition, pair in [near_sort_pair(s)])
-    fn = _NearDoFn("near", near)
+    fn = NearDoFn("near", near)
     fn.start_bundle()
     outputs = list(fn.process((0, rows)))
     kept = [o for o in outputs if isinstance(o, Sample)]

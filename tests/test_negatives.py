@@ -660,7 +660,7 @@ def test_the_draw_keeps_each_labels_smallest_keys_whatever_the_bundles_and_merge
     import heapq
     import random
 
-    from transforms.negatives import _SmallestPerLabel
+    from transforms.beam.negatives import SmallestPerLabel
 
     rng = random.Random(7)
     limits = {"needs_tool": 5, "normal:agent": 3, "normal:general": 200}
@@ -668,7 +668,7 @@ def test_the_draw_keeps_each_labels_smallest_keys_whatever_the_bundles_and_merge
     expected = {
         label: heapq.nsmallest(limit, [r for lab, r in pairs if lab == label]) for label, limit in limits.items()
     }
-    fn = _SmallestPerLabel(limits)
+    fn = SmallestPerLabel(limits)
     for bundles in (1, 7, 40):
         accumulators = []
         for b in range(bundles):

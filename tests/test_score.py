@@ -14,7 +14,8 @@ from pipelines.errors import SpecError
 from pipelines.run import run_spec
 from schemas import Role, Sample, Trajectory, Turn, trajectory_id
 from schemas.arrow import ArrowCodec
-from transforms.score import ScoreConfig, TrajectoryScorer, apply_score, label_index, render, score_logits
+from transforms.beam.score import TrajectoryScorer
+from transforms.score import ScoreConfig, apply_score, label_index, render, score_logits
 
 
 @pytest.fixture(scope="module")

@@ -50,9 +50,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import apache_beam as beam
 from pydantic import Field, field_validator
 
 from schemas import Message, Role, Sample, SampleKind, ToolCall, ToolSpec, Trajectory, Turn
@@ -61,7 +60,6 @@ from transforms.base import (
     MAIN,
     REJECTED,
     Filtered,
-    RecordDoFn,
     RecordError,
     RecordStep,
     Stat,
@@ -76,8 +74,10 @@ from transforms.quality.language import SCRIPT_LANGUAGES, detect_language
 from transforms.react import FINISH_NAMES, ParsedStep, StepParseError, has_markers, parse_turn
 from transforms.samples import message_of, sample_of
 from transforms.sampling import RankKey, keyed_fraction, prefix_threshold, rank_key
-from transforms.spill import Merge
 from transforms.tool_cards import CardFileError, ToolCard, ToolCardError, ToolCards, load_cards, validate_call
+
+if TYPE_CHECKING:
+    import apache_beam as beam
 
 EXAMPLE_TOOL = {"name": "get_weather", "description": "Weather of a city.", "arguments": "city (string, required)"}
 #: Every slot of the align phrase book and the variables it gets at run time (example values,
@@ -620,6 +620,11 @@ class Align(RecordStep):
         """Count, then select: the rank keys of the trajectories of sources with a kept-format
         share are gathered per source into exact quota thresholds, a side input of the ParDo;
         the trajectories wait for them behind a disk barrier (:class:`transforms.spill.Merge`)."""
+        import apache_beam as beam
+
+        from transforms.beam.records import RecordDoFn
+        from transforms.spill import Merge
+
         config, seed, step_id = self.config, self.context.seed, self.step_id
         thresholds = (
             pcoll

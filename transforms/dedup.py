@@ -36,33 +36,19 @@ in the records (they are sorted on disk, :class:`transforms.spill.SortedGroups`)
 from __future__ import annotations
 
 import hashlib
-import itertools
 import re
 import string
-from collections.abc import Iterable, Iterator
-from typing import Any, Literal
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Literal
 
-import apache_beam as beam
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas import Role, Sample, Trajectory, content_hash
-from transforms.base import (
-    EMITTED,
-    FILTERED,
-    IN,
-    LEDGER,
-    MAIN,
-    PASSED,
-    REJECTED,
-    STAT,
-    Step,
-    StepConfig,
-    _Accounting,
-)
-from transforms.coders import PydanticJsonCoder, SampleCoder, TrajectoryCoder
+from transforms.base import LEDGER, MAIN, REJECTED, Step, StepConfig
 from transforms.quality import minhash
-from transforms.quality.ngrams import word_tokens
-from transforms.spill import SortedGroups
+
+if TYPE_CHECKING:
+    import apache_beam as beam
 
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -119,41 +105,6 @@ def dedup_key(record: Sample | Trajectory, config: DedupConfig) -> str:
 
 
 DEDUP_PARTITIONS = 16  # sort partitions (parallelism of the keep pass); does not change results
-
-
-class _DedupDoFn(beam.DoFn):
-    """Keeps the representative of each duplicate set and filters the rest, with the ledger.
-
-    Input: one sort partition, ``(conversation key + NUL + sample id, sample JSON)`` pairs in
-    order, so each set of duplicates arrives together and in keep order."""
-
-    def __init__(self, step_id: str, coder: type[PydanticJsonCoder] = SampleCoder) -> None:
-        self.step_id = step_id
-        self.coder_type = coder
-
-    def start_bundle(self) -> None:
-        self.acct = _Accounting(self.step_id)
-        self.coder = self.coder_type()
-
-    def process(self, element: tuple[int, Iterable[tuple[bytes, bytes]]]) -> Iterator[Any]:
-        _, pairs = element
-        for key, members in itertools.groupby(pairs, key=lambda pair: pair[0].split(b"\0", 1)[0]):
-            kept = self.coder.decode(next(members)[1])
-            self.acct.counts[(IN, "")] += 1
-            self.acct.counts[(PASSED, "")] += 1
-            self.acct.counts[(EMITTED, "")] += 1
-            yield kept
-            duplicates = 0
-            for _, payload in members:  # noqa: B031 (the rest of the same group, after its first)
-                duplicates += 1
-                self.acct.counts[(IN, "")] += 1
-                detail = f"duplicate of {kept.id} (conversation key {key.decode()})"
-                yield self.acct.rejected(FILTERED, "duplicate", detail, self.coder.decode(payload))
-            if duplicates:
-                self.acct.counts[(STAT, "duplicate_sets")] += 1
-
-    def finish_bundle(self) -> Iterator[Any]:
-        yield from self.acct.flush()
 
 
 def sort_pair(record: Sample | Trajectory, config: DedupConfig) -> tuple[int, tuple[bytes, bytes]]:
@@ -224,56 +175,6 @@ def near_sort_pair(sample: Sample) -> tuple[int, tuple[bytes, bytes]]:
     return _partition(node), (node + b"\0B", payload)
 
 
-class _NearDoFn(beam.DoFn):
-    """Walks one sorted partition of assignments and samples: a sample whose node was assigned
-    another kept node, or a repeat of a node already seen, is filtered; the rest are kept."""
-
-    def __init__(self, step_id: str, near: NearConfig) -> None:
-        self.step_id = step_id
-        self.near = near
-
-    def start_bundle(self) -> None:
-        self.acct = _Accounting(self.step_id)
-        self.coder = SampleCoder()
-
-    def process(self, element: tuple[int, Iterable[tuple[bytes, bytes]]]) -> Iterator[Any]:
-        _, rows = element
-        counts = self.acct.counts
-        for node, group in itertools.groupby(rows, key=lambda row: row[0].rsplit(b"\0", 1)[0]):
-            kept_node, size, seen = node, 0, False
-            for key, payload in group:
-                if key.endswith(b"\0A"):  # the assignment sorts before the node's samples
-                    kept_text, size_text = payload.decode().split("\t")
-                    kept_node, size = kept_text.encode(), int(size_text)
-                    continue
-                sample = self.coder.decode(payload)
-                counts[(IN, "")] += 1
-                if kept_node == node and not seen:
-                    seen = True
-                    counts[(PASSED, "")] += 1
-                    counts[(EMITTED, "")] += 1
-                    if size:
-                        counts[(STAT, "near_clusters")] += 1
-                        counts[(STAT, "near_cluster_members")] += size
-                    elif not word_tokens(near_text(sample, self.near.compare)):
-                        counts[(STAT, "near_no_text")] += 1
-                    yield sample
-                    continue
-                kept_id = kept_node.split(b"\0", 1)[0].decode()
-                if kept_node == node:
-                    counts[(STAT, "identical_copies")] += 1
-                    detail = f"near duplicate of {kept_id} (an identical copy of it)"
-                else:
-                    detail = (
-                        f"near duplicate of {kept_id} ({self.near.compare} text; MinHash/LSH, Jaccard threshold "
-                        f"{self.near.threshold}; cluster of {size})"
-                    )
-                yield self.acct.rejected(FILTERED, "near_duplicate", detail, sample)
-
-    def finish_bundle(self) -> Iterator[Any]:
-        yield from self.acct.flush()
-
-
 class Dedup(Step):
     """Removes exact duplicate conversations (or near-duplicate texts with ``mode: near``),
     keeping the smallest id of each set."""
@@ -287,22 +188,30 @@ class Dedup(Step):
         config: DedupConfig = self.config  # type: ignore[assignment]
         if config.mode == "near":
             return self._expand_near(samples, config.near)
-        return self._expand_exact(samples, config, SampleCoder)
+        return self._expand_exact(samples, config, Sample)
 
-    def _expand_exact(
-        self, records: beam.PCollection, config: DedupConfig, coder: type[PydanticJsonCoder]
-    ) -> dict[str, Any]:
+    def _expand_exact(self, records: beam.PCollection, config: DedupConfig, record_type: type) -> dict[str, Any]:
+        import apache_beam as beam
+
+        from transforms.beam.dedup import DedupDoFn
+        from transforms.spill import SortedGroups
+
         outputs = (
             records
             | "Key" >> beam.Map(sort_pair, config)
             | "Sort" >> SortedGroups(self.context.spill_dir("sort"))
-            | "Keep" >> beam.ParDo(_DedupDoFn(self.step_id, coder)).with_outputs(REJECTED, LEDGER, main=MAIN)
+            | "Keep" >> beam.ParDo(DedupDoFn(self.step_id, record_type)).with_outputs(REJECTED, LEDGER, main=MAIN)
         )
         return self._typed(outputs)
 
     def _expand_near(self, samples: beam.PCollection, near: NearConfig) -> dict[str, Any]:
         """Cluster on ``(node, band keys)`` pairs in one global pass; join the assignments with
         the samples in an external sort (the samples wait on disk, not in memory)."""
+        import apache_beam as beam
+
+        from transforms.beam.dedup import NearDoFn
+        from transforms.spill import SortedGroups
+
         assignments = (
             samples
             | "BandKeys" >> beam.Map(near_keys, near)
@@ -313,7 +222,7 @@ class Dedup(Step):
         outputs = (
             (assignments, rows)
             | "Sort" >> SortedGroups(self.context.spill_dir("near"))
-            | "Keep" >> beam.ParDo(_NearDoFn(self.step_id, near)).with_outputs(REJECTED, LEDGER, main=MAIN)
+            | "Keep" >> beam.ParDo(NearDoFn(self.step_id, near)).with_outputs(REJECTED, LEDGER, main=MAIN)
         )
         return self._typed(outputs)
 
@@ -369,7 +278,7 @@ class DedupTrajectories(Dedup):
     output_type = Trajectory
 
     def expand(self, trajectories: beam.PCollection) -> dict[str, Any]:
-        return self._expand_exact(trajectories, self.config, TrajectoryCoder)  # type: ignore[arg-type]
+        return self._expand_exact(trajectories, self.config, Trajectory)  # type: ignore[arg-type]
 
 
 __all__ = [

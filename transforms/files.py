@@ -1,7 +1,9 @@
 """Input files: glob resolution, fingerprints, and record iteration with locations.
 
 All file access goes through Beam's ``FileSystems``, so local paths, ``gs://``, ``s3://`` and
-``hdfs://`` work alike, and ``.gz`` files are decompressed on the fly.
+``hdfs://`` work alike, and ``.gz`` files are decompressed on the fly. Local patterns are matched
+without importing Beam (the same syntax and results as Beam's local file system, tested against
+it), so resolving a spec's inputs (``agentmill validate``) does not pay for Beam's import.
 
 Input integrity: a ``.gz`` stream is checked to its end (end-of-stream marker and CRC of every
 member), so a truncated or corrupt file is never read as complete: the records read before the
@@ -20,17 +22,18 @@ import hashlib
 import io
 import json
 import math
+import os
 import posixpath
 import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
-
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
+from typing import TYPE_CHECKING, Any
 
 from transforms.base import Failed
+
+if TYPE_CHECKING:
+    from schemas import EvalSetSpec
 
 SUPPORTED_EXTENSIONS = (".parquet", ".jsonl", ".json")
 
@@ -56,6 +59,69 @@ def _absolute(pattern: str, base_dir: str) -> str:
     return posixpath.normpath(posixpath.join(base_dir, pattern))
 
 
+def _pattern_regex(pattern: str) -> str:
+    """Beam's file pattern syntax as a regex (``FileSystem.translate_pattern``): fnmatch's, except
+    that ``*`` stays within a path segment and ``**`` crosses segments."""
+    out, i, n = [], 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            if i < n and pattern[i] == "*":
+                out.append(".*")
+                i += 1
+            else:
+                out.append(r"[^/\\]*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            j = i
+            if j < n and pattern[j] == "!":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j >= n:
+                out.append(r"\[")
+            else:
+                stuff = pattern[i:j].replace("\\", "\\\\")
+                i = j + 1
+                if stuff[0] == "!":
+                    stuff = "^" + stuff[1:]
+                elif stuff[0] == "^":
+                    stuff = "\\" + stuff
+                out.append(f"[{stuff}]")
+        else:
+            out.append(re.escape(c))
+    return r"(?ms)" + "".join(out) + r"\Z"
+
+
+def match_local(pattern: str) -> list[str]:
+    """The local files matching ``pattern``, as Beam's ``FileSystems.match`` finds them (a
+    pattern without wildcards: the path, if it exists; else every file under the folder of the
+    part before the first wildcard, walked recursively, whose path matches), without Beam."""
+    if pattern.endswith(("/", "\\")):
+        pattern += "*"
+    prefix = re.match(r"^[^[*?]*", pattern).group(0)
+    if prefix == pattern:
+        return [pattern] if os.path.exists(pattern) else []
+    root = os.path.dirname(prefix)
+    if not os.path.exists(root):
+        return []
+    match = re.compile(_pattern_regex(pattern)).match
+    return [path for folder, _, names in os.walk(root) for name in names if match(path := os.path.join(folder, name))]
+
+
+def _match(pattern: str) -> list[str]:
+    if "://" not in pattern:
+        return match_local(pattern)
+    from apache_beam.io.filesystems import FileSystems
+
+    (result,) = FileSystems.match([pattern])
+    return [m.path for m in result.metadata_list]
+
+
 def resolve_paths(patterns: list[str], base_dir: str) -> list[str]:
     """Sorted, de-duplicated files matching ``patterns`` (relative ones start at ``base_dir``).
 
@@ -65,8 +131,7 @@ def resolve_paths(patterns: list[str], base_dir: str) -> list[str]:
     for pattern in patterns:
         absolute = _absolute(pattern, base_dir)
         try:
-            (result,) = FileSystems.match([absolute])
-            matched = [m.path for m in result.metadata_list]
+            matched = _match(absolute)
         except Exception as exc:  # Beam raises BeamIOError for unreachable schemes
             raise InputError(f"cannot list {pattern!r}: {exc}") from None
         if not matched:
@@ -81,6 +146,11 @@ def resolve_paths(patterns: list[str], base_dir: str) -> list[str]:
     return sorted(files)
 
 
+def eval_files(eval_sets: list[EvalSetSpec], base_dir: str) -> list[str]:
+    """Every file of ``eval_sets``, resolved against ``base_dir``."""
+    return sorted({path for s in eval_sets for path in resolve_paths(s.paths, base_dir)})
+
+
 @dataclass(frozen=True)
 class Fingerprint:
     path: str
@@ -90,6 +160,9 @@ class Fingerprint:
 
 def fingerprint(path: str) -> Fingerprint:
     """Size and sha256 of the raw bytes of ``path``."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
     digest = hashlib.sha256()
     size = 0
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
@@ -154,6 +227,9 @@ def _open(path: str):
     """``path`` for reading, decompressed; ``.gz`` through :mod:`gzip`, which checks the
     end-of-stream marker and each member's CRC and length (raising ``EOFError`` /
     ``BadGzipFile``), where Beam's reader stops quietly at a truncated end."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
     if CompressionTypes.detect_compression_type(path) == CompressionTypes.GZIP:
         raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
         return _ClosingGzip(raw)
@@ -344,6 +420,8 @@ def _iter_parquet(path: str, name: str) -> Iterator[RawRecord | Failed]:
     (``corrupt_row_group``, located ``file:row group N``) with the number of its rows lost, and
     the other row groups are read; row indices stay those of the file."""
     import pyarrow.parquet as pq
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
 
     try:
         with contextlib.ExitStack() as stack:

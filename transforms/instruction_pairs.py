@@ -40,9 +40,8 @@ import json
 import re
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import apache_beam as beam
 import jsonschema
 from pydantic import Field
 
@@ -53,7 +52,6 @@ from transforms.base import (
     MAIN,
     REJECTED,
     Filtered,
-    RecordDoFn,
     RecordError,
     Stat,
     Step,
@@ -66,8 +64,10 @@ from transforms.phrasing import PhraseBook, PhrasingError, load_book
 from transforms.react import FINISH_NAMES, ParsedStep, StepParseError, _finish_answer, has_markers, parse_turn
 from transforms.samples import sample_of
 from transforms.sampling import keyed_fraction, keyed_hash, rank_key
-from transforms.spill import Merge
 from transforms.tool_cards import ToolCardError, ToolCards, load_cards
+
+if TYPE_CHECKING:
+    import apache_beam as beam
 
 Format = Literal["react", "json"]
 Placement = Literal["system", "user"]
@@ -82,7 +82,6 @@ SLOT_VARIABLES: dict[str, dict[str, Any]] = {
 #: A trajectory's screening: :data:`ELIGIBLE`, or the (reason, detail) it is filtered with.
 Screening = tuple[str, str]
 ELIGIBLE: Screening = ("", "")
-SCREENED = beam.typehints.Tuple[Trajectory, beam.typehints.Tuple[str, str]]
 RANKS = "ranks"
 #: A line ToolBench appends to every task ("Begin!"), part of its own protocol, not the task.
 TOOLBENCH_BEGIN = re.compile(r"\n\s*Begin!\s*$")
@@ -564,7 +563,11 @@ def eligible(trajectory: Trajectory, cards: ToolCards | None = None, ignore_succ
     return output_rules_screening(trajectory) == ELIGIBLE
 
 
-def _rank(trajectory: Trajectory, seed: int, step_id: str, balance: bool) -> tuple[str, tuple[tuple[int, str], str]]:
+def draw_rank(
+    trajectory: Trajectory, seed: int, step_id: str, balance: bool
+) -> tuple[str, tuple[tuple[int, str], str]]:
+    """The draw's ``(group, (rank key, id))`` of an eligible ``trajectory``: its source's group
+    when sources are balanced, else the one group ``""``."""
     return (trajectory.source if balance else ""), (rank_key(seed, step_id, trajectory.id), trajectory.id)
 
 
@@ -578,32 +581,7 @@ def _candidate_ranks(
 ) -> Iterable[tuple[str, tuple[tuple[int, str], str]]]:
     """The draw's ``(group, (rank key, id))`` of an eligible trajectory (nothing otherwise)."""
     if eligible(trajectory, cards, ignore_success_flag):
-        yield _rank(trajectory, seed, step_id, balance)
-
-
-class _Screen(beam.DoFn):
-    """The screening pass: ``(trajectory, screening)`` for every trajectory, and on the
-    :data:`RANKS` output the draw's rank of each eligible one (one conversation read each)."""
-
-    def __init__(self, maker: PairMaker, balance: bool) -> None:
-        self.maker = maker
-        self.balance = balance
-
-    def process(self, trajectory):  # no annotation: Beam type-checks process hints
-        screening = self.maker.screen(trajectory)
-        yield trajectory, screening
-        if screening == ELIGIBLE:
-            context = self.maker.context
-            yield beam.pvalue.TaggedOutput(RANKS, _rank(trajectory, context.seed, context.step_id, self.balance))
-
-
-class _ScreenedRecordDoFn(RecordDoFn):
-    """:class:`RecordDoFn` over ``(trajectory, screening)``: the processor gets the screening,
-    the ledger and the rejected records see the trajectory alone (as without screening)."""
-
-    def process(self, element, **side_inputs):  # no annotation: Beam type-checks process hints
-        trajectory, screening = element
-        return super().process(trajectory, screening=screening, **side_inputs)
+        yield draw_rank(trajectory, seed, step_id, balance)
 
 
 def allocate(ranked: dict[str, list[tuple[tuple[int, str], str]]], count: int) -> list[str]:
@@ -647,9 +625,14 @@ class InstructionPairs(Step):
         self.cards()
 
     def expand(self, trajectories: beam.PCollection) -> dict[str, Any]:
+        import apache_beam as beam
+
+        from transforms.beam.instruction_pairs import SCREENED, Screen, ScreenedRecordDoFn
+        from transforms.spill import Merge
+
         step_id, count = self.context.step_id, self.config.count
         maker = self.maker()
-        screened = trajectories | "Screen" >> beam.ParDo(_Screen(maker, self.config.balance_sources)).with_outputs(
+        screened = trajectories | "Screen" >> beam.ParDo(Screen(maker, self.config.balance_sources)).with_outputs(
             RANKS, main=MAIN
         )
         screened[MAIN].element_type = SCREENED
@@ -665,7 +648,7 @@ class InstructionPairs(Step):
         # The screened trajectories wait for the draw on disk, not in the runner's memory.
         waiting = screened[MAIN] | "AwaitDraw" >> Merge(self.context.spill_dir("records"), SCREENED)
         outputs = waiting | "Pairs" >> beam.ParDo(
-            _ScreenedRecordDoFn(maker, step_id), selected=beam.pvalue.AsSingleton(selected)
+            ScreenedRecordDoFn(maker, step_id), selected=beam.pvalue.AsSingleton(selected)
         ).with_outputs(REJECTED, LEDGER, main=MAIN)
         return self._typed(outputs)
 

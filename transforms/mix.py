@@ -40,13 +40,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-import apache_beam as beam
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas import Sample, canonical_json, stable_id
-from transforms.base import LEDGER, MAIN, REJECTED, Filtered, RecordDoFn, Stat, Step, StepConfig
+from transforms.base import LEDGER, MAIN, REJECTED, Filtered, Stat, Step, StepConfig
 from transforms.sampling import RankKey, prefix_threshold, rank_bytes, rank_from_bytes, rank_key
-from transforms.spill import Merge, SortedGroups
 
 Unit = Literal["samples", "tokens", "supervised_tokens"]
 AGENT, GENERAL = "agent", "general"
@@ -346,7 +344,8 @@ class MixFn:
 
 
 class _ByInput:
-    """Processor of ``(input name, sample)``: the :class:`MixFn` of that input."""
+    """Processor of ``(input name, sample)``: the :class:`MixFn` of that input, bound to the plan
+    and the decisions (the ParDo's side inputs)."""
 
     def __init__(self, fns: dict[str, MixFn]) -> None:
         self.fns = fns
@@ -355,17 +354,12 @@ class _ByInput:
         for fn in self.fns.values():
             fn.bind(plan, decisions)
 
-    def __call__(self, element: tuple[str, Sample]) -> Iterator[Any]:
+    def __call__(
+        self, element: tuple[str, Sample], plan: MixPlan, decisions: dict[str, GroupDecision]
+    ) -> Iterator[Any]:
+        self.bind(plan, decisions)
         name, sample = element
         return self.fns[name](sample)
-
-
-class _MixDoFn(RecordDoFn):
-    """A RecordDoFn whose processor gets the plan and decisions from side inputs."""
-
-    def process(self, record: Any, plan: MixPlan, decisions: dict[str, GroupDecision]) -> list[Any]:  # type: ignore[override]
-        self.processor.bind(plan, decisions)
-        return super().process(record)
 
 
 class _Light:
@@ -418,6 +412,11 @@ class Mix(Step):
         cls._check_names(config, sorted(input_names))
 
     def expand(self, inputs: Any) -> dict[str, Any]:
+        import apache_beam as beam
+
+        from transforms.beam.records import RecordDoFn
+        from transforms.spill import Merge, SortedGroups
+
         config: MixConfig = self.config  # type: ignore[assignment]
         if isinstance(inputs, beam.PCollection):
             raise ValueError("mix takes named inputs: list the agent and general inputs in 'inputs'")
@@ -457,7 +456,7 @@ class Mix(Step):
         waiting = tuple(tagged) | "AwaitPlan" >> Merge(self.context.spill_dir("samples"), keyed_type)
         processor = _ByInput({name: MixFn(name, config, seed, step_id) for name in names})
         outputs = waiting | "Select" >> beam.ParDo(
-            _MixDoFn(processor, step_id),
+            RecordDoFn(processor, step_id),
             plan=beam.pvalue.AsSingleton(plan),
             decisions=beam.pvalue.AsDict(decisions),
         ).with_outputs(REJECTED, LEDGER, main=MAIN)

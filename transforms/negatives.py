@@ -53,9 +53,8 @@ import math
 import re
 from collections.abc import Iterable, Iterator
 from functools import cached_property, lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import apache_beam as beam
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -66,7 +65,6 @@ from transforms.base import (
     MAIN,
     REJECTED,
     Filtered,
-    RecordDoFn,
     RecordError,
     Stat,
     Step,
@@ -81,7 +79,9 @@ from transforms.quality.language import detect_language
 from transforms.react import StepParseError, has_markers, parse_turn
 from transforms.samples import sample_of
 from transforms.sampling import keyed_hash, rank_key
-from transforms.spill import Merge
+
+if TYPE_CHECKING:
+    import apache_beam as beam
 
 Case = Literal["no_tools", "irrelevant_tools", "general_with_tools"]
 QueryKind = Literal["needs_tool", "normal"]
@@ -1226,40 +1226,6 @@ class NegativeMaker:
 # --- the step -----------------------------------------------------------------------------------
 
 
-class _SmallestPerLabel(beam.CombineFn):
-    """Each label's ``limits[label]`` smallest ranked keys, from ``(label, ranked key)`` pairs
-    of any number of inputs: ``{label: keys in ascending order}``, labels sorted, a label without
-    keys left out. Inputs are buffered per label and cut to the limit whenever the buffer holds
-    twice as many (amortised O(log limit) per input); any merge order gives the same result."""
-
-    def __init__(self, limits: dict[str, int]) -> None:
-        self.limits = limits
-
-    def create_accumulator(self) -> dict[str, list[Any]]:
-        return {}
-
-    def add_input(self, accumulator: dict[str, list[Any]], element: tuple[str, Any]) -> dict[str, list[Any]]:
-        label, ranked = element
-        keys = accumulator.setdefault(label, [])
-        keys.append(ranked)
-        if len(keys) >= 2 * self.limits[label] + 64:
-            accumulator[label] = heapq.nsmallest(self.limits[label], keys)
-        return accumulator
-
-    def merge_accumulators(self, accumulators: Iterable[dict[str, list[Any]]]) -> dict[str, list[Any]]:
-        merged: dict[str, list[Any]] = {}
-        for accumulator in accumulators:
-            for label, keys in accumulator.items():
-                merged.setdefault(label, []).extend(keys)
-        return {label: heapq.nsmallest(self.limits[label], keys) for label, keys in merged.items()}
-
-    def compact(self, accumulator: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        return self.merge_accumulators([accumulator])
-
-    def extract_output(self, accumulator: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        return {label: heapq.nsmallest(self.limits[label], accumulator[label]) for label in sorted(accumulator)}
-
-
 def _pool_entries(element: tuple[str, Trajectory]) -> Iterator[tuple[str, str]]:
     group, trajectory = element
     if group == "agent":
@@ -1328,6 +1294,12 @@ class Negatives(Step):
                 raise ValueError(f"model directory {full!r} does not exist")
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> dict[str, Any]:
+        import apache_beam as beam
+
+        from transforms.beam.negatives import SmallestPerLabel
+        from transforms.beam.records import RecordDoFn
+        from transforms.spill import Merge
+
         config, ctx = self.config, self.context
         maker = self.maker()
         reader = maker.reader
@@ -1361,7 +1333,7 @@ class Negatives(Step):
         selection = (
             tuple(ranked)
             | "Ranked" >> beam.Flatten()
-            | "Draw" >> beam.CombineGlobally(_SmallestPerLabel(limits))
+            | "Draw" >> beam.CombineGlobally(SmallestPerLabel(limits))
             | "Assign" >> beam.Map(assign, cells)
         )
         tools = [

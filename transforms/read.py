@@ -18,16 +18,18 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import apache_beam as beam
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticSerializationError
 
 from schemas import Role, Trajectory, clip
-from transforms.base import LEDGER, MAIN, REJECTED, Failed, RecordError, SourceDoFn, Step, StepConfig
+from transforms.base import LEDGER, MAIN, REJECTED, Failed, RecordError, Step, StepConfig
 from transforms.files import RawRecord, common_folder, iter_records, label_of, non_finite_path, resolve_paths
 from transforms.formats import PARSERS, FieldNames, ParseContext, jsonl
+
+if TYPE_CHECKING:
+    import apache_beam as beam
 
 Format = Literal["agentinstruct", "agent_flan", "sharegpt", "openai", "jsonl"]
 
@@ -200,6 +202,10 @@ class Read(Step):
         return self._files
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, Any]:
+        import apache_beam as beam
+
+        from transforms.beam.records import SourceDoFn
+
         reader = ReadFile(self.config, self.config.source or self.step_id, common_folder(self.input_files()))
         outputs = (
             pbegin

@@ -27,14 +27,16 @@ import os
 import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import apache_beam as beam
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 from pydantic import Field, field_validator
 
-from schemas import Role, Trajectory, clip
-from transforms.base import DEAD_LETTER, IN, LEDGER, MAIN, REJECTED, RecordDoFn, Stat, Step, StepConfig, _Accounting
+from schemas import Role, Trajectory
+from transforms.base import LEDGER, MAIN, REJECTED, Stat, Step, StepConfig
+
+if TYPE_CHECKING:
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import PredictionResult
 
 
 class ScoreConfig(StepConfig):
@@ -103,63 +105,6 @@ class LoadedModel:
     index: int
 
 
-class TrajectoryScorer(ModelHandler[Trajectory, PredictionResult, Any]):
-    """RunInference model handler: local HF sequence classifier over rendered trajectories."""
-
-    def __init__(self, model_dir: str, config: ScoreConfig) -> None:
-        super().__init__(min_batch_size=1, max_batch_size=config.batch_size)
-        self.model_dir = model_dir
-        self.config = config
-
-    def load_model(self) -> LoadedModel:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        if self.config.torch_threads is not None:
-            import torch
-
-            torch.set_num_threads(self.config.torch_threads)
-
-        tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        tokenizer.truncation_side = self.config.truncation_side
-        model = AutoModelForSequenceClassification.from_pretrained(self.model_dir, local_files_only=True)
-        model.eval()
-        index = label_index(model.config, self.config.label)
-        if getattr(tokenizer, "pad_token", None) is None and not self.config.exact:
-            tokenizer.pad_token = tokenizer.eos_token
-        return LoadedModel(tokenizer, model, index)
-
-    def _forward(self, loaded: LoadedModel, texts: list[str]) -> list[float]:
-        import torch
-
-        encoded = loaded.tokenizer(
-            texts,
-            truncation=True,
-            max_length=self.config.max_length,
-            padding=len(texts) > 1,
-            return_tensors="pt",
-        )
-        with torch.no_grad():
-            logits = loaded.model(**encoded).logits
-        return score_logits(logits, loaded.index, self.config.output, self.config.decimals)
-
-    def run_inference(
-        self, batch: Sequence[Trajectory], model: LoadedModel, inference_args: dict[str, Any] | None = None
-    ) -> Iterator[PredictionResult]:
-        texts = [render(t, self.config.roles) for t in batch]
-        if self.config.exact:
-            scores = [self._forward(model, [text])[0] for text in texts]
-        else:
-            scores = self._forward(model, texts)
-        for trajectory, score in zip(batch, scores, strict=True):
-            yield PredictionResult(example=trajectory, inference=score)
-
-    def get_num_bytes(self, batch: Sequence[Trajectory]) -> int:
-        return sum(len(t.model_dump_json()) for t in batch)
-
-    def get_metrics_namespace(self) -> str:
-        return "agentmill_score"
-
-
 def apply_score(trajectory: Trajectory, score: float, config: ScoreConfig) -> tuple[Trajectory, bool]:
     """``trajectory`` with ``score`` written to ``config.field``; the flag says whether it was
     written (``overwrite: false`` keeps an existing value)."""
@@ -190,27 +135,6 @@ class ApplyScore:
         yield trajectory
 
 
-class _FailedBatches(beam.DoFn):
-    """Turns RunInference's failed batches into one dead letter per trajectory."""
-
-    def __init__(self, step_id: str) -> None:
-        self.step_id = step_id
-
-    def start_bundle(self) -> None:
-        self.acct = _Accounting(self.step_id)
-
-    def process(self, element: tuple[Any, Any]) -> Iterator[Any]:
-        batch, error = element
-        examples = batch if isinstance(batch, (list, tuple)) else [batch]
-        for example in examples:
-            self.acct.counts[(IN, "")] += 1
-            detail = clip(f"{type(error).__name__}: {error}", 2_000)
-            yield self.acct.rejected(DEAD_LETTER, "inference_error", detail, example)
-
-    def finish_bundle(self) -> Iterator[Any]:
-        yield from self.acct.flush()
-
-
 class Score(Step):
     """Scores trajectories with a local sequence-classification model (RunInference)."""
 
@@ -233,13 +157,19 @@ class Score(Step):
         self.model_dir()
 
     def expand(self, trajectories: beam.PCollection) -> dict[str, Any]:
+        import apache_beam as beam
+        from apache_beam.ml.inference.base import RunInference
+
+        from transforms.beam.records import RecordDoFn
+        from transforms.beam.score import FailedBatches, TrajectoryScorer
+
         config: ScoreConfig = self.config  # type: ignore[assignment]
         handler = TrajectoryScorer(self.model_dir(), config)
         results, failures = trajectories | "Infer" >> RunInference(handler).with_exception_handling()
         applied = results | "Apply" >> beam.ParDo(RecordDoFn(ApplyScore(config), self.step_id)).with_outputs(
             REJECTED, LEDGER, main=MAIN
         )
-        failed = failures.failed_inferences | "Failed" >> beam.ParDo(_FailedBatches(self.step_id)).with_outputs(
+        failed = failures.failed_inferences | "Failed" >> beam.ParDo(FailedBatches(self.step_id)).with_outputs(
             REJECTED, LEDGER, main=MAIN
         )
         result = {

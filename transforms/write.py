@@ -21,19 +21,18 @@ import math
 import posixpath
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.pvalue import TaggedOutput
 from pydantic import Field
 
 from schemas import ArrowCodec, Sample, ShardInfo
 from schemas.hf_features import features_dict
-from transforms.base import LEDGER, MAIN, REJECTED, RecordDoFn, RecordError, Stat, Step, StepConfig
+from transforms.base import LEDGER, MAIN, REJECTED, RecordError, Stat, Step, StepConfig
 from transforms.batching import record_batch
-from transforms.spill import SortedGroups, SortedPartitions
+
+if TYPE_CHECKING:
+    import apache_beam as beam
 
 SAMPLE_CODEC = ArrowCodec(Sample)
 #: ``(sample id as UTF-8, JSON of its Arrow row)``: bytes sort as the ids' code points do.
@@ -108,6 +107,8 @@ def write_shard(path: str, rows: Iterable[bytes], schema: pa.Schema, batch_rows:
     Batches are parsed on :data:`PARSE_THREADS` threads and written in order, so the file is the
     same as parsing and writing one batch after the other; at most ``PARSE_THREADS + 1``
     batches are held at once."""
+    from apache_beam.io.filesystems import FileSystems
+
     count = 0
     in_flight: collections.deque[Future[pa.RecordBatch]] = collections.deque()
     with FileSystems.create(path) as handle, ThreadPoolExecutor(PARSE_THREADS) as pool:
@@ -144,40 +145,6 @@ class EncodeRow:
         yield Stat(f"kind:{sample.kind}", 1)
 
 
-class WriteShards(beam.DoFn):
-    """Writes one shard from ``(index, [(id, row), ...])`` sorted by (id, row).
-
-    With the publish audit's result as the side input ``audit`` (``(report JSON, pending)``),
-    the rows of the samples whose excerpts the audit still has to make (``pending``, a few ids)
-    also go to the output ``AUDIT_ROWS`` as they pass: the audit needs no pass of its own."""
-
-    def __init__(self, output_dir: str, schema: pa.Schema, batch_rows: int) -> None:
-        self.output_dir = output_dir
-        self.schema_bytes = schema.serialize().to_pybytes()
-        self.batch_rows = batch_rows
-
-    def setup(self) -> None:
-        self.schema = pa.ipc.read_schema(pa.py_buffer(self.schema_bytes))
-
-    def process(
-        self, element: tuple[int, Iterable[tuple[bytes, bytes]]], num_shards: int, audit: Any = None
-    ) -> Iterator[Any]:
-        index, pairs = element
-        wanted = {key.encode("utf-8") for key in audit[1]} if audit else set()
-        picked: list[bytes] = []
-
-        def rows() -> Iterator[bytes]:
-            for key, row in pairs:
-                if key in wanted:
-                    picked.append(row)
-                yield row
-
-        path = FileSystems.join(self.output_dir, shard_filename(index, num_shards))
-        yield write_shard(path, rows(), self.schema, self.batch_rows).model_dump_json()
-        for row in picked:
-            yield TaggedOutput(AUDIT_ROWS, row)
-
-
 def _assign(row: KeyedRow, num_shards: int) -> tuple[int, KeyedRow]:
     return shard_of_key(row[0], num_shards), row
 
@@ -200,6 +167,12 @@ class Write(Step):
         self.audit_result = audit_result
 
     def expand(self, samples: beam.PCollection) -> dict[str, Any]:
+        import apache_beam as beam
+
+        from transforms.beam.records import RecordDoFn
+        from transforms.beam.write import WriteShards
+        from transforms.spill import SortedGroups, SortedPartitions
+
         if self.context.output_dir is None:
             raise ValueError("the write step needs the run's output directory")
         config = self.config

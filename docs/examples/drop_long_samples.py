@@ -26,7 +26,6 @@ from transforms.base import (
     MAIN,
     REJECTED,
     Filtered,
-    RecordDoFn,
     RecordError,
     RecordStep,
     Stat,
@@ -34,6 +33,7 @@ from transforms.base import (
     StepConfig,
     StepContext,
 )
+from transforms.beam.records import RecordDoFn
 from transforms.sampling import rank_key
 from transforms.spill import Merge
 
