@@ -478,3 +478,10 @@ def test_a_query_mysql_cannot_run_as_written_leaves_the_loss_and_gives_no_pair()
     trajectory = Trajectory(id="t", source="agentinstruct", source_id="db_1", task="db", turns=turns)
     reason, detail = output_rules_screening(trajectory)
     assert reason == "malformed_action" and "`posts.OwnerUserId`" in detail
+    # SQLite's functions, which MySQL does not have, in a statement (not in prose)
+    malformed = builtin_rules()["db"].malformed
+    assert malformed.search("```sql\nSELECT STRFTIME('%Y', t1.orderDate) FROM `orders` AS t1\n```")
+    assert malformed.search("SELECT CAST(SUM(IIF(`race` = 'W', 1, 0)) AS REAL) FROM `officers`")
+    assert malformed.search("SELECT AVG(julianday(end) - julianday(start)) FROM trips")
+    assert not malformed.search("SELECT YEAR(t1.orderDate), IF(`race` = 'W', 1, 0) FROM `orders` AS t1")
+    assert not malformed.search("MySQL has no strftime(), so I use DATE_FORMAT.\nSELECT DATE_FORMAT(d, '%Y') FROM t")
