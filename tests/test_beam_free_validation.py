@@ -73,6 +73,23 @@ def test_local_matches_are_beams(tmp_path: Path) -> None:
     assert match_local(os.path.join(str(tmp_path), "a/*.jsonl"))  # the comparison saw matches
 
 
+def test_no_builtin_step_module_imports_beam() -> None:
+    """Every built-in step module (``score``'s RunInference and ``audit``'s included) declares its
+    step without importing Beam; the Beam classes wait in ``transforms/beam/``."""
+    code = (
+        "import importlib, sys\n"
+        "from pipelines.registry import builtin_steps\n"
+        "modules = sorted({target.split(':')[0] for target in builtin_steps().values()})\n"
+        "for module in modules:\n"
+        "    importlib.import_module(module)\n"
+        "print(len(modules), 'apache_beam' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    count, beam_loaded = done.stdout.split()
+    assert int(count) >= 17 and beam_loaded == "False", done.stdout
+
+
 @pytest.mark.parametrize("spec", SPECS)
 def test_validation_imports_no_beam(spec: str) -> None:
     """Loading, planning and checking the spec (every step instantiated, its checks run, its

@@ -256,5 +256,5 @@ def __getattr__(name: str) -> Any:
     if name in ("RecordDoFn", "SourceDoFn", "_Accounting"):
         from transforms.beam import records
 
-        return getattr(records, name)
+        return getattr(records, name.lstrip("_"))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

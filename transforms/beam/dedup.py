@@ -10,7 +10,7 @@ import apache_beam as beam
 
 from schemas import Sample, Trajectory
 from transforms.base import EMITTED, FILTERED, IN, PASSED, STAT
-from transforms.beam.records import _Accounting
+from transforms.beam.records import Accounting
 from transforms.coders import SampleCoder, TrajectoryCoder
 from transforms.dedup import NearConfig, near_text
 from transforms.quality.ngrams import word_tokens
@@ -29,7 +29,7 @@ class DedupDoFn(beam.DoFn):
         self.record_type = record_type
 
     def start_bundle(self) -> None:
-        self.acct = _Accounting(self.step_id)
+        self.acct = Accounting(self.step_id)
         self.coder = CODERS[self.record_type]()
 
     def process(self, element: tuple[int, Iterable[tuple[bytes, bytes]]]) -> Iterator[Any]:
@@ -62,7 +62,7 @@ class NearDoFn(beam.DoFn):
         self.near = near
 
     def start_bundle(self) -> None:
-        self.acct = _Accounting(self.step_id)
+        self.acct = Accounting(self.step_id)
         self.coder = SampleCoder()
 
     def process(self, element: tuple[int, Iterable[tuple[bytes, bytes]]]) -> Iterator[Any]:

@@ -62,7 +62,7 @@ def _record_id(record: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class _Accounting:
+class Accounting:
     """Per-bundle ledger counts and rejected-record construction for one step."""
 
     def __init__(self, step_id: str) -> None:
@@ -131,7 +131,7 @@ class RecordDoFn(beam.DoFn):
             setup()
 
     def start_bundle(self) -> None:
-        self.acct = _Accounting(self.step_id)
+        self.acct = Accounting(self.step_id)
 
     def process(self, record: Any, **side_inputs):  # no annotation: Beam type-checks process hints
         """The record's outputs as a list (Beam iterates it without resuming a generator)."""
@@ -234,7 +234,7 @@ class SourceDoFn(beam.DoFn):
         self.step_id = step_id
 
     def start_bundle(self) -> None:
-        self.acct = _Accounting(self.step_id)
+        self.acct = Accounting(self.step_id)
 
     def process(self, unit: Any) -> Iterator[Any]:
         acct = self.acct

@@ -11,7 +11,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from schemas import Trajectory, clip
 from transforms.base import DEAD_LETTER, IN
-from transforms.beam.records import _Accounting
+from transforms.beam.records import Accounting
 from transforms.score import LoadedModel, ScoreConfig, label_index, render, score_logits
 
 
@@ -79,7 +79,7 @@ class FailedBatches(beam.DoFn):
         self.step_id = step_id
 
     def start_bundle(self) -> None:
-        self.acct = _Accounting(self.step_id)
+        self.acct = Accounting(self.step_id)
 
     def process(self, element: tuple[Any, Any]) -> Iterator[Any]:
         batch, error = element
