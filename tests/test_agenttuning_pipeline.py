@@ -202,10 +202,11 @@ def test_samples_are_chat_shaped_unique_and_keep_loss_flags(recipe):
     # cleaned: KG actions without their demanded thought or refused by the KB ("cannot be
     # executed"), DB answers whose thoughts claim a check against the expected answer, cite BIRD's
     # evidence or claim a change before making it, whose query MySQL refused or cannot run as
-    # written, OS answers that cite hints or run a command the container lacks
+    # written (SQLite's STRFTIME and IIF included), OS answers that cite hints or run a command
+    # the container lacks
     cleaned = Counter(s.lineage.task for s in agentinstruct if "clean_agent" in s.lineage.steps)
-    assert cleaned == {"db": 255, "kg": 36, "os": 11}
-    assert steps == {("agent_chat",): len(agentinstruct) - 302, ("agent_chat", "clean_agent"): 302}
+    assert cleaned == {"db": 256, "kg": 36, "os": 11}
+    assert steps == {("agent_chat",): len(agentinstruct) - 303, ("agent_chat", "clean_agent"): 303}
 
 
 def test_output_loads_with_datasets(recipe):

@@ -294,8 +294,10 @@ def aligned_calls(sample: Sample) -> list[ToolCall]:
 
 #: AgentInstruct trajectories whose actions fit no declared tool (ALFWorld "Task failed." / "end
 #: task", KG get_entities_of_type / delete_entities or one-argument get_neighbors, Mind2Web
-#: SET / HOVER / "CLICK on <...>" or a click with a value): filtered with the reason.
-AGENTINSTRUCT_FILTERED = {"undeclared_tool": 19, "invalid_arguments": 4, "ungrounded_argument": 1}
+#: SET / HOVER / "CLICK on <...>" or a click with a value): filtered with the reason; and DB
+#: calls with a value nobody gave (an INSERT of johndoe@example.com; an UPDATE for "the date of
+#: March 20th" at 2022-03-20, an INSERT of new hires dated 2022).
+AGENTINSTRUCT_FILTERED = {"undeclared_tool": 19, "invalid_arguments": 4, "ungrounded_argument": 3}
 
 
 @pytest.mark.real_data

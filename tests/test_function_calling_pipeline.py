@@ -50,7 +50,7 @@ def test_every_call_is_declared_valid_and_answered_by_a_linked_result(native):
             calls[sample.lineage.source] += len(message.tool_calls)
         if sample.kind == "negative":
             assert not ids  # a negative never calls
-    assert +calls == {"agentinstruct": 8013, "glaive": 270, "reason_tool_use": 66, "toolbench": 16}
+    assert +calls == {"agentinstruct": 8011, "glaive": 267, "reason_tool_use": 66, "toolbench": 16}
     assert parallel == 12  # reason_tool_use's parallel calls stay in one message
 
 
@@ -58,8 +58,8 @@ def test_sources_and_negatives(native):
     summary, samples = native
     by = Counter((s.lineage.source, s.kind) for s in samples)
     assert by == {
-        ("agentinstruct", "agent"): 1382,
-        ("glaive", "agent"): 384,  # 58 copies of other conversations kept once
+        ("agentinstruct", "agent"): 1380,
+        ("glaive", "agent"): 381,  # 58 copies of other conversations kept once
         ("reason_tool_use", "agent"): 49,
         ("toolbench", "agent"): 4,
         ("glaive", "negative"): 110,
@@ -71,13 +71,14 @@ def test_sources_and_negatives(native):
         "invalid_arguments": 5,
         "undeclared_tool": 1,
         "unlinked_tool_result": 2,
-        "ungrounded_argument": 5,  # glaive's translated addresses ("老板@公司.com" for boss@company.com)
+        # glaive's translated addresses ("老板@公司.com" for boss@company.com), 3 made-up dates
+        "ungrounded_argument": 8,
     }
     assert steps["unique_glaive"].filtered == {"duplicate": 58}
     # reason_tool_use's reasoning parts are not kept, so no prompt demands reasoning
     reason = [s for s in samples if s.lineage.source == "reason_tool_use"]
     assert reason and all("must reason" not in s.messages[0].content for s in reason)
-    assert steps["native"].filtered == {"invalid_arguments": 1, "undeclared_tool": 5, "ungrounded_argument": 1}
+    assert steps["native"].filtered == {"invalid_arguments": 1, "undeclared_tool": 5, "ungrounded_argument": 3}
     # 3 DB episodes whose only output claims an INSERT it never runs, 1 glaive conversation whose
     # only supervised reply is Python that lost its indentation
     assert steps["clean_agent"].filtered == {"no_supervised_turn_left": 4}

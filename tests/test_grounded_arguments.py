@@ -9,7 +9,7 @@ from schemas import Lineage, Message, Role, Sample, ToolCall, ToolSpec, Trajecto
 from transforms.align import Align
 from transforms.base import Filtered, StepContext
 from transforms.check_calls import CallChecker, CheckCallsConfig
-from transforms.grounded_arguments import EMAIL, ungrounded_emails
+from transforms.grounded_arguments import EMAIL, ungrounded_call, ungrounded_emails
 from transforms.instruction_pairs import NotEligible, read_conversation
 
 SEND = ToolSpec(
@@ -89,3 +89,46 @@ def test_check_calls_filters_it_in_native_data():
     assert filtered.reason == "ungrounded_argument"
     assert any(isinstance(o, Sample) for o in sample("boss@company.com"))
     assert any(isinstance(o, Sample) for o in sample("老板@公司.com", grounded_contacts=False))
+
+
+def test_a_date_whose_year_nobody_gave_is_made_up():
+    """glaive's conversations carry no current date; its calls invent one for "today" and
+    "tomorrow". A date whose year an earlier message writes is given, in any format."""
+    asked = "Hi, I was born on 1990-05-15. Can you tell me how old I am today?"
+    invented = {"birthdate": "1990-05-15", "current_date": "2022-03-15"}
+    detail = ungrounded_call("calculate_age", invented, [asked])
+    assert detail == "call to 'calculate_age' uses the date [\"2022-03-15\"], whose year no earlier turn gives"
+    assert ungrounded_call("calculate_age", {"birthdate": "1990-05-15"}, ["I was born on May 15th, 1990."]) is None
+    # the year in a tool result, or in a timestamp, counts; digits inside a longer number do not
+    assert ungrounded_call("create_event", {"start": "2022-04-15T10:00"}, ["today", '{"date": "2022-04-14"}']) is None
+    assert ungrounded_call("create_event", {"start": "2022-04-15"}, ["order 120223 tomorrow"]) is not None
+    assert ungrounded_call("lookup", {"code": "20221-03-15", "n": 2022}, ["no year"]) is None
+    # a year derived from one the conversation gives: "in 2011" -> its bounds, "last year" after
+    # a date that printed 2023 (AgentInstruct DB and OS answers)
+    assert ungrounded_call("sql", {"q": "BETWEEN '2010-12-31' AND '2012-01-01'"}, ["claims in 2011"]) is None
+    assert ungrounded_call("bash", {"c": "date -d '2022-12-21'"}, ["last year?", "Sat Sep  9 2023"]) is None
+    assert ungrounded_call("sql", {"q": "WHERE Date = '2022-03-20'"}, ["the date of March 20th"]) is not None
+
+
+def test_align_filters_a_supervised_call_with_an_invented_date():
+    turns = [
+        Turn(role=Role.USER, text="I need a calendar event for my meeting tomorrow."),
+        Turn(
+            role=Role.ASSISTANT,
+            text="",
+            loss=True,
+            tool_calls=[ToolCall(name="create_calendar_event", arguments={"title": "Meeting", "date": "2022-04-15"})],
+        ),
+        Turn(role=Role.TOOL, text='{"status": "created"}'),
+        Turn(role=Role.ASSISTANT, text="Done.", loss=True),
+    ]
+    event = ToolSpec(
+        name="create_calendar_event",
+        description="Create an event",
+        parameters={"type": "object", "properties": {"title": {"type": "string"}, "date": {"type": "string"}}},
+    )
+    key = trajectory_id("glaive", "d", turns)
+    made_up = Trajectory(id=key, source="glaive", source_id="d", turns=turns, tools=[event])
+    aligner = Align({"keep_format_share": 0.0}, StepContext(step_id="align")).processor()
+    (filtered,) = [o for o in aligner(made_up) if isinstance(o, Filtered)]
+    assert filtered.reason == "ungrounded_argument" and "2022-04-15" in filtered.detail

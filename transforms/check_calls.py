@@ -10,9 +10,10 @@ it does not declare is filtered ``undeclared_tool``, one whose arguments fail th
 no earlier call has) is filtered ``unlinked_tool_result``: its call is missing or only written in
 prose (glaive has such conversations: "AI 计算折扣: {...}" followed by the tool's result), and a
 native template would render a result nobody asked for. With ``grounded_contacts`` (default) a
-supervised call whose arguments send to an email address that no earlier message gives is
-filtered ``ungrounded_argument`` (:mod:`transforms.grounded_arguments`: glaive's translated
-``老板@公司.com`` for the user's ``boss@company.com``, placeholders). Validation is the audit's
+supervised call whose arguments send to an email address, or use a date, that no earlier
+message gives is filtered ``ungrounded_argument`` (:mod:`transforms.grounded_arguments`:
+glaive's translated ``老板@公司.com`` for the user's ``boss@company.com``, placeholders, a
+``current_date`` made up for "today"). Validation is the audit's
 (``argument_schema``): the schema's own ``$schema`` or draft 7, and with ``forbid_extra``
 (default) a call may not pass keys an object schema does not list unless the schema allows it.
 
