@@ -58,10 +58,14 @@ class SampleCoder(PydanticJsonCoder):
     model = Sample
 
 
+#: The coder of each record type (what :func:`register_coders` registers with Beam).
+CODERS: dict[type[BaseModel], type[PydanticJsonCoder]] = {Trajectory: TrajectoryCoder, Sample: SampleCoder}
+
+
 def register_coders() -> None:
     """Register the record coders with Beam's coder registry (idempotent)."""
-    beam.coders.registry.register_coder(Trajectory, TrajectoryCoder)
-    beam.coders.registry.register_coder(Sample, SampleCoder)
+    for record_type, coder in CODERS.items():
+        beam.coders.registry.register_coder(record_type, coder)
 
 
 register_coders()

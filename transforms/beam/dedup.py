@@ -11,11 +11,9 @@ import apache_beam as beam
 from schemas import Sample, Trajectory
 from transforms.base import EMITTED, FILTERED, IN, PASSED, STAT
 from transforms.beam.records import Accounting
-from transforms.coders import SampleCoder, TrajectoryCoder
+from transforms.coders import CODERS, SampleCoder
 from transforms.dedup import NearConfig, near_text
 from transforms.quality.ngrams import word_tokens
-
-CODERS = {Sample: SampleCoder, Trajectory: TrajectoryCoder}
 
 
 class DedupDoFn(beam.DoFn):
