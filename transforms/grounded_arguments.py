@@ -34,10 +34,11 @@ from typing import Any
 
 #: An email address, in any script (``\\w`` is Unicode): ``老板@公司.com`` is one too.
 EMAIL = re.compile(r"(?<![\w.%+\-@\u00b7])\w[\w.+\-\u00b7]*@\w[\w\-]*(?:\.\w[\w\-]*)+")
-#: A calendar date as ISO 8601 writes it (years 1800-2099), the year captured.
-ISO_DATE = re.compile(r"(?<!\d)((?:1[89]|20)\d\d)-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])(?!\d)")
-#: A year written as a number of its own (1800-2099).
-YEAR = re.compile(r"(?<!\d)(?:1[89]|20)\d\d(?!\d)")
+_YEAR = r"(?:1[89]|20)\d\d"  # 1800-2099
+#: A calendar date as ISO 8601 writes it, the year captured.
+ISO_DATE = re.compile(rf"(?<!\d)({_YEAR})-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])(?!\d)")
+#: A year written as a number of its own.
+YEAR = re.compile(rf"(?<!\d){_YEAR}(?!\d)")
 
 
 def argument_strings(arguments: Any) -> Iterable[str]:
