@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pipelines.run import RunSummary, run_spec
+from schemas import Role, Sample
 from transforms.base import Failed
 from transforms.read import ReadConfig, ReadFile
 
@@ -94,3 +97,14 @@ PORTABLE_PROCESS = [
     "--environment_type=beam:env:harness_subprocess_python:v1",
     f"--environment_config={sys.executable} -m apache_beam.runners.worker.sdk_worker_main",
 ]
+
+
+def courtesy_replies(samples: Iterable[Sample]) -> list[str]:
+    """Supervised assistant text that thanks the user back (glaive's canned closing, which the
+    recipes' ``trim_closings`` steps cut)."""
+    return [
+        m.content
+        for s in samples
+        for m in s.messages
+        if m.role is Role.ASSISTANT and m.loss and re.search(r"you're welcome|不客气", m.content, re.IGNORECASE)
+    ]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import datasets
 import pytest
 
+from pipelines.auditing import samples_of_shards, shard_files
 from schemas import Sample
 from tests.conftest import REPO
-from tests.helpers import MULTI_PROCESS, PORTABLE, PORTABLE_PROCESS, run, run_recipe, shard_hashes
+from tests.helpers import MULTI_PROCESS, PORTABLE, PORTABLE_PROCESS, courtesy_replies, run, run_recipe, shard_hashes
 from transforms.react import has_markers
 from transforms.tool_cards import validate_call
 
@@ -73,8 +74,10 @@ def test_every_record_is_accounted_for_with_reasons(flan):
         assert set(ledger.dead_letter) | set(ledger.filtered) <= EXPLAINED
     assert steps["read_agentinstruct"].passed == 1465
     assert steps["align"].in_ == sum(
-        steps[r].emitted for r in ("valid_agentinstruct", "successful_toolbench", "unique_glaive", "successful_fireact")
+        steps[r].emitted for r in ("valid_agentinstruct", "successful_toolbench", "closed_glaive", "successful_fireact")
     )
+    # glaive's "Thank you!" / "You're welcome! If you have any other questions, ..." endings cut
+    assert summary.manifest.ratios["closed_glaive"]["changed"] == 57
     # glaive's demo files hold 58 copies; FireAct's hotpotqa.jsonl repeats 501 multitask episodes
     assert steps["unique_glaive"].filtered == {"duplicate": 58}
     assert steps["unique_fireact"].filtered == {"duplicate": 501}
@@ -126,6 +129,8 @@ def test_output_opens_and_aligned_messages_hold_no_markers(flan):
             assert not any(has_markers(m["content"]) for m in row["messages"] if m["role"] == "assistant")
         assert all(m["capability"] for m in row["messages"] if m["role"] == "assistant")
     assert kinds["instruction"] == 2000 and kinds["negative"] == 761
+    assert not courtesy_replies(samples_of_shards(shard_files(str(out))))
+    assert summary.manifest.audit.checks["repeated_response"].status == "pass"
     Sample.model_validate({**dataset[0], "metadata": {}})
 
 

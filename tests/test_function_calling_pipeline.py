@@ -10,7 +10,7 @@ import pytest
 from pipelines.auditing import samples_of_shards, shard_files
 from schemas import Role
 from tests.conftest import REPO
-from tests.helpers import run_recipe
+from tests.helpers import courtesy_replies, run_recipe
 from transforms.react import has_markers
 from transforms.tool_cards import validate_call
 
@@ -75,6 +75,10 @@ def test_sources_and_negatives(native):
         "ungrounded_argument": 8,
     }
     assert steps["unique_glaive"].filtered == {"duplicate": 58}
+    # glaive's "Thank you!" / "You're welcome! If you have any other questions, ..." endings cut
+    assert summary.manifest.ratios["closed_glaive"]["changed"] == 57
+    assert not courtesy_replies(samples)
+    assert summary.manifest.audit.checks["repeated_response"].status == "pass"
     # reason_tool_use's reasoning parts are not kept, so no prompt demands reasoning
     reason = [s for s in samples if s.lineage.source == "reason_tool_use"]
     assert reason and all("must reason" not in s.messages[0].content for s in reason)

@@ -30,6 +30,7 @@ EXPECTED = {
     "audit",
     "identity_filter",
     "check_calls",
+    "trim_closings",
 }
 
 
