@@ -16,6 +16,7 @@ from schemas.audit import EvalSetSpec
 from transforms.quality.auditor import AuditConfigError, Auditor
 from transforms.quality.check import AuditEnv
 from transforms.quality.checks import CHECKS
+from transforms.quality.checks.near_duplicate import prompt_of
 
 WEATHER = ToolSpec(
     name="get_weather",
@@ -396,6 +397,30 @@ def test_near_duplicate_clusters_prompts_across_records_only():
     assert result.count == 3  # four records with one prompt: three duplicates
     assert result.details["largest_clusters"] == [4]
     assert result.examples[0].id == "d0"
+
+
+def test_near_duplicate_prompt_is_the_request_not_the_elicitation_before_the_first_target():
+    """``balance`` can take a tool choice out of the loss, so the first target follows align's
+    "Continue.": the prompt is still the user's request, and different requests are no cluster."""
+
+    def balanced(i: int, request: str) -> Sample:
+        return sample(
+            [
+                ("user", request),
+                Message(role=Role.ASSISTANT, content="search", loss=False, part="tool"),
+                Message(role=Role.USER, content="Continue.", part="elicit"),
+                Message(role=Role.ASSISTANT, content='{"q": "x"}', loss=True, part="arguments"),
+            ],
+            sid=f"b{i}",
+        )
+
+    requests = ["Find flights from Oslo to Rome in May", "Which museums open late in Vienna on Fridays?"]
+    requests += ["Book a table for four at a vegan place", "How tall is the Eiffel Tower in metres?"]
+    result = run_check("near_duplicate", [balanced(i, r) for i, r in enumerate(requests)])
+    assert (result.count, result.total) == (0, 4)
+    assert prompt_of(balanced(0, requests[0])) == requests[0]
+    same = run_check("near_duplicate", [balanced(i, requests[0]) for i in range(3)])
+    assert same.count == 2 and "Find flights" in same.examples[0].excerpt
 
 
 # --- the auditor -----------------------------------------------------------------------------

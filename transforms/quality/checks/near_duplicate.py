@@ -1,9 +1,11 @@
 """``near_duplicate``: near-duplicate prompts across source records (MinHash, banded LSH).
 
-A sample's *prompt* is the last user message before its first supervised assistant message (the
-request the first target answers). Prompts are compared by MinHash (``datasketch``, word
-3-gram shingles of the first ``max_chars`` (4,000) characters, 64 permutations) with banded LSH
-tuned to a Jaccard ``similarity`` (0.8).
+A sample's *prompt* is the request its first supervised assistant message answers: the last user
+message before it that is not an elicitation turn (``part: elicit``, such as ``align``'s
+"Continue.", which ``balance`` leaves in front of a target whose tool choice it took out of the
+loss).
+Prompts are compared by MinHash (``datasketch``, word 3-gram shingles of the first ``max_chars``
+(4,000) characters, 64 permutations) with banded LSH tuned to a Jaccard ``similarity`` (0.8).
 Samples of one source record (same source and source id: several derivations or deliberate
 repeats of one trajectory) count once. ``count`` is the number of source records that are a
 near duplicate of another one (cluster size - 1, summed); ``share = count / records``.
@@ -34,7 +36,9 @@ def prompt_of(sample: Sample) -> str | None:
     start = first_supervised(sample)
     if start is None:
         return None
-    return next((m.content for m in reversed(sample.messages[:start]) if m.role is Role.USER), None)
+    return next(
+        (m.content for m in reversed(sample.messages[:start]) if m.role is Role.USER and m.part != "elicit"), None
+    )
 
 
 def _join_band(component: np.ndarray, record_index: np.ndarray, keys: np.ndarray) -> np.ndarray:
