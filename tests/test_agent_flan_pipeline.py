@@ -95,11 +95,14 @@ def test_every_record_is_accounted_for_with_reasons(flan):
     assert summary.manifest.ratios["negatives"]["achieved"] == summary.manifest.ratios["negatives"]["target"]
     # the paper's split: half without tools, half with irrelevant tools
     assert set(summary.manifest.ratios["negatives"]["achieved"]) == {"no_tools", "irrelevant_tools"}
-    # balance drops the one DB answer left with nothing but its (down-weighted) answer call
-    assert steps["balance"].filtered == {"no_supervised_turn": 1}
+    # balance drops the one DB answer left with nothing but its (down-weighted) answer call, and
+    # a glaive joke whose answer misquotes the tool's joke (out of the loss in clean_agent)
+    assert steps["balance"].filtered == {"no_supervised_turn": 2}
+    # glaive's zh answers that quote titles, headlines and reviews the tool returned otherwise
+    assert steps["clean_agent"].stats["masked:misquoted_result"] == 29
     # a glaive conversation whose only supervised reply is Python that lost its indentation
     assert steps["clean_agent"].filtered == {"no_supervised_turn_left": 1}
-    assert steps["write"].emitted == summary.manifest.output.num_rows == steps["align"].emitted + 2000 + 761 - 2
+    assert steps["write"].emitted == summary.manifest.output.num_rows == steps["align"].emitted + 2000 + 761 - 3
 
 
 def test_shares_meet_their_targets(flan):
@@ -131,6 +134,8 @@ def test_output_opens_and_aligned_messages_hold_no_markers(flan):
     assert kinds["instruction"] == 2000 and kinds["negative"] == 761
     assert not courtesy_replies(samples_of_shards(shard_files(str(out))))
     assert summary.manifest.audit.checks["repeated_response"].status == "pass"
+    misquoted = summary.manifest.audit.checks["misquoted_result"]
+    assert misquoted.status == "pass" and misquoted.total > 700  # clean_agent's misquoted_result
     Sample.model_validate({**dataset[0], "metadata": {}})
 
 
@@ -159,5 +164,6 @@ def test_aligned_samples_call_only_declared_tools_under_matching_instructions(fl
                 validate_call(call, sample.tools)  # declared, and the schema holds
             if message.role.value in ("system", "user"):
                 assert not has_markers(message.content)  # no format the targets do not follow
-    # every aligned sample but the one kept in its format and those clean_agent and balance dropped
-    assert aligned == summary.manifest.steps["align"].emitted - 3
+    # every aligned sample but the one kept in its format and those clean_agent (1) and balance (2)
+    # dropped
+    assert aligned == summary.manifest.steps["align"].emitted - 4

@@ -378,6 +378,19 @@ def test_repeated_response_counts_canned_answers_per_kind():
     assert run_check("repeated_response", varied).count == 0
 
 
+def test_misquoted_result_flags_a_quote_the_tool_never_returned_and_judges_only_answers_to_results():
+    result = Message(role=Role.TOOL, content='{"title": "笨蛋与更笨的人", "year": 1994}')
+    misquoted = sample([("user", "推荐一部喜剧。"), result, ("assistant", "你可以看1994年的“阿呆与阿瓜”。")])
+    found = verdict("misquoted_result", misquoted)
+    assert found.flagged and "阿呆与阿瓜" in found.excerpt
+    verbatim = sample([("user", "推荐一部喜剧。"), result, ("assistant", "你可以看1994年的《笨蛋与更笨的人》。")])
+    assert not verdict("misquoted_result", verbatim).flagged
+    no_result = sample([("user", "Say something."), ("assistant", 'I would say "hello there".')])
+    assert verdict("misquoted_result", no_result) is None  # no answer to a tool result: not judged
+    summary = run_check("misquoted_result", [misquoted, verbatim, no_result])
+    assert (summary.count, summary.total, summary.status) == (1, 2, "warn")
+
+
 def test_near_duplicate_clusters_prompts_across_records_only():
     base = "Hello! How can I help you today with your travel plans to Norway next summer?"
     dups = [sample([("user", base + " " * i), ("assistant", f"answer {i}")], sid=f"d{i}") for i in range(4)]

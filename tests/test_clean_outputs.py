@@ -428,6 +428,34 @@ def test_a_reply_with_python_whose_indentation_was_lost_leaves_the_loss():
     assert kept is one and stats == {}
 
 
+def test_an_answer_that_quotes_what_the_tool_never_returned_leaves_the_loss():
+    """glaive's zh demos were translated turn by turn: the tool's 笨蛋与更笨的人 is quoted as
+    “阿呆与阿瓜”. A verbatim quote, a JSON answer's quote, the user's words re-joined, an escaped
+    quote inside a JSON list and a protocol word stay supervised."""
+    result = '{"movies": [{"title": "笨蛋与更笨的人", "year": 1994}, {"title": "宠物侦探艾斯", "year": 1994}]}'
+    one = chat(
+        ("user", "我在找一部90年代的喜剧电影。"),
+        ("tool", result),
+        ("assistant", "我找到了：1994年的“阿呆与阿瓜”和“宠物侦探艾斯”。"),
+        ("user", "谢谢，第二部呢？"),
+        ("tool", result),
+        ("assistant", "第二部是《宠物侦探艾斯》，1994年上映。"),
+    )
+    (out,), stats = apply(one)
+    assert [m.loss for m in out.messages if m.role is Role.ASSISTANT] == [False, True]
+    assert stats == {"masked:misquoted_result": 1, "changed_samples": 1}
+    (kept,), stats = apply(one, misquoted_result="keep")
+    assert kept is one and stats == {}
+    fine = chat(
+        ("user", 'How often does the pair "àbac" "xinès" occur? Title of "Howard Miller 13" Clock"?'),
+        ("tool", '[(4,)] and "Pitch Perfect 2"'),
+        ("assistant", '{"answer": "The pair \\"àbac xinès\\" occurs 4 times; see \\"Pitch Perfect 2\\"."}'),
+        ("tool", "[]"),
+        ("assistant", 'Final Answer: ["none"] and ["Howard Miller 13\\" Clock"]'),
+    )
+    assert apply(fine)[0] == [fine]
+
+
 def test_an_action_the_environment_answers_with_an_error_leaves_the_loss():
     db = (
         "I am a helpful assistant. Use MySQL. Your response should use the following format:\n\n"

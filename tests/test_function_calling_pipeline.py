@@ -79,6 +79,8 @@ def test_sources_and_negatives(native):
     assert summary.manifest.ratios["closed_glaive"]["changed"] == 57
     assert not courtesy_replies(samples)
     assert summary.manifest.audit.checks["repeated_response"].status == "pass"
+    misquoted = summary.manifest.audit.checks["misquoted_result"]
+    assert misquoted.status == "pass" and misquoted.total > 700  # clean_agent's misquoted_result
     # reason_tool_use's reasoning parts are not kept, so no prompt demands reasoning
     reason = [s for s in samples if s.lineage.source == "reason_tool_use"]
     assert reason and all("must reason" not in s.messages[0].content for s in reason)
@@ -88,6 +90,9 @@ def test_sources_and_negatives(native):
     assert steps["clean_agent"].filtered == {"no_supervised_turn_left": 4}
     assert steps["clean_agent"].stats["masked:collapsed_code"] == 6
     assert steps["clean_agent"].stats["masked:wrong_language"] == 10
+    # glaive's zh answers quoting what the tool never returned, a DB answer quoting a made-up
+    # "Record inserted successfully.", a wrong string reversal of reason_tool_use
+    assert steps["clean_agent"].stats["masked:misquoted_result"] == 23
     cases = Counter(s.metadata["case"] for s in samples if s.kind == "negative")
     assert cases == {"no_tools": 92, "irrelevant_tools": 92}
     # glaive's book, film and recipe lookups are neither refused nor answered with invented results

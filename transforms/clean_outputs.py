@@ -50,6 +50,11 @@ model learns to produce whatever its supervised turns hold, so:
   Python block whose indentation was lost (a block opener whose body is not indented:
   :mod:`transforms.quality.code_blocks`) gets ``loss: false``: it is code that does not run
   (glaive's demos flattened every line to one space).
+- **Misquoted result** (``misquoted_result: mask``, every sample): a supervised answer right
+  after a tool result that puts in quotation marks text no earlier message holds
+  (:mod:`transforms.quality.quotes`) gets ``loss: false``: glaive's machine-translated Chinese
+  demos quote a title the tool returned as 笨蛋与更笨的人 as “阿呆与阿瓜”; a model trained on
+  them learns to misquote its tools.
 
 Guarantees: only assistant text and loss flags change; roles, order, tool calls and the other
 messages stay; the id is kept (same source record and derivation), the token counts are
@@ -58,7 +63,8 @@ nothing applies to passes unchanged. A sample left with no supervised turn is fi
 ``no_supervised_turn_left``. Stats: ``deleted_lines``, ``rewritten`` (replacements made),
 ``masked:several_actions``, ``masked:hidden_context``, ``masked:premature_claim``,
 ``masked:failed_action``, ``masked:malformed_action``, ``masked:missing_thought``, ``masked:wrong_language``,
-``masked:collapsed_code``, ``masked:empty_after_deletion`` and ``changed_samples``. The rules
+``masked:collapsed_code``, ``masked:misquoted_result``, ``masked:empty_after_deletion`` and
+``changed_samples``. The rules
 are data (``templates/quality/agent_outputs.yaml``); a config adds tasks (``rules``) or replaces
 the built-in ones (``replace: true``). Pure function of the sample and the config.
 """
@@ -80,6 +86,7 @@ from transforms.quality.check import first_supervised
 from transforms.quality.checks.format_contradiction import demanded_thoughts, instructions_of, skips_thought
 from transforms.quality.checks.language_mismatch import LanguageOptions, judged_replies
 from transforms.quality.code_blocks import has_collapsed_python
+from transforms.quality.quotes import misquoted_replies
 
 BUILTIN = "quality/agent_outputs.yaml"
 REASON = "no_supervised_turn_left"
@@ -196,6 +203,8 @@ class CleanOutputsConfig(StepConfig):
     wrong_language: Literal["mask", "keep"] = "mask"
     #: ``mask``: a supervised reply with a fenced Python block whose indentation was lost leaves the loss.
     collapsed_code: Literal["mask", "keep"] = "mask"
+    #: ``mask``: a supervised answer after a tool result that quotes text nobody wrote leaves the loss.
+    misquoted_result: Literal["mask", "keep"] = "mask"
 
     @model_validator(mode="after")
     def _known(self) -> CleanOutputsConfig:
@@ -277,7 +286,8 @@ def clean(sample: Sample, config: CleanOutputsConfig, rules: dict[str, TaskRules
         if config.collapsed_code == "mask"
         else set()
     )
-    if task is None and not thought and not foreign and not broken:
+    misquoted = set(misquoted_replies(sample)) if config.misquoted_result == "mask" else set()
+    if task is None and not thought and not foreign and not broken and not misquoted:
         return sample, stats
     messages: list[Message] = list(sample.messages)
     turns = [(m.loss, m.content) for m in messages]
@@ -332,6 +342,9 @@ def clean(sample: Sample, config: CleanOutputsConfig, rules: dict[str, TaskRules
             elif index in broken:
                 update["loss"] = False
                 stats["masked:collapsed_code"] += 1
+            elif index in misquoted:
+                update["loss"] = False
+                stats["masked:misquoted_result"] += 1
         if update:
             messages[index] = message.model_copy(update=update)
     if not stats:

@@ -10,6 +10,7 @@ from transforms.quality.checks.failed_episode import FailedEpisode
 from transforms.quality.checks.format_contradiction import FormatContradiction
 from transforms.quality.checks.identity_claim import IdentityClaim
 from transforms.quality.checks.language_mismatch import LanguageMismatch
+from transforms.quality.checks.misquoted_result import MisquotedResult
 from transforms.quality.checks.near_duplicate import NearDuplicate
 from transforms.quality.checks.prompt_copy import PromptCopy
 from transforms.quality.checks.repeated_response import RepeatedResponse
@@ -28,6 +29,7 @@ CHECKS: dict[str, type[Check]] = {
         LanguageMismatch,
         IdentityClaim,
         FailedEpisode,
+        MisquotedResult,
         PromptCopy,
         EvalOverlap,
         NearDuplicate,
