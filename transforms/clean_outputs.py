@@ -64,9 +64,9 @@ nothing applies to passes unchanged. A sample left with no supervised turn is fi
 ``masked:several_actions``, ``masked:hidden_context``, ``masked:premature_claim``,
 ``masked:failed_action``, ``masked:malformed_action``, ``masked:missing_thought``, ``masked:wrong_language``,
 ``masked:collapsed_code``, ``masked:misquoted_result``, ``masked:empty_after_deletion`` and
-``changed_samples``. The rules
-are data (``templates/quality/agent_outputs.yaml``); a config adds tasks (``rules``) or replaces
-the built-in ones (``replace: true``). Pure function of the sample and the config.
+``changed_samples``. The rules are data (``templates/quality/agent_outputs.yaml``); a config adds
+tasks (``rules``) or replaces the built-in ones (``replace: true``). Pure function of the sample
+and the config.
 """
 
 from __future__ import annotations

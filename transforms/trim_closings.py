@@ -1,9 +1,9 @@
 """Step ``trim_closings``: Trajectory -> Trajectory, a trailing thanks / you're-welcome exchange
 removed (or taken out of the loss).
 
-glaive ends one conversation in seven (57 of 396) with the user thanking ("Thank you for your help!")
-and the assistant answering with the same sentence every time ("You're welcome! If you have any
-other questions, feel free to ask."; in Chinese a handful of near-identical ones). Supervised, it
+glaive ends one conversation in seven (57 of 396) with the user thanking ("Thank you for
+your help!") and the assistant answering with the same sentence every time ("You're welcome! If
+you have any other questions, feel free to ask."; in Chinese a handful of near-identical ones). Supervised, it
 is the single most repeated answer of the agent data (the audit's ``repeated_response``): a
 model learns the sentence, and ``instruction_pairs`` even makes format exercises of it
 ("Final Answer: You're welcome! ..."). The exchange carries nothing of the task, so it is cut

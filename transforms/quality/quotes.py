@@ -13,8 +13,9 @@ or ReAct action line) and directly follow a ``tool`` message; of a JSON reply on
 ``"answer"`` value is read. A quote is the text inside “...”, 《...》, 「...」 or straight double
 quotes (not escaped, not inside a word). It is *grounded* when, after Unicode normalisation
 (NFKC), ``\\uXXXX`` escapes decoded, case folded and whitespace collapsed, it occurs in an
-earlier message's text or call arguments, as a whole or word by word. Quotes of at most ``short`` (4) ASCII letters and
-digits are not judged: protocol words ("none", "yes") and tickers are not quotations.
+earlier message's text or call arguments, as a whole or word by word. Quotes of at most
+``short`` (4) ASCII letters and digits are not judged: protocol words ("none", "yes") and
+tickers are not quotations.
 """
 
 from __future__ import annotations
