@@ -46,7 +46,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from schemas import Role, Trajectory, Turn, trajectory_id
-from transforms.base import RecordStep, Stat, StepConfig
+from transforms.base import RecordStep, Stat, StepConfig, check_regexes
 
 BUILTIN = "quality/closings.yaml"
 LISTS = ("thanks", "request", "acknowledgement")
@@ -117,11 +117,10 @@ def closing_rules(
     compiled = {}
     for name in LISTS:
         patterns = [*([] if replace else data[name]), *(extra or {}).get(name, [])]
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{name} pattern {pattern!r} does not compile: {exc}") from None
+        try:
+            check_regexes(patterns)
+        except ValueError as exc:
+            raise ValueError(f"a {name} pattern does not compile: {exc}") from None
         # No pattern matches nothing (an empty alternation would match everything).
         compiled[name] = re.compile("|".join(f"(?:{p})" for p in patterns) or r"(?!)", re.IGNORECASE)
     return ClosingRules(

@@ -91,11 +91,12 @@ def judged_answers(sample: Sample) -> list[int]:
     ]
 
 
-def misquoted_replies(sample: Sample, short: int = 4) -> dict[int, list[str]]:
-    """Message index -> the quotes no earlier message holds, for every judged reply with one."""
+def misquoted_replies(sample: Sample, short: int = 4, answers: list[int] | None = None) -> dict[int, list[str]]:
+    """Message index -> the quotes no earlier message holds, for every judged reply with one.
+    ``answers``: the sample's :func:`judged_answers`, when the caller has them already."""
     found: dict[int, list[str]] = {}
     messages = sample.messages
-    for index in judged_answers(sample):
+    for index in judged_answers(sample) if answers is None else answers:
         spans = quotes(reply_text(messages[index]), short)
         if not spans:
             continue

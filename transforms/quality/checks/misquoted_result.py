@@ -31,9 +31,10 @@ class MisquotedResult(SampleCheck):
     Options = MisquotedOptions
 
     def inspect(self, sample: Sample) -> Verdict | None:
-        if not judged_answers(sample):
+        answers = judged_answers(sample)
+        if not answers:
             return None
-        found = misquoted_replies(sample, self.options.short)  # type: ignore[attr-defined]
+        found = misquoted_replies(sample, self.options.short, answers)  # type: ignore[attr-defined]
         if not found:
             return Verdict(False)
         index, spans = next(iter(found.items()))
