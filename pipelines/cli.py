@@ -60,6 +60,9 @@ def _ledger_table(manifest: Manifest) -> Table:
 
 
 def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from pipelines.beam_import import import_beam
+
+    import_beam()  # before anything imports Beam: without pandas, until something needs it
     from pipelines.graph import load_plan
     from pipelines.report import input_integrity_lines
     from pipelines.run import run_plan

@@ -3,16 +3,19 @@
 A text's shingles are its lowercased word ``shingle``-grams (the whole text when it is shorter),
 hashed with xxHash32 (optionally over its first ``max_chars`` characters only).
 Its signature is a ``datasketch.MinHash`` with a fixed seed, so signatures are the same on every
-worker and run. The signature is cut into ``bands`` bands of ``rows`` values (chosen by
-datasketch's optimiser for a Jaccard ``threshold``); texts that share any band are candidates,
-and connected candidates form a cluster. Guarantee: clusters depend only on the texts (not on
-order or worker count); each cluster's members are sorted, clusters by their first member.
+worker and run. The signature is cut into ``bands`` bands of ``rows`` values (chosen as
+datasketch's ``MinHashLSH`` chooses them for a Jaccard ``threshold``: :func:`lsh_shape`); texts
+that share any band are candidates, and connected candidates form a cluster. Guarantee:
+clusters depend only on the texts (not on order or worker count); each cluster's members are
+sorted, clusters by their first member.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import sys
+import types
 from collections.abc import Iterable
 
 import numpy as np
@@ -24,10 +27,33 @@ SEED = 1
 
 @functools.cache
 def lsh_shape(threshold: float, num_perm: int) -> tuple[int, int]:
-    """``(bands, rows)`` that datasketch's MinHashLSH would choose for ``threshold``."""
-    from datasketch.lsh import _optimal_param
+    """``(bands, rows)`` that datasketch's ``MinHashLSH`` chooses for ``threshold`` (its
+    ``_optimal_param`` with equal weights): of all ``bands * rows <= num_perm``, the one with the
+    least false-positive plus false-negative probability mass.
 
-    return _optimal_param(threshold, num_perm, 0.5, 0.5)
+    The two probabilities are integrals of the polynomial ``1 - (1 - s**rows)**bands`` of degree
+    ``bands * rows <= num_perm``; Gauss-Legendre quadrature with ``num_perm // 2 + 1`` nodes is
+    exact for it, so this needs no ``scipy.integrate`` (datasketch integrates with ``quad``; the
+    choice is the same: ``tests/test_minhash.py`` compares both over a grid of thresholds and sizes).
+    """
+    nodes, weights = np.polynomial.legendre.leggauss(num_perm // 2 + 1)
+
+    def mass(low: float, high: float, bands: int, rows: int, collide: bool) -> float:
+        """Integral over ``[low, high]`` of the probability that two texts of Jaccard ``s``
+        share a band (``collide``) or share none."""
+        half = (high - low) / 2
+        shared = 1 - (1 - (half * nodes + (low + high) / 2) ** rows) ** bands
+        return float(half * np.dot(weights, shared if collide else 1 - shared))
+
+    best, shape = float("inf"), (0, 0)
+    for bands in range(1, num_perm + 1):
+        for rows in range(1, num_perm // bands + 1):
+            false_positive = mass(0.0, threshold, bands, rows, collide=True)
+            false_negative = mass(threshold, 1.0, bands, rows, collide=False)
+            error = 0.5 * false_positive + 0.5 * false_negative
+            if error < best:
+                best, shape = error, (bands, rows)
+    return shape
 
 
 def _hash32(data: bytes) -> int:
@@ -39,10 +65,40 @@ def _hash32(data: bytes) -> int:
 
 
 @functools.cache
-def _template(num_perm: int):
+def _minhash_class() -> type:
+    """``datasketch.MinHash``, imported without ``scipy.integrate``.
+
+    datasketch's package imports its LSH modules, which import ``scipy.integrate`` for ``quad``
+    (0.3-0.6 s here, most of a small run's audit) although MinHash never integrates. While
+    datasketch imports, ``scipy.integrate`` is a stand-in whose ``quad`` imports the real one on
+    its first call, so datasketch's LSH classes still work unchanged; the stand-in is removed
+    right after, and a later ``import scipy.integrate`` loads scipy's. When scipy.integrate or
+    datasketch is already imported there is nothing to save and the import is plain.
+    """
+    if "datasketch" not in sys.modules and "scipy.integrate" not in sys.modules:
+        stand_in = types.ModuleType("scipy.integrate", "imports scipy.integrate when first used")
+        stand_in.quad = _quad  # type: ignore[attr-defined]
+        sys.modules["scipy.integrate"] = stand_in
+        try:
+            import datasketch  # noqa: F401
+        finally:
+            if sys.modules.get("scipy.integrate") is stand_in:
+                del sys.modules["scipy.integrate"]
     from datasketch import MinHash
 
-    return MinHash(num_perm=num_perm, seed=SEED, hashfunc=_hash32)
+    return MinHash
+
+
+def _quad(*args, **kwargs):
+    """``scipy.integrate.quad``, imported on the first call."""
+    from scipy.integrate import quad
+
+    return quad(*args, **kwargs)
+
+
+@functools.cache
+def _template(num_perm: int):
+    return _minhash_class()(num_perm=num_perm, seed=SEED, hashfunc=_hash32)
 
 
 def shingles(text: str, size: int = 3) -> list[bytes]:
@@ -55,13 +111,11 @@ def shingles(text: str, size: int = 3) -> list[bytes]:
 def signature(text: str, num_perm: int = 64, shingle: int = 3, max_chars: int | None = None) -> np.ndarray | None:
     """MinHash values of ``text`` (uint32), or ``None`` for a text without words. With
     ``max_chars``, only the text's first ``max_chars`` characters are shingled."""
-    from datasketch import MinHash
-
     grams = shingles(text if max_chars is None else text[:max_chars], shingle)
     if not grams:
         return None
     template = _template(num_perm)
-    minhash = MinHash(
+    minhash = _minhash_class()(
         num_perm=num_perm, seed=SEED, hashfunc=_hash32, permutations=template.permutations, scheme=template.scheme
     )
     minhash.update_batch(grams)

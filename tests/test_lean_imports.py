@@ -1,0 +1,103 @@
+"""What a run leaves unimported (issue 16: small fixed cost), and that nothing it skips is lost.
+
+``agentmill run`` imports Beam without pandas (:mod:`pipelines.beam_import`) and datasketch
+without ``scipy.integrate`` (:mod:`transforms.quality.minhash`); each is checked in a fresh
+process, with what the skipped import would have provided checked too: Beam's pandas batch
+converters once pandas is imported, datasketch's LSH (its optimiser needs ``quad``), and the
+LSH shape datasketch would choose.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from datasketch.lsh import _optimal_param
+
+from tests.conftest import REPO
+from transforms.quality.minhash import lsh_shape
+
+
+def _run(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize("num_perm", [16, 32, 64, 128, 256])
+def test_lsh_shape_is_the_one_datasketch_chooses(num_perm):
+    thresholds = [t / 100 for t in range(30, 100, 5)] + [0.77, 0.83, 0.91]
+    assert [lsh_shape(t, num_perm) for t in thresholds] == [_optimal_param(t, num_perm, 0.5, 0.5) for t in thresholds]
+
+
+def test_minhash_imports_datasketch_without_scipy_integrate_and_its_lsh_still_works():
+    out = _run(
+        "import sys\n"
+        "from transforms.quality.minhash import lsh_shape, signature\n"
+        "values = signature('a prompt about the weather in Paris today', 64)\n"
+        "print('integrate', 'scipy.integrate' in sys.modules, 'datasketch' in sys.modules)\n"
+        "import datasketch, scipy.integrate\n"
+        "print('real', type(scipy.integrate.__spec__).__name__, hasattr(scipy.integrate, 'odeint'))\n"
+        "lsh = datasketch.MinHashLSH(threshold=0.8, num_perm=64)\n"  # its optimiser calls quad
+        "print('lsh', (lsh.b, lsh.r) == lsh_shape(0.8, 64))\n"
+        "m = datasketch.MinHash(num_perm=64, seed=1)\n"
+        "m.update(b'x')\n"
+        "lsh.insert('a', m)\n"
+        "print('query', lsh.query(m))\n"
+    )
+    assert "integrate False True" in out
+    assert "real ModuleSpec True" in out
+    assert "lsh True" in out and "query ['a']" in out
+
+
+def test_signatures_are_the_same_whether_scipy_integrate_was_imported_first():
+    code = (
+        "{prelude}from transforms.quality.minhash import signature\n"
+        "print(signature('the quick brown fox jumps over the lazy dog', 64).tolist())\n"
+    )
+    assert _run(code.format(prelude="")) == _run(code.format(prelude="import scipy.integrate\n"))
+
+
+def test_beam_imports_without_pandas_and_registers_its_pandas_converters_when_pandas_comes():
+    out = _run(
+        "import sys\n"
+        "from pipelines.beam_import import import_beam\n"
+        "import_beam()\n"
+        "import pipelines.run, pipelines.report\n"
+        "print('pandas', 'pandas' in sys.modules, 'apache_beam' in sys.modules)\n"
+        "import pandas as pd\n"
+        "from apache_beam.typehints.batch import BatchConverter\n"
+        "print('converter', type(BatchConverter.from_typehints(element_type=int, batch_type=pd.Series)).__name__)\n"
+        "print('loader', pd.__loader__ is pd.__spec__.loader and type(pd.__loader__).__name__)\n"
+        "print('hooks', [type(f).__name__ for f in sys.meta_path if type(f).__module__ == 'pipelines.beam_import'])\n"
+    )
+    assert "pandas False True" in out
+    assert "converter SeriesBatchConverter" in out  # as with a plain `import apache_beam`
+    assert "loader SourceFileLoader" in out and "hooks []" in out
+
+
+def test_import_beam_does_nothing_once_beam_or_pandas_is_imported():
+    out = _run(
+        "import sys, pandas\n"
+        "from pipelines.beam_import import import_beam\n"
+        "import_beam()\n"
+        "print('beam', 'apache_beam' in sys.modules)\n"
+        "import apache_beam\n"
+        "print('converters', 'apache_beam.typehints.pandas_type_compatibility' in sys.modules)\n"
+        "import_beam()\n"
+        "print('hooks', [type(f).__name__ for f in sys.meta_path if type(f).__module__ == 'pipelines.beam_import'])\n"
+    )
+    assert "beam False" in out and "converters True" in out and "hooks []" in out
+
+
+def test_the_command_runs_the_demo_without_pandas_or_scipy_integrate(tmp_path):
+    out = _run(
+        "import atexit, sys\n"
+        "from pipelines import cli\n"
+        "atexit.register(lambda: print('left', sorted(m for m in ('pandas', 'scipy.integrate', 'matplotlib',"
+        " 'datasets') if m in sys.modules)))\n"
+        f"sys.argv = ['agentmill', 'run', 'pipelines/demo.yaml', '-o', {str(tmp_path / 'out')!r}, '-q']\n"
+        "cli.command()\n"
+    )
+    assert "left []" in out
