@@ -110,6 +110,24 @@ def test_memoized_views_share_the_options():
     assert options.get_all_options()["direct_num_workers"] == 2
 
 
+class _YieldsAndReturns(beam.DoFn):
+    def process(self, element):
+        if element:
+            return [element]
+        yield element
+
+
+@pytest.mark.parametrize("fn", [_Fn().process, _YieldsAndReturns().process, _Fn.make, _plain, len, json.dumps])
+def test_memoized_yield_check_is_beams(fn):
+    from apache_beam.transforms import core
+
+    original = getattr(core._check_fn_use_yield_and_return, "__wrapped_original__", None)
+    original = original or core._check_fn_use_yield_and_return
+    check = beam_speed.memoized_yield_check(original)
+    assert check(fn) == check(fn) == original(fn)
+    assert check(_YieldsAndReturns().process) is True  # another bound method of the same function
+
+
 def _schemas() -> list[pa.Schema]:
     every = [pa.field(f"f{i}", t) for i, t in enumerate(_VALUES)]
     nested = pa.field("l", pa.list_(pa.struct([("a", pa.list_(pa.int64())), ("b", pa.float32())])))
