@@ -51,6 +51,17 @@ def test_minhash_imports_datasketch_without_scipy_integrate_and_its_lsh_still_wo
     assert "lsh True" in out and "query ['a']" in out
 
 
+def test_the_stand_in_gives_scipy_integrate_once_it_is_gone():
+    """What another thread that imported ``scipy.integrate`` while datasketch imported holds."""
+    out = _run(
+        "from transforms.quality import minhash\n"
+        "stand_in = minhash._stand_in()\n"
+        "import scipy.integrate\n"
+        "print('odeint', stand_in.odeint is scipy.integrate.odeint, stand_in.quad(lambda x: x, 0, 1)[0])\n"
+    )
+    assert "odeint True 0.5" in out
+
+
 def test_signatures_are_the_same_whether_scipy_integrate_was_imported_first():
     code = (
         "{prelude}from transforms.quality.minhash import signature\n"

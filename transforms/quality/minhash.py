@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import sys
+import threading
 import types
 from collections.abc import Iterable
 
@@ -34,7 +36,8 @@ def lsh_shape(threshold: float, num_perm: int) -> tuple[int, int]:
     The two probabilities are integrals of the polynomial ``1 - (1 - s**rows)**bands`` of degree
     ``bands * rows <= num_perm``; Gauss-Legendre quadrature with ``num_perm // 2 + 1`` nodes is
     exact for it, so this needs no ``scipy.integrate`` (datasketch integrates with ``quad``; the
-    choice is the same: ``tests/test_minhash.py`` compares both over a grid of thresholds and sizes).
+    choice is the same: ``tests/test_lean_imports.py`` compares both on a grid of thresholds
+    and sizes).
     """
     nodes, weights = np.polynomial.legendre.leggauss(num_perm // 2 + 1)
 
@@ -64,36 +67,58 @@ def _hash32(data: bytes) -> int:
     return xxhash.xxh32_intdigest(data)
 
 
+_IMPORT_LOCK = threading.RLock()
+
+
 @functools.cache
 def _minhash_class() -> type:
     """``datasketch.MinHash``, imported without ``scipy.integrate``.
 
     datasketch's package imports its LSH modules, which import ``scipy.integrate`` for ``quad``
     (0.3-0.6 s here, most of a small run's audit) although MinHash never integrates. While
-    datasketch imports, ``scipy.integrate`` is a stand-in whose ``quad`` imports the real one on
-    its first call, so datasketch's LSH classes still work unchanged; the stand-in is removed
-    right after, and a later ``import scipy.integrate`` loads scipy's. When scipy.integrate or
-    datasketch is already imported there is nothing to save and the import is plain.
+    datasketch imports (10-30 ms), ``scipy.integrate`` is a stand-in whose ``quad`` imports the
+    real one on its first call, so datasketch's LSH classes still work unchanged; the stand-in is
+    removed right after, and a later ``import scipy.integrate`` loads scipy's. Another thread that
+    imports ``scipy.integrate`` in those milliseconds gets the stand-in, whose every attribute
+    waits for the window to close and then comes from scipy's module. When
+    scipy.integrate or datasketch is already imported there is nothing to save: a plain import.
     """
-    if "datasketch" not in sys.modules and "scipy.integrate" not in sys.modules:
-        stand_in = types.ModuleType("scipy.integrate", "imports scipy.integrate when first used")
-        stand_in.quad = _quad  # type: ignore[attr-defined]
-        sys.modules["scipy.integrate"] = stand_in
-        try:
-            import datasketch  # noqa: F401
-        finally:
-            if sys.modules.get("scipy.integrate") is stand_in:
-                del sys.modules["scipy.integrate"]
+    with _IMPORT_LOCK:
+        if "datasketch" not in sys.modules and "scipy.integrate" not in sys.modules:
+            stand_in = _stand_in()
+            sys.modules["scipy.integrate"] = stand_in
+            try:
+                import datasketch  # noqa: F401
+            finally:
+                if sys.modules.get("scipy.integrate") is stand_in:
+                    del sys.modules["scipy.integrate"]
     from datasketch import MinHash
 
     return MinHash
 
 
+def _stand_in() -> types.ModuleType:
+    """A ``scipy.integrate`` that imports scipy's when used."""
+    stand_in = types.ModuleType("scipy.integrate", "imports scipy.integrate when first used")
+    stand_in.quad = _quad  # type: ignore[attr-defined]
+    stand_in.__getattr__ = _from_scipy_integrate  # type: ignore[attr-defined]
+    return stand_in
+
+
 def _quad(*args, **kwargs):
     """``scipy.integrate.quad``, imported on the first call."""
-    from scipy.integrate import quad
+    return _from_scipy_integrate("quad")(*args, **kwargs)
 
-    return quad(*args, **kwargs)
+
+def _from_scipy_integrate(name: str):
+    """An attribute of scipy's ``scipy.integrate``, once the stand-in is gone."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    with _IMPORT_LOCK:  # held while the stand-in is in sys.modules
+        module = importlib.import_module("scipy.integrate")
+    if getattr(module, "__getattr__", None) is _from_scipy_integrate:  # still the stand-in
+        raise AttributeError(f"scipy.integrate.{name} while datasketch imports")
+    return getattr(module, name)
 
 
 @functools.cache
