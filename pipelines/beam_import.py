@@ -14,6 +14,7 @@ imported, it does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.abc
 import importlib.util
@@ -51,7 +52,8 @@ class AfterImport(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path=None, target=None) -> ModuleSpec | None:
         if fullname != self.name:
             return None
-        sys.meta_path.remove(self)
+        with contextlib.suppress(ValueError):  # one use only (another import may have removed it)
+            sys.meta_path.remove(self)
         spec = importlib.util.find_spec(fullname)
         if spec is not None and spec.loader is not None:
             spec.loader = _LoadThen(spec.loader, self.then)
