@@ -88,6 +88,27 @@ def test_beam_imports_without_pandas_and_registers_its_pandas_converters_when_pa
     assert "loader SourceFileLoader" in out and "hooks []" in out
 
 
+def test_textio_pandas_transforms_are_beams_before_and_after_pandas_comes():
+    """Beam defines textio's CSV and JSON transforms only when pandas imports; without pandas
+    they are stubs asking to install it. Here they import pandas when called, and are Beam's own
+    once pandas is imported: the same transforms and documentation as with a plain import."""
+    probe = (
+        "import sys\n"
+        "{prelude}"
+        "import apache_beam as beam\n"
+        "from apache_beam.io import textio\n"
+        "print('call', type(beam.io.ReadFromCsv('x.csv')).__name__, beam.io.WriteToJson('out').label)\n"
+        "print('pandas', 'pandas' in sys.modules)\n"
+        "for name in ('ReadFromCsv', 'WriteToCsv', 'ReadFromJson', 'WriteToJson'):\n"
+        "    fn = getattr(textio, name)\n"
+        "    print(name, fn is getattr(beam.io, name), len(fn.__doc__ or ''), fn.__code__.co_firstlineno)\n"
+    )
+    lean = _run(probe.format(prelude="from pipelines.beam_import import import_beam\nimport_beam()\n"))
+    plain = _run(probe.format(prelude=""))
+    assert lean == plain
+    assert "call _NamedPTransform WriteToJson" in lean and "pandas True" in lean and "ReadFromCsv True" in lean
+
+
 def test_import_beam_does_nothing_once_beam_or_pandas_is_imported():
     out = _run(
         "import sys, pandas\n"
