@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -67,6 +68,16 @@ def run_recipe(spec: Path, tmp_path_factory: Any, name: str, needs: str) -> tupl
     external_path(needs)
     out = tmp_path_factory.mktemp(name) / "out"
     return out, run(spec, out)
+
+
+def python_output(code: str, timeout: int = 600) -> str:
+    """stdout of ``python -c code`` run in a fresh process from the repository root; the test
+    fails with the end of stderr when the process does not exit 0."""
+    from tests.conftest import REPO
+
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
 
 
 def shard_hashes(directory: Path) -> dict[str, str]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,8 +22,7 @@ from apache_beam.typehints import decorators
 
 from pipelines import beam_speed
 from schemas.hf_features import _VALUES, dataset_info_dict, features_dict
-from tests.conftest import REPO
-from tests.helpers import shard_hashes
+from tests.helpers import python_output, shard_hashes
 from transforms.write import SAMPLE_CODEC, shard_schema
 
 
@@ -154,9 +151,7 @@ def test_shard_schema_metadata_loads_in_datasets():
 
 def _modules_after(code: str) -> set[str]:
     probe = f"{code}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
-    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    return set(result.stdout.split()[-1000:])
+    return set(python_output(probe).split()[-1000:])
 
 
 def test_validate_imports_neither_matplotlib_nor_datasets():
@@ -199,9 +194,7 @@ def test_shards_are_the_same_without_the_memoizations(tmp_path):
             f"{prelude}import sys\nfrom pipelines.cli import main\nrc = {command}\n"
             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\nraise SystemExit(rc)"
         )
-        result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=900)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert not set(result.stdout.split()) & {"matplotlib", "datasets"}  # a run imports neither
+        assert not set(python_output(code, timeout=900).split()) & {"matplotlib", "datasets"}  # a run imports neither
         outputs[name] = out
     assert shard_hashes(outputs["memoized"]) == shard_hashes(outputs["plain"])
     for name in ("dataset_info.json", "state.json"):
@@ -224,16 +217,20 @@ def test_builtin_tool_cards_are_parsed_once_per_process(monkeypatch):
 
 def test_the_command_freezes_its_imports_out_of_the_collectors_reach_and_main_does_not(tmp_path):
     """``run`` imports Beam after the command started (``validate`` does without it): what it
-    imports is frozen too (about 160,000 objects with Beam; the CLI alone, about 40,000)."""
-    code = (
+    imports is frozen too (about 160,000 objects with Beam; the CLI alone, about 40,000). The
+    command's run of the demo leaves pandas and ``scipy.integrate`` unimported
+    (``pipelines/beam_import.py``, ``transforms/quality/minhash.py``), and matplotlib and
+    ``datasets``."""
+    out = python_output(
         "import atexit, gc, sys\n"
         "from pipelines import cli\n"
         "assert cli.main(['validate', 'pipelines/demo.yaml', '--no-inputs']) == 0\n"
         "print('after main', gc.get_freeze_count())\n"
         "atexit.register(lambda: print('after command', gc.get_freeze_count() > 100_000))\n"
+        "atexit.register(lambda: print('left', sorted(m for m in ('pandas', 'scipy.integrate', 'matplotlib',"
+        " 'datasets') if m in sys.modules)))\n"
         f"sys.argv = ['agentmill', 'run', 'pipelines/demo.yaml', '-o', {str(tmp_path / 'out')!r}, '-q']\n"
         "cli.command()\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "after main 0" in result.stdout and "after command True" in result.stdout
+    assert "after main 0" in out and "after command True" in out
+    assert "left []" in out

@@ -9,20 +9,11 @@ LSH shape datasketch would choose.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from datasketch.lsh import _optimal_param
 
-from tests.conftest import REPO
+from tests.helpers import python_output
 from transforms.quality.minhash import lsh_shape
-
-
-def _run(code: str) -> str:
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
 
 
 @pytest.mark.parametrize("num_perm", [16, 32, 64, 128, 256])
@@ -32,7 +23,7 @@ def test_lsh_shape_is_the_one_datasketch_chooses(num_perm):
 
 
 def test_minhash_imports_datasketch_without_scipy_integrate_and_its_lsh_still_works():
-    out = _run(
+    out = python_output(
         "import sys\n"
         "from transforms.quality.minhash import lsh_shape, signature\n"
         "values = signature('a prompt about the weather in Paris today', 64)\n"
@@ -53,7 +44,7 @@ def test_minhash_imports_datasketch_without_scipy_integrate_and_its_lsh_still_wo
 
 def test_the_stand_in_gives_scipy_integrate_once_it_is_gone():
     """What another thread that imported ``scipy.integrate`` while datasketch imported holds."""
-    out = _run(
+    out = python_output(
         "from transforms.quality import minhash\n"
         "stand_in = minhash._stand_in()\n"
         "import scipy.integrate\n"
@@ -67,11 +58,11 @@ def test_signatures_are_the_same_whether_scipy_integrate_was_imported_first():
         "{prelude}from transforms.quality.minhash import signature\n"
         "print(signature('the quick brown fox jumps over the lazy dog', 64).tolist())\n"
     )
-    assert _run(code.format(prelude="")) == _run(code.format(prelude="import scipy.integrate\n"))
+    assert python_output(code.format(prelude="")) == python_output(code.format(prelude="import scipy.integrate\n"))
 
 
 def test_beam_imports_without_pandas_and_registers_its_pandas_converters_when_pandas_comes():
-    out = _run(
+    out = python_output(
         "import sys\n"
         "from pipelines.beam_import import import_beam\n"
         "import_beam()\n"
@@ -103,14 +94,14 @@ def test_textio_pandas_transforms_are_beams_before_and_after_pandas_comes():
         "    fn = getattr(textio, name)\n"
         "    print(name, fn is getattr(beam.io, name), len(fn.__doc__ or ''), fn.__code__.co_firstlineno)\n"
     )
-    lean = _run(probe.format(prelude="from pipelines.beam_import import import_beam\nimport_beam()\n"))
-    plain = _run(probe.format(prelude=""))
+    lean = python_output(probe.format(prelude="from pipelines.beam_import import import_beam\nimport_beam()\n"))
+    plain = python_output(probe.format(prelude=""))
     assert lean == plain
     assert "call _NamedPTransform WriteToJson" in lean and "pandas True" in lean and "ReadFromCsv True" in lean
 
 
 def test_import_beam_does_nothing_once_beam_or_pandas_is_imported():
-    out = _run(
+    out = python_output(
         "import sys, pandas\n"
         "from pipelines.beam_import import import_beam\n"
         "import_beam()\n"
@@ -121,15 +112,3 @@ def test_import_beam_does_nothing_once_beam_or_pandas_is_imported():
         "print('hooks', [type(f).__name__ for f in sys.meta_path if type(f).__module__ == 'pipelines.beam_import'])\n"
     )
     assert "beam False" in out and "converters True" in out and "hooks []" in out
-
-
-def test_the_command_runs_the_demo_without_pandas_or_scipy_integrate(tmp_path):
-    out = _run(
-        "import atexit, sys\n"
-        "from pipelines import cli\n"
-        "atexit.register(lambda: print('left', sorted(m for m in ('pandas', 'scipy.integrate', 'matplotlib',"
-        " 'datasets') if m in sys.modules)))\n"
-        f"sys.argv = ['agentmill', 'run', 'pipelines/demo.yaml', '-o', {str(tmp_path / 'out')!r}, '-q']\n"
-        "cli.command()\n"
-    )
-    assert "left []" in out
