@@ -33,14 +33,26 @@ And one wait at the end of every bundle:
   :data:`SAMPLING_PERIOD_MS`). Only the ceiling changes (Beam's default argument); the sampler
   wakes at most 50 times a second, each wake a few microseconds.
 
+And, for a run whose workers are in this process (:func:`uncompressed_payloads`), no bz2:
+
+* Beam pickles every DoFn, CombineFn and coder it puts in the pipeline's proto and compresses
+  each pickle with bz2 at level 9 (to keep protos small for remote runners); the in-process
+  worker then decompresses each one, re-pickles each ParDo's with its windowing (compressing
+  again) and decompresses that once more. For the demo, 446 compressions and 886
+  decompressions: 0.25-0.3 s of a 3 s run, for bytes that never leave the process.
+
 Nothing here changes what a pipeline computes: the shard equality tests run with it.
 """
 
 from __future__ import annotations
 
+import bz2
+import contextlib
 import inspect
+import threading
 import types
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 _applied = False
@@ -163,9 +175,71 @@ def shorter_sampling_period() -> None:
         init.__defaults__ = (SAMPLING_PERIOD_MS,)
 
 
+#: Runs in this process that keep Beam's pickles uncompressed (see :func:`uncompressed_payloads`).
+_uncompressed_runs = 0
+_uncompressed_lock = threading.Lock()
+#: What a pickle of protocol 2 or later starts with (Beam's pickler writes protocol 5); a bz2
+#: stream starts with ``BZh``.
+_PICKLE_START = b"\x80"
+
+
+class PayloadCompression:
+    """What Beam's cloudpickle pickler finds as ``bz2`` once :func:`apply` ran.
+
+    ``compress`` is bz2's, except while :func:`uncompressed_payloads` is active, when it returns
+    the pickle as it is. ``decompress`` takes both: a bz2 stream (any run's, or another Beam
+    process's) is decompressed by bz2, an uncompressed pickle is returned as it is. Beam's own
+    ``loads`` therefore reads every payload this process can meet."""
+
+    @staticmethod
+    def compress(data: bytes, compresslevel: int = 9) -> bytes:
+        if _uncompressed_runs:
+            return data
+        return bz2.compress(data, compresslevel)
+
+    @staticmethod
+    def decompress(data: bytes) -> bytes:
+        if data[:1] == _PICKLE_START:
+            return data
+        return bz2.decompress(data)
+
+
+def use_payload_compression() -> None:
+    """Make :class:`PayloadCompression` the ``bz2`` of Beam's cloudpickle pickler (idempotent)."""
+    from apache_beam.internal import cloudpickle_pickler
+
+    if cloudpickle_pickler.bz2 is bz2:
+        cloudpickle_pickler.bz2 = PayloadCompression
+
+
+@contextlib.contextmanager
+def uncompressed_payloads(in_process: bool) -> Iterator[None]:
+    """While inside, with ``in_process`` true, Beam's pickles (DoFns, CombineFns, coders in the
+    pipeline's proto and the worker's re-pickled DoFns) stay uncompressed.
+
+    Only for a run whose workers are in this process (the FnApiRunner in memory or on threads):
+    a worker started as a new process (multi-processing, portable, remote runners) decompresses
+    with Beam's own ``bz2.decompress``, so for those runs ``in_process`` must be false, and a
+    proto built inside must not be handed to another process. Runs on other threads of this
+    process while one is inside also write uncompressed pickles; every reader in this process
+    reads both."""
+    if not in_process:
+        yield
+        return
+    global _uncompressed_runs
+    use_payload_compression()
+    with _uncompressed_lock:
+        _uncompressed_runs += 1
+    try:
+        yield
+    finally:
+        with _uncompressed_lock:
+            _uncompressed_runs -= 1
+
+
 def apply() -> None:
-    """Install the memoizations and the shorter sampling period (idempotent). Call before a
-    pipeline is built."""
+    """Install the memoizations, the shorter sampling period and :class:`PayloadCompression`
+    (idempotent). Call before a pipeline is built."""
     global _applied
     if _applied:
         return
@@ -181,4 +255,5 @@ def apply() -> None:
     userstate.get_dofn_specs = memoized_dofn_specs(userstate.get_dofn_specs)
     core._check_fn_use_yield_and_return = memoized_yield_check(core._check_fn_use_yield_and_return)
     shorter_sampling_period()
+    use_payload_compression()
     _applied = True

@@ -227,6 +227,16 @@ def _forks(runner: Any, options: Any) -> bool:
     return isinstance(runner, ForkedWorkersRunner) and multi_processing and enabled() and not _grpc_started
 
 
+def workers_in_process(runner: Any, options: Any) -> bool:
+    """Whether a run of ``runner`` has its workers in this very process: the FnApiRunner in
+    memory or on threads (not multi-processing, forked or not)."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    if not isinstance(runner, FnApiRunner):
+        return False
+    return options.view_as(DirectOptions).direct_running_mode != "multi_processing"
+
+
 def workers_here(runner: Any, options: Any) -> bool:
     """Whether a run of ``runner`` has its workers in this process (the FnApiRunner in memory
     or on threads) or forked from it by :func:`forked_workers`: what this process loads before

@@ -32,7 +32,7 @@ from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import beam_workarounds, forked_workers, storage
+from pipelines import beam_speed, beam_workarounds, forked_workers, storage
 from pipelines.build import (
     AUDIT_FILE,
     LEDGER_FILE,
@@ -441,7 +441,11 @@ def _run_and_publish(
         prefetch(plan)
     build(pipeline, plan, work, spill_root)
     try:
-        with forked_workers.forked_workers(runner, options), _interrupts_noted() as interrupted:
+        with (
+            forked_workers.forked_workers(runner, options),
+            beam_speed.uncompressed_payloads(forked_workers.workers_in_process(runner, options)),
+            _interrupts_noted() as interrupted,
+        ):
             try:
                 result = pipeline.run()
                 state = result.wait_until_finish()

@@ -183,24 +183,87 @@ def test_bundles_sample_with_a_20_ms_ceiling_so_their_ends_do_not_wait_out_200_m
     assert statesampler.StateSampler("test", CounterFactory()).sampling_period_ms == 20
 
 
+#: Counts bz2 compressions in a fresh process (Beam's pickler calls ``bz2.compress``).
+_COUNT_BZ2 = (
+    "import bz2\ncompressed = []\n_c = bz2.compress\n"
+    "bz2.compress = lambda *a, **k: compressed.append(1) or _c(*a, **k)\n"
+)
+_PLAIN_BEAM = (
+    "import contextlib, pipelines.beam_speed as b\nb.apply = lambda: None\n"
+    "b.uncompressed_payloads = lambda in_process: contextlib.nullcontext()\n"
+)
+
+
 def test_shards_are_the_same_without_the_memoizations(tmp_path):
-    """The demo's shards with Beam's introspection memoized and without; neither run imports
-    matplotlib or datasets."""
-    outputs = {}
-    for name, prelude in (("memoized", ""), ("plain", "import pipelines.beam_speed as b; b.apply = lambda: None\n")):
+    """The demo's shards with Beam's introspection memoized and its pickles uncompressed, and
+    without (Beam's bz2 for all 446 of them); neither run imports matplotlib or datasets."""
+    outputs, compressions = {}, {}
+    for name, prelude in (("memoized", _COUNT_BZ2), ("plain", _COUNT_BZ2 + _PLAIN_BEAM)):
         out = tmp_path / name
         command = f"main(['run', 'pipelines/demo.yaml', '-o', {str(out)!r}, '-q'])"
         code = (
             f"{prelude}import sys\nfrom pipelines.cli import main\nrc = {command}\n"
-            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\nraise SystemExit(rc)"
+            "print(len(compressed), ' '.join(sorted({m.split('.')[0] for m in sys.modules})))\nraise SystemExit(rc)"
         )
-        assert not set(python_output(code, timeout=900).split()) & {"matplotlib", "datasets"}  # a run imports neither
-        outputs[name] = out
+        count, *modules = python_output(code, timeout=900).split("\n")[-2].split()
+        assert not set(modules) & {"matplotlib", "datasets"}  # a run imports neither
+        outputs[name], compressions[name] = out, int(count)
+    assert compressions == {"memoized": 0, "plain": compressions["plain"]} and compressions["plain"] > 100
     assert shard_hashes(outputs["memoized"]) == shard_hashes(outputs["plain"])
     for name in ("dataset_info.json", "state.json"):
         assert (outputs["memoized"] / name).read_bytes() == (outputs["plain"] / name).read_bytes()
     loaded = datasets.load_from_disk(str(outputs["memoized"]))
     assert loaded.num_rows > 0 and Path(outputs["memoized"] / "report.html").read_text().count("<svg") >= 7
+
+
+def test_in_process_runs_keep_beams_pickles_uncompressed_and_every_reader_reads_both():
+    """Inside ``uncompressed_payloads(True)`` Beam's pickler writes plain pickles; outside, and
+    with ``False``, bz2 as Beam does. Its ``loads`` reads both, inside and outside."""
+    import base64
+
+    from apache_beam.internal import pickler
+
+    beam_speed.apply()
+
+    def start(payload: bytes) -> bytes:
+        return base64.b64decode(payload)[:3]
+
+    compressed = pickler.dumps(_Fn())
+    assert start(compressed) == b"BZh"
+    with beam_speed.uncompressed_payloads(False):
+        assert start(pickler.dumps(_Fn())) == b"BZh"
+    with beam_speed.uncompressed_payloads(True):
+        plain = pickler.dumps(_Fn())
+        with beam_speed.uncompressed_payloads(True):  # nested runs
+            assert start(pickler.dumps(_Fn()))[:1] == b"\x80"
+        assert start(plain)[:1] == b"\x80" and start(pickler.dumps(_Fn()))[:1] == b"\x80"
+        assert type(pickler.loads(compressed)) is _Fn
+    assert type(pickler.loads(plain)) is _Fn and type(pickler.loads(compressed)) is _Fn
+    assert start(pickler.dumps(_Fn())) == b"BZh"
+
+
+@pytest.mark.parametrize(
+    ("runner", "args", "expected"),
+    [
+        ("fn_api", [], True),
+        ("fn_api", ["--direct_running_mode=multi_threading"], True),
+        ("fn_api", ["--direct_running_mode=multi_processing"], False),
+        ("forked", ["--direct_running_mode=multi_processing"], False),
+        ("forked", [], True),
+        ("PortableRunner", [], False),
+        ("DataflowRunner", [], False),
+    ],
+)
+def test_only_runs_with_their_workers_in_this_process_skip_compression(runner, args, expected):
+    """A worker in a new process (multi-processing, forked or cold; portable; remote) reads
+    Beam's payloads with Beam's own bz2, so only in-process runs skip it."""
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from pipelines import forked_workers
+
+    made = {"fn_api": FnApiRunner, "forked": forked_workers.ForkedWorkersRunner}
+    instance = made[runner]() if runner in made else runner
+    assert forked_workers.workers_in_process(instance, PipelineOptions(args)) is expected
 
 
 def test_builtin_tool_cards_are_parsed_once_per_process(monkeypatch):
