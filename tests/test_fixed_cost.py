@@ -281,9 +281,9 @@ def test_builtin_tool_cards_are_parsed_once_per_process(monkeypatch):
 def test_the_command_freezes_its_imports_out_of_the_collectors_reach_and_main_does_not(tmp_path):
     """``run`` imports Beam after the command started (``validate`` does without it): what it
     imports is frozen too (about 160,000 objects with Beam; the CLI alone, about 40,000). The
-    command's run of the demo leaves pandas and ``scipy.integrate`` unimported
-    (``pipelines/beam_import.py``, ``transforms/quality/minhash.py``), and matplotlib and
-    ``datasets``."""
+    command's run of the demo leaves pandas, pymongo, beartype, requests, httplib2 and
+    ``scipy.integrate`` unimported (``pipelines/beam_import.py``,
+    ``transforms/quality/minhash.py``), and matplotlib and ``datasets``."""
     out = python_output(
         "import atexit, gc, sys\n"
         "from pipelines import cli\n"
@@ -291,7 +291,7 @@ def test_the_command_freezes_its_imports_out_of_the_collectors_reach_and_main_do
         "print('after main', gc.get_freeze_count())\n"
         "atexit.register(lambda: print('after command', gc.get_freeze_count() > 100_000))\n"
         "atexit.register(lambda: print('left', sorted(m for m in ('pandas', 'scipy.integrate', 'matplotlib',"
-        " 'datasets') if m in sys.modules)))\n"
+        " 'datasets', 'pymongo', 'bson', 'beartype', 'requests', 'httplib2') if m in sys.modules)))\n"
         f"sys.argv = ['agentmill', 'run', 'pipelines/demo.yaml', '-o', {str(tmp_path / 'out')!r}, '-q']\n"
         "cli.command()\n"
     )

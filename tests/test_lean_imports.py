@@ -72,11 +72,11 @@ def test_beam_imports_without_pandas_and_registers_its_pandas_converters_when_pa
         "from apache_beam.typehints.batch import BatchConverter\n"
         "print('converter', type(BatchConverter.from_typehints(element_type=int, batch_type=pd.Series)).__name__)\n"
         "print('loader', pd.__loader__ is pd.__spec__.loader and type(pd.__loader__).__name__)\n"
-        "print('hooks', [type(f).__name__ for f in sys.meta_path if type(f).__module__ == 'pipelines.beam_import'])\n"
+        "print('hooks', [f.name for f in sys.meta_path if type(f).__module__ == 'pipelines.beam_import'])\n"
     )
     assert "pandas False True" in out
     assert "converter SeriesBatchConverter" in out  # as with a plain `import apache_beam`
-    assert "loader SourceFileLoader" in out and "hooks []" in out
+    assert "loader SourceFileLoader" in out and "hooks ['pymongo']" in out  # pandas' hook is gone
 
 
 def test_textio_pandas_transforms_are_beams_before_and_after_pandas_comes():
@@ -100,15 +100,76 @@ def test_textio_pandas_transforms_are_beams_before_and_after_pandas_comes():
     assert "call _NamedPTransform WriteToJson" in lean and "pandas True" in lean and "ReadFromCsv True" in lean
 
 
-def test_import_beam_does_nothing_once_beam_or_pandas_is_imported():
+def test_import_beam_defers_only_what_is_not_imported_yet_and_nothing_once_beam_is():
     out = python_output(
-        "import sys, pandas\n"
+        "import sys, pandas, pymongo, beartype.door, requests\n"
         "from pipelines.beam_import import import_beam\n"
         "import_beam()\n"
-        "print('beam', 'apache_beam' in sys.modules)\n"
-        "import apache_beam\n"
+        "from apache_beam.io import mongodbio\n"
+        "from apache_beam.io.gcp import gce_metadata_util\n"
+        "from apache_beam.typehints import typehints\n"
         "print('converters', 'apache_beam.typehints.pandas_type_compatibility' in sys.modules)\n"
+        "print('plain', mongodbio.MongoClient is pymongo.MongoClient, typehints.is_subhint is beartype.door.is_subhint,"
+        " gce_metadata_util.requests is requests)\n"
+        "print('httplib2', 'httplib2' in sys.modules)\n"
         "import_beam()\n"
         "print('hooks', [type(f).__name__ for f in sys.meta_path if type(f).__module__ == 'pipelines.beam_import'])\n"
     )
-    assert "beam False" in out and "converters True" in out and "hooks []" in out
+    assert "converters True" in out and "plain True True True" in out and "hooks []" in out
+    assert "httplib2 False" in out  # not imported before: deferred still
+
+
+#: A fresh process's check of what Beam's import left out, then of each thing it serves.
+_DEFERRED_PROBE = """\
+import sys
+{prelude}
+import pipelines.run
+names = ('pandas', 'pymongo', 'bson', 'beartype', 'requests', 'httplib2', 'pyparsing', 'urllib3')
+print('imported', [name for name in names if name in sys.modules])
+from apache_beam.typehints.typehints import is_consistent_with
+print('hints', is_consistent_with(int, 5), is_consistent_with(bool, int), is_consistent_with(int, bool))
+from apache_beam.io import ReadFromMongoDB, WriteToMongoDB, mongodbio
+read = ReadFromMongoDB(uri='mongodb://localhost:1', db='d', coll='c', extra_client_params={{'connect': False}})
+write = WriteToMongoDB(uri='mongodb://localhost:1', db='d', coll='c')
+print('mongo', type(read._mongo_source.spec['driver']).__name__, hasattr(ReadFromMongoDB.__init__, '__beam_init__'))
+print('mongodbio', sorted((k, type(v).__name__) for k, v in vars(mongodbio).items() if not k.startswith('__')))
+from apache_beam.io.gcp import gce_metadata_util
+import requests
+print('requests', gce_metadata_util.requests.get is requests.get,
+      gce_metadata_util.requests.exceptions.RequestException is requests.exceptions.RequestException)
+from apache_beam.internal import http_client
+import httplib2
+print('httplib2', isinstance(http_client.get_new_http(), httplib2.Http))
+"""
+
+
+def test_beam_imports_without_pymongo_beartype_requests_or_httplib2_and_each_serves_as_before():
+    """What ``import_beam`` leaves out until used, and the same answers from what it serves as
+    after a plain ``import apache_beam``: beartype's subhint check (its first call raising
+    beartype's exception, which Beam catches), the MongoDB transforms and every name
+    ``mongodbio`` imports, GCE metadata's ``requests`` and Beam's HTTP client."""
+    lean = python_output(_DEFERRED_PROBE.format(prelude="from pipelines.beam_import import import_beam\nimport_beam()"))
+    plain = python_output(_DEFERRED_PROBE.format(prelude="import apache_beam"))
+    assert "imported []" in lean and "imported []" not in plain
+    assert "hints False True False" in lean and "mongo DriverInfo False" in lean and "httplib2 True" in lean
+    assert "requests True True" in lean
+    assert [line for line in lean.splitlines() if not line.startswith("imported")] == [
+        line for line in plain.splitlines() if not line.startswith("imported")
+    ]
+
+
+def test_a_stand_in_read_during_its_window_ends_it_and_gives_the_real_module():
+    out = python_output(
+        "import sys, threading\n"
+        "from transforms.deferred_imports import StandIn\n"
+        "lock = threading.RLock()\n"
+        "stand_in = sys.modules['statistics'] = StandIn('statistics', lock, functions=['mean'])\n"
+        "from statistics import mean\n"  # binds the stand-in's own function, nothing imported
+        "print('held', sys.modules['statistics'] is stand_in, mean is stand_in.mean)\n"
+        "print('mean', mean([1, 2, 6]))\n"  # the window is still open: the call ends it
+        "real = sys.modules['statistics']\n"
+        "print('real', real is not stand_in, stand_in.median is real.median, stand_in.median([1, 5, 9]))\n"
+        "print('dunder', hasattr(stand_in, '__path__'), stand_in.__name__)\n"
+    )
+    assert "held True True" in out and "mean 3" in out
+    assert "real True True 5" in out and "dunder False statistics" in out

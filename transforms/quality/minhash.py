@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import sys
 import threading
-import types
 from collections.abc import Iterable
 
 import numpy as np
 
+from transforms.deferred_imports import StandIn, import_with_stand_ins
 from transforms.quality.ngrams import word_tokens
 
 SEED = 1
@@ -76,49 +75,24 @@ def _minhash_class() -> type:
 
     datasketch's package imports its LSH modules, which import ``scipy.integrate`` for ``quad``
     (0.3-0.6 s here, most of a small run's audit) although MinHash never integrates. While
-    datasketch imports (10-30 ms), ``scipy.integrate`` is a stand-in whose ``quad`` imports the
-    real one on its first call, so datasketch's LSH classes still work unchanged; the stand-in is
-    removed right after, and a later ``import scipy.integrate`` loads scipy's. Another thread that
-    imports ``scipy.integrate`` in those milliseconds gets the stand-in, whose every attribute
-    waits for the window to close and then comes from scipy's module. When
-    scipy.integrate or datasketch is already imported there is nothing to save: a plain import.
+    datasketch imports (10-30 ms), ``scipy.integrate`` is a stand-in
+    (:class:`transforms.deferred_imports.StandIn`) whose ``quad`` imports the real one on its
+    first call, so datasketch's LSH classes still work unchanged; the stand-in is removed right
+    after, and a later ``import scipy.integrate`` loads scipy's. Another thread that imports
+    ``scipy.integrate`` in those milliseconds gets the stand-in, whose every attribute waits for
+    the window to close and then comes from scipy's module. When datasketch is already imported
+    there is nothing to save; when scipy.integrate is, a plain import.
     """
-    with _IMPORT_LOCK:
-        if "datasketch" not in sys.modules and "scipy.integrate" not in sys.modules:
-            stand_in = _stand_in()
-            sys.modules["scipy.integrate"] = stand_in
-            try:
-                import datasketch  # noqa: F401
-            finally:
-                if sys.modules.get("scipy.integrate") is stand_in:
-                    del sys.modules["scipy.integrate"]
+    if "datasketch" not in sys.modules:
+        import_with_stand_ins("datasketch", [_stand_in()], _IMPORT_LOCK)
     from datasketch import MinHash
 
     return MinHash
 
 
-def _stand_in() -> types.ModuleType:
+def _stand_in() -> StandIn:
     """A ``scipy.integrate`` that imports scipy's when used."""
-    stand_in = types.ModuleType("scipy.integrate", "imports scipy.integrate when first used")
-    stand_in.quad = _quad  # type: ignore[attr-defined]
-    stand_in.__getattr__ = _from_scipy_integrate  # type: ignore[attr-defined]
-    return stand_in
-
-
-def _quad(*args, **kwargs):
-    """``scipy.integrate.quad``, imported on the first call."""
-    return _from_scipy_integrate("quad")(*args, **kwargs)
-
-
-def _from_scipy_integrate(name: str):
-    """An attribute of scipy's ``scipy.integrate``, once the stand-in is gone."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    with _IMPORT_LOCK:  # held while the stand-in is in sys.modules
-        module = importlib.import_module("scipy.integrate")
-    if getattr(module, "__getattr__", None) is _from_scipy_integrate:  # still the stand-in
-        raise AttributeError(f"scipy.integrate.{name} while datasketch imports")
-    return getattr(module, name)
+    return StandIn("scipy.integrate", _IMPORT_LOCK, functions=["quad"])
 
 
 @functools.cache
