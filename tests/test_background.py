@@ -62,6 +62,33 @@ def test_the_language_model_is_py3langids_own():
     assert [ours.classify(t) for t in texts] == [theirs.classify(t) for t in texts]
 
 
+def test_npz_arrays_are_numpys_own_read_in_place():
+    import io
+
+    arrays = {
+        "ptc": np.arange(12, dtype=np.float16).reshape(3, 4),
+        "fortran": np.asfortranarray(np.arange(6, dtype=np.int32).reshape(2, 3)),
+        "classes": np.array(["en", "fra", "zh"]),
+        "empty": np.zeros((0, 2), dtype=np.uint32),
+        "scalar": np.array(7, dtype=np.uint64),
+    }
+    stored, compressed, objects = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    np.savez(stored, **arrays)
+    np.savez_compressed(compressed, **arrays)
+    np.savez(objects, tokens=np.array([{"a": 1}], dtype=object))
+    read = language._npz_arrays(stored.getvalue())
+    with np.load(io.BytesIO(stored.getvalue())) as loaded:
+        assert sorted(read) == sorted(loaded.files)
+        for name in loaded.files:
+            assert read[name].dtype == loaded[name].dtype and np.array_equal(read[name], loaded[name])
+            assert read[name].shape == loaded[name].shape and not read[name].flags.writeable
+    assert read["fortran"].flags.f_contiguous
+    with pytest.raises(ValueError, match="compressed member"):
+        language._npz_arrays(compressed.getvalue())
+    with pytest.raises(ValueError, match="array of objects"):
+        language._npz_arrays(objects.getvalue())
+
+
 def test_the_language_model_is_loaded_once_however_many_threads_ask(monkeypatch):
     loads = []
 

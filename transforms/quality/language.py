@@ -42,28 +42,62 @@ def _identifier():
 
 def _load_identifier():
     """py3langid's ``LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)``, with
-    the model decompressed in one call. Its own loader streams the LZMA file in about 700 small
-    reads, and a load on a background thread (:func:`prefetch`) then waits for the GIL after each
-    of them (0.9 s instead of 0.4 s in the demo); one call releases the GIL once for the whole
-    decompression. Same arrays (tests/test_background.py compares them)."""
-    import io
+    the model decompressed in one call and its arrays read in place. Its own loader streams the
+    LZMA file in about 700 small reads, and a load on a background thread (:func:`prefetch`)
+    then waits for the GIL after each of them (0.9 s instead of 0.4 s in the demo); one call
+    releases the GIL once for the whole decompression. The decompressed model is an ``.npz`` of
+    68 MB, whose arrays are then views of it (:func:`_npz_arrays`) instead of copies checked
+    again by zipfile (LZMA checked the bytes already). Same arrays (tests/test_background.py
+    compares them)."""
     import lzma
 
-    import numpy as np
     from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
     from py3langid.modelio import _to_array
 
-    packed = lzma.decompress((MODEL_DIR / MODEL_FILE).read_bytes())
-    with np.load(io.BytesIO(packed), allow_pickle=False) as data:
-        return LanguageIdentifier(
-            np.asarray(data["ptc"]),
-            np.asarray(data["pc"]),
-            data["classes"].tolist(),
-            _to_array(data["nextmove"]),
-            data["out_feat"].tolist(),
-            norm_probs=True,
-            tk_row=_to_array(data["nextmove_row"]),
-        )
+    data = _npz_arrays(lzma.decompress((MODEL_DIR / MODEL_FILE).read_bytes()))
+    return LanguageIdentifier(
+        data["ptc"],
+        data["pc"],
+        data["classes"].tolist(),
+        _to_array(data["nextmove"]),
+        data["out_feat"].tolist(),
+        norm_probs=True,
+        tk_row=_to_array(data["nextmove_row"]),
+    )
+
+
+#: numpy's reader of each ``.npy`` header version.
+_NPY_HEADERS = {(1, 0): "read_array_header_1_0", (2, 0): "read_array_header_2_0"}
+
+
+def _npz_arrays(packed: bytes) -> dict:
+    """The arrays of an uncompressed ``.npz`` (a zip of ``.npy`` files stored as they are), as
+    read-only views of ``packed``: what ``numpy.load`` gives, without copying each member or
+    computing its CRC. A compressed member or an array of objects raises ``ValueError``."""
+    import io
+    import struct
+    import zipfile
+
+    import numpy as np
+
+    arrays = {}
+    with zipfile.ZipFile(io.BytesIO(packed)) as archive:
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"{info.filename}: compressed member of the language model")
+            name_size, extra_size = struct.unpack_from("<HH", packed, info.header_offset + 26)
+            start = info.header_offset + 30 + name_size + extra_size  # after the local file header
+            header = io.BytesIO(packed[start : start + 4096])
+            read_header = _NPY_HEADERS.get(np.lib.format.read_magic(header))
+            if read_header is None:
+                raise ValueError(f"{info.filename}: unknown .npy version in the language model")
+            shape, fortran_order, dtype = getattr(np.lib.format, read_header)(header)
+            if dtype.hasobject:
+                raise ValueError(f"{info.filename}: array of objects in the language model")
+            count = int(np.prod(shape, dtype=np.int64))
+            flat = np.frombuffer(packed, dtype=dtype, count=count, offset=start + header.tell())
+            arrays[info.filename.removesuffix(".npy")] = flat.reshape(shape, order="F" if fortran_order else "C")
+    return arrays
 
 
 def prefetch() -> None:
