@@ -94,6 +94,69 @@ def test_memoized_dofn_specs_are_beams(dofn):
     assert memo(dofn) == expected
 
 
+class _Holder:
+    """Bound methods with and without a state parameter, to put on DoFn objects."""
+
+    def plain(self, element):
+        return element
+
+    def stateful(self, element, count=beam.DoFn.StateParam(_Stateful.COUNT)):  # noqa: B008
+        return element
+
+
+class _WithProperty(beam.DoFn):
+    @property
+    def helper(self):
+        return self.method
+
+    def process(self, element):
+        yield element
+
+
+class _Slotted(beam.DoFn):
+    __slots__ = ("method",)
+
+    def process(self, element):
+        yield element
+
+
+def _with(dofn, **attributes):
+    for name, value in attributes.items():
+        setattr(dofn, name, value)
+    return dofn
+
+
+def _shape_cases():
+    wrap = beam.transforms.core.CallableWrapperDoFn
+    holder = _Holder()
+    return [
+        ("plain", [_Fn(), _Fn(), _with(_Fn(), note="x")]),
+        ("stateful", [_Stateful(), _Stateful()]),
+        ("instance methods", [_with(_Fn(), extra=holder.plain), _with(_Fn(), extra=holder.stateful), _Fn()]),
+        ("hiding the class method", [_with(_Stateful(), process=_plain), _Stateful()]),
+        ("Map and FlatMap", [wrap(_plain), wrap(holder.stateful), wrap(holder.plain), wrap(len), wrap(_plain)]),
+        ("property", [_with(_WithProperty(), method=holder.stateful), _with(_WithProperty(), method=holder.plain)]),
+        ("slots", [_with(_Slotted(), method=holder.stateful), _with(_Slotted(), method=holder.plain)]),
+    ]
+
+
+@pytest.mark.parametrize(("case", "dofns"), _shape_cases(), ids=lambda c: c if isinstance(c, str) else "")
+def test_dofn_specs_memoized_by_shape_are_beams_for_every_object(case, dofns):
+    """Objects of one class share an answer only when :func:`dofn_shape` says they must: each
+    object's answer is Beam's, whatever object of its class was asked first."""
+    from apache_beam.transforms import userstate
+
+    original = getattr(userstate.get_dofn_specs, "__wrapped_original__", userstate.get_dofn_specs)
+    expected = [original(dofn) for dofn in dofns]
+    for order in (dofns, dofns[::-1]):
+        memo = beam_speed.memoized_dofn_specs(original)
+        assert {id(d): memo(d) for d in order} == {id(d): e for d, e in zip(dofns, expected, strict=True)}
+    if case in ("property", "slots"):
+        assert all(beam_speed.dofn_shape(d) is None for d in dofns)
+    if case == "instance methods":
+        assert len({beam_speed.dofn_shape(d) for d in dofns}) == 3 and bool(expected[1][0])
+
+
 def test_memoized_views_share_the_options():
     options = PipelineOptions(["--runner=DirectRunner", "--direct_num_workers=2"])
     original = getattr(PipelineOptions.view_as, "__wrapped_original__", PipelineOptions.view_as)
@@ -169,18 +232,18 @@ def test_report_charts_need_no_matplotlib():
     assert "matplotlib" not in _modules_after(code)
 
 
-def test_bundles_sample_with_a_20_ms_ceiling_so_their_ends_do_not_wait_out_200_ms_sleeps():
+def test_bundles_sample_with_a_2_ms_ceiling_so_their_ends_do_not_wait_out_200_ms_sleeps():
     """A bundle's end joins Beam's state-sampler thread, which sleeps up to its sampling period
-    (Beam's 200 ms). Bundles make their sampler with the default period: it is now 20 ms, and
+    (Beam's 200 ms). Bundles make their sampler with the default period: it is now 2 ms, and
     a period given explicitly is kept."""
     from apache_beam.runners.worker import statesampler
     from apache_beam.utils.counters import CounterFactory
 
     beam_speed.apply()
-    assert statesampler.StateSampler("test", CounterFactory()).sampling_period_ms == 20  # as bundle_processor
+    assert statesampler.StateSampler("test", CounterFactory()).sampling_period_ms == 2  # as bundle_processor
     assert statesampler.StateSampler("test", CounterFactory(), 200).sampling_period_ms == 200
     beam_speed.shorter_sampling_period()  # idempotent
-    assert statesampler.StateSampler("test", CounterFactory()).sampling_period_ms == 20
+    assert statesampler.StateSampler("test", CounterFactory()).sampling_period_ms == 2
 
 
 #: Counts bz2 compressions in a fresh process (Beam's pickler calls ``bz2.compress``).
