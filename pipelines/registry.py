@@ -85,12 +85,15 @@ def resolve_step_type(name: str) -> type[Step]:
     if ":" in name:
         cls = _load(name)
     else:
-        known = available_steps()
-        if name not in known:
-            raise UnknownStepType(
-                f"unknown step type {name!r}; known: {', '.join(sorted(known))}, or 'package.module:Class'"
-            )
-        cls = _load(known[name])
+        target = builtin_steps().get(name)  # built-ins come first: no need to read entry points
+        if target is None:
+            known = available_steps()
+            if name not in known:
+                raise UnknownStepType(
+                    f"unknown step type {name!r}; known: {', '.join(sorted(known))}, or 'package.module:Class'"
+                )
+            target = known[name]
+        cls = _load(target)
     if not (isinstance(cls, type) and issubclass(cls, Step)):
         raise UnknownStepType(f"{name!r} is not a transforms.base.Step subclass")
     return cls

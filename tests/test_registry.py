@@ -57,3 +57,26 @@ def test_listing_steps_imports_none_of_them():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_entry_points_add_steps_but_never_replace_a_builtin_and_builtins_do_not_read_them(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from pipelines import registry
+
+    calls = []
+    plugins = [
+        EntryPoint("my_chat", "transforms.to_chat:ToChat", registry.ENTRY_POINT_GROUP),
+        EntryPoint("read", "transforms.write:Write", registry.ENTRY_POINT_GROUP),
+    ]
+
+    def entry_points(group):
+        calls.append(group)
+        return [ep for ep in plugins if ep.group == group]
+
+    monkeypatch.setattr(registry, "entry_points", entry_points)
+    assert resolve_step_type("read").type_name == "read" and not calls  # a built-in: no entry points read
+    assert resolve_step_type("my_chat").type_name == "to_chat" and calls == [registry.ENTRY_POINT_GROUP]
+    assert registry.available_steps()["read"] == builtin_steps()["read"]
+    with pytest.raises(UnknownStepType, match="my_chat"):
+        resolve_step_type("nope")
