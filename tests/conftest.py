@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+from transforms.derived_cache import CACHE_DIR_VARIABLE
 
 REPO = Path(__file__).resolve().parents[1]
 EXTERNAL = (REPO / ".." / "shared" / "data" / "external").resolve()
@@ -31,3 +35,17 @@ def external_path(*parts: str) -> Path:
 def external():
     """Function returning paths under ../shared/data/external (skip/fail as described above)."""
     return external_path
+
+
+def pytest_configure(config):
+    """The tests (and the processes they start) keep agentmill's derived-data cache in a folder
+    of their own, removed at the end, unless the environment names one."""
+    if CACHE_DIR_VARIABLE not in os.environ:
+        config.agentmill_cache = os.environ[CACHE_DIR_VARIABLE] = tempfile.mkdtemp(prefix="agentmill-test-cache-")
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "agentmill_cache", None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop(CACHE_DIR_VARIABLE, None)

@@ -50,9 +50,18 @@ def test_a_failed_load_is_left_to_the_callers_own_call():
         broken()
 
 
-def test_the_language_model_is_py3langids_own():
+@pytest.mark.parametrize("cache", ["fresh", "cached", "off"])
+def test_the_language_model_is_py3langids_own(tmp_path, monkeypatch, cache):
+    """The same model whether decompressed now (and cached), read back from the cache, or with
+    the cache off."""
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
+    from transforms.derived_cache import CACHE_DIR_VARIABLE
+
+    monkeypatch.setenv(CACHE_DIR_VARIABLE, "" if cache == "off" else str(tmp_path))
+    if cache == "cached":
+        language._load_identifier()
+        assert len(list(tmp_path.iterdir())) == 1
     theirs = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
     ours = language._load_identifier()
     assert np.array_equal(ours.nb_ptc, theirs.nb_ptc) and np.array_equal(ours.nb_pc, theirs.nb_pc)
@@ -60,6 +69,7 @@ def test_the_language_model_is_py3langids_own():
     assert ours.tk_nextmove == theirs.tk_nextmove and ours.tk_row == theirs.tk_row
     texts = ["Where is the nearest train station, please?", "Quelle heure est-il à Paris maintenant ?"]
     assert [ours.classify(t) for t in texts] == [theirs.classify(t) for t in texts]
+    assert len(list(tmp_path.iterdir())) == (0 if cache == "off" else 1)
 
 
 def test_npz_arrays_are_numpys_own_read_in_place():
