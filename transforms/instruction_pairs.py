@@ -36,6 +36,7 @@ one they are filtered ``no_declared_tools``.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Collection, Iterable, Iterator
@@ -628,6 +629,7 @@ class InstructionPairs(Step):
         import apache_beam as beam
 
         from transforms.beam.instruction_pairs import SCREENED, Screen, ScreenedRecordDoFn
+        from transforms.beam.singletons import combined_singleton
         from transforms.spill import Merge
 
         step_id, count = self.context.step_id, self.config.count
@@ -637,19 +639,20 @@ class InstructionPairs(Step):
         )
         screened[MAIN].element_type = SCREENED
         if count == 0:
-            selected = trajectories.pipeline | "NoDraw" >> beam.Create([[]])
+            selected = beam.pvalue.AsSingleton(trajectories.pipeline | "NoDraw" >> beam.Create([[]]))
         else:
-            selected = (
-                screened[RANKS]
-                | "Draw" >> beam.combiners.Top.SmallestPerKey(count)
-                | "Groups" >> beam.combiners.ToDict()
-                | "Keys" >> beam.Map(allocate, count)
+            selected = combined_singleton(
+                screened[RANKS] | "Draw" >> beam.combiners.Top.SmallestPerKey(count),
+                beam.combiners.ToDictCombineFn(),
+                "Groups",
+                then=functools.partial(allocate, count=count),
+                then_label="Keys",
             )
         # The screened trajectories wait for the draw on disk, not in the runner's memory.
         waiting = screened[MAIN] | "AwaitDraw" >> Merge(self.context.spill_dir("records"), SCREENED)
-        outputs = waiting | "Pairs" >> beam.ParDo(
-            ScreenedRecordDoFn(maker, step_id), selected=beam.pvalue.AsSingleton(selected)
-        ).with_outputs(REJECTED, LEDGER, main=MAIN)
+        outputs = waiting | "Pairs" >> beam.ParDo(ScreenedRecordDoFn(maker, step_id), selected=selected).with_outputs(
+            REJECTED, LEDGER, main=MAIN
+        )
         return self._typed(outputs)
 
     @classmethod

@@ -47,6 +47,7 @@ case in ``lineage.derivation`` (``negative:<case>``) and ``metadata["case"]``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import json
 import math
@@ -1298,6 +1299,7 @@ class Negatives(Step):
 
         from transforms.beam.negatives import SmallestPerLabel
         from transforms.beam.records import RecordDoFn
+        from transforms.beam.singletons import combined_singleton
         from transforms.spill import Merge
 
         config, ctx = self.config, self.context
@@ -1330,29 +1332,27 @@ class Negatives(Step):
         ranked = [
             pcoll | f"Rank {name}" >> beam.FlatMap(ranks) for (_, name), pcoll in zip(groups, tagged, strict=True)
         ]
-        selection = (
-            tuple(ranked)
-            | "Ranked" >> beam.Flatten()
-            | "Draw" >> beam.CombineGlobally(SmallestPerLabel(limits))
-            | "Assign" >> beam.Map(assign, cells)
+        selection = combined_singleton(
+            tuple(ranked) | "Ranked" >> beam.Flatten(),
+            SmallestPerLabel(limits),
+            "Draw",
+            then=functools.partial(assign, cells=cells),
+            then_label="Assign",
         )
         tools = [
             pcoll | f"Tools {name}" >> beam.FlatMap(_pool_entries)
             for (g, name), pcoll in zip(groups, tagged, strict=True)
             if g == "agent"
         ] or [tagged[0].pipeline | "NoTools" >> beam.Create([]).with_output_types(beam.typehints.KV[str, str])]
-        pool = (
-            tuple(tools)
-            | "AllTools" >> beam.Flatten()
-            | "OnePerName" >> beam.CombinePerKey(min)
-            | "Pool" >> beam.combiners.ToList()
-            | "Sorted"
-            >> beam.Map(lambda entries: [ToolSpec.model_validate_json(j).model_dump() for _, j in sorted(entries)])
+        pool = combined_singleton(
+            tuple(tools) | "AllTools" >> beam.Flatten() | "OnePerName" >> beam.CombinePerKey(min),
+            beam.combiners.ToListCombineFn(),
+            "Pool",
+            then=lambda entries: [ToolSpec.model_validate_json(j).model_dump() for _, j in sorted(entries)],
+            then_label="Sorted",
         )
         outputs = records | "Build" >> beam.ParDo(
-            RecordDoFn(maker, ctx.step_id),
-            selection=beam.pvalue.AsSingleton(selection),
-            pool=beam.pvalue.AsSingleton(pool),
+            RecordDoFn(maker, ctx.step_id), selection=selection, pool=pool
         ).with_outputs(REJECTED, LEDGER, main=MAIN)
         result = self._typed(outputs)
         if config.responder == "model":

@@ -379,10 +379,12 @@ class _Repartition(beam.DoFn):
 
 
 class SortedPartitions(beam.PTransform):
-    """``(key: bytes, payload: bytes)`` pairs -> ``(groups, count)``: ``count`` is the singleton
-    ``partitions(number of pairs)``, and ``groups`` is ``KV[partition, Iterable[(key,
-    payload)]]``, the pairs of each of the ``count`` partitions sorted (by key, then payload),
-    the partition of a pair being ``partition_of(key, count)``.
+    """``(key: bytes, payload: bytes)`` pairs -> ``(groups, count)``: ``count`` holds
+    ``partitions(number of pairs)`` (nothing when there are no pairs: read it with
+    :meth:`count_view`, which gives ``partitions(0)`` then, without a stage of its own), and
+    ``groups`` is ``KV[partition, Iterable[(key, payload)]]``, the pairs of each of the
+    ``count`` partitions sorted (by key, then payload), the partition of a pair being
+    ``partition_of(key, count)``.
 
     Each bundle's pairs are sorted into runs *before* the count is known (a sort does not need
     it), and the runs count their pairs, so the pairs cross the barrier that waits for the count
@@ -411,17 +413,20 @@ class SortedPartitions(beam.PTransform):
         count = (
             runs
             | "RunSizes" >> beam.Map(lambda run: run[1])
-            | "Count" >> beam.CombineGlobally(sum)
+            | "Count" >> beam.CombineGlobally(sum).without_defaults()
             | "Partitions" >> beam.Map(self.partitions)
         )
         groups = (
             runs
-            | "Repartition"
-            >> beam.ParDo(_Repartition(self.directory, self.partition_of), beam.pvalue.AsSingleton(count))
+            | "Repartition" >> beam.ParDo(_Repartition(self.directory, self.partition_of), self.count_view(count))
             | "GroupRuns" >> beam.GroupByKey()
             | "MergeRuns" >> beam.MapTuple(lambda partition, runs: (partition, MergedRuns(runs)))
         )
         return groups, count
+
+    def count_view(self, count: beam.PCollection) -> beam.pvalue.AsSingleton:
+        """``count`` as a singleton side input: ``partitions(0)`` when there were no pairs."""
+        return beam.pvalue.AsSingleton(count, default_value=self.partitions(0))
 
 
 class SortedGroups(beam.PTransform):

@@ -197,10 +197,9 @@ class Write(Step):
 
             # The rows are sorted into runs on disk while they are counted; the runs (not the
             # rows) wait for the count, and are split by shard once it is known.
-            sorted_shards, counted = rows | "Sort" >> SortedPartitions(
-                self.context.spill_dir("sort"), shard_count, shard_of_key
-            )
-            num_shards = beam.pvalue.AsSingleton(counted)
+            sort = SortedPartitions(self.context.spill_dir("sort"), shard_count, shard_of_key)
+            sorted_shards, counted = rows | "Sort" >> sort
+            num_shards = sort.count_view(counted)
         audit = {} if self.audit_result is None else {"audit": beam.pvalue.AsSingleton(self.audit_result)}
         written = sorted_shards | "WriteShard" >> beam.ParDo(
             WriteShards(self.context.output_dir, shard_schema(), config.batch_rows), num_shards=num_shards, **audit

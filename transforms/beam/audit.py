@@ -11,6 +11,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas import AuditReport, Sample
 from transforms.audit import AuditRow, decode_row, encode_row
+from transforms.beam.singletons import combined_singleton
 from transforms.quality.auditor import Auditor, Pending
 from transforms.spill import Merge
 
@@ -103,5 +104,5 @@ class AuditSamples(beam.PTransform):
             encoded = samples | "Encode" >> beam.Map(encode_row).with_output_types(beam.typehints.Tuple[str, bytes])
             rows = encoded | "AwaitReport" >> Merge(self.spill_dir, beam.typehints.Tuple[str, bytes])
             picked = rows | "Pick" >> beam.FlatMap(_pick, beam.pvalue.AsSingleton(result)).with_output_types(bytes)
-        examples = picked | "Examples" >> beam.combiners.ToList()
-        return result | "Write" >> beam.ParDo(WriteReport(self.auditor, self.path), beam.pvalue.AsSingleton(examples))
+        examples = combined_singleton(picked, beam.combiners.ToListCombineFn(), "Examples")
+        return result | "Write" >> beam.ParDo(WriteReport(self.auditor, self.path), examples)
