@@ -187,11 +187,18 @@ def dofn_shape(dofn: Any) -> Hashable | None:
         return None
 
 
+#: Methods of classes written in C (``object.__repr__``, ...): they bind to built-in methods,
+#: never to ``types.MethodType``, alike for every object.
+_C_METHODS = (types.WrapperDescriptorType, types.MethodDescriptorType, types.ClassMethodDescriptorType)
+
+
 @functools.cache
 def _plain_class(cls: type) -> bool:
     """Whether every attribute of ``cls`` is the same for all its objects: no ``__getattr__``,
     ``__getattribute__`` or ``__dir__`` of its own, no slots, and no descriptors but functions,
-    static and class methods, and the properties of Beam's ``DoFn`` (which give booleans)."""
+    static and class methods, methods written in C, the instance's ``__dict__``,
+    ``__weakref__`` and ``__class__``, and the properties of Beam's ``DoFn`` (which give
+    booleans)."""
     from apache_beam.transforms.core import DoFn
 
     if cls.__getattribute__ is not object.__getattribute__ or cls.__dir__ is not object.__dir__:
@@ -200,9 +207,9 @@ def _plain_class(cls: type) -> bool:
         return False
     for klass in cls.__mro__:
         for name, value in vars(klass).items():
-            if name.startswith("__") and name.endswith("__"):
+            if name in ("__dict__", "__weakref__", "__class__"):  # the instance's dict, weak references, type
                 continue
-            if isinstance(value, (types.FunctionType, staticmethod, classmethod)):
+            if isinstance(value, (types.FunctionType, staticmethod, classmethod, *_C_METHODS)):
                 continue
             if isinstance(value, property) and klass is DoFn:
                 continue

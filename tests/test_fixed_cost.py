@@ -113,6 +113,16 @@ class _WithProperty(beam.DoFn):
         yield element
 
 
+class _DunderProperty(beam.DoFn):
+    """A property under a dunder name (``dir`` lists it like any other) whose bound method
+    depends on a plain instance attribute."""
+
+    __helper__ = property(lambda self: getattr(_Holder(), self.which))
+
+    def process(self, element):
+        yield element
+
+
 class _Slotted(beam.DoFn):
     __slots__ = ("method",)
 
@@ -136,6 +146,7 @@ def _shape_cases():
         ("hiding the class method", [_with(_Stateful(), process=_plain), _Stateful()]),
         ("Map and FlatMap", [wrap(_plain), wrap(holder.stateful), wrap(holder.plain), wrap(len), wrap(_plain)]),
         ("property", [_with(_WithProperty(), method=holder.stateful), _with(_WithProperty(), method=holder.plain)]),
+        ("dunder property", [_with(_DunderProperty(), which=name) for name in ("plain", "stateful")]),
         ("slots", [_with(_Slotted(), method=holder.stateful), _with(_Slotted(), method=holder.plain)]),
     ]
 
@@ -151,7 +162,7 @@ def test_dofn_specs_memoized_by_shape_are_beams_for_every_object(case, dofns):
     for order in (dofns, dofns[::-1]):
         memo = beam_speed.memoized_dofn_specs(original)
         assert {id(d): memo(d) for d in order} == {id(d): e for d, e in zip(dofns, expected, strict=True)}
-    if case in ("property", "slots"):
+    if case in ("property", "dunder property", "slots"):
         assert all(beam_speed.dofn_shape(d) is None for d in dofns)
     if case == "instance methods":
         assert len({beam_speed.dofn_shape(d) for d in dofns}) == 3 and bool(expected[1][0])
