@@ -48,7 +48,7 @@ from collections.abc import Callable
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 
-from transforms.deferred_imports import StandIn
+from transforms.deferred_imports import StandIn, import_with_stand_ins
 
 PANDAS_CONVERTERS = "apache_beam.typehints.pandas_type_compatibility"
 TEXTIO = "apache_beam.io.textio"
@@ -75,18 +75,13 @@ def import_beam() -> None:
         hidden = [name for name in ("pandas", "pymongo", "bson") if name not in sys.modules]
         beartype = {} if "beartype" in sys.modules else _beartype_stand_ins()
         deferred = {name: StandIn(name, _IMPORT_LOCK) for name in DEFERRED_MODULES if name not in sys.modules}
-        window: dict[str, ModuleType | None] = {**dict.fromkeys(hidden), **beartype, **deferred}
         mongo_log = logging.getLogger(MONGODBIO)
         was_disabled = mongo_log.disabled
-        sys.modules.update(window)  # type: ignore[arg-type]  # None makes `import <name>` raise ImportError
         mongo_log.disabled = "pymongo" in hidden  # Beam's warning about the pymongo it cannot see
-        try:
-            import apache_beam  # noqa: F401
+        try:  # a hidden module is None in sys.modules: importing it raises ImportError
+            import_with_stand_ins("apache_beam", {**dict.fromkeys(hidden), **beartype, **deferred}, _IMPORT_LOCK)
         finally:
             mongo_log.disabled = was_disabled
-            for name, module in window.items():
-                if name in sys.modules and sys.modules[name] is module:
-                    del sys.modules[name]
     if "pandas" in hidden and PANDAS_CONVERTERS not in sys.modules:  # else pandas came another way
         for name in TEXTIO_PANDAS_TRANSFORMS:
             _set_textio_transform(name, _importing_pandas_first(name))

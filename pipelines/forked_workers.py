@@ -241,11 +241,7 @@ def workers_here(runner: Any, options: Any) -> bool:
     """Whether a run of ``runner`` has its workers in this process (the FnApiRunner in memory
     or on threads) or forked from it by :func:`forked_workers`: what this process loads before
     the run, its workers then have."""
-    from apache_beam.options.pipeline_options import DirectOptions
-
-    if not isinstance(runner, FnApiRunner):
-        return False
-    return options.view_as(DirectOptions).direct_running_mode != "multi_processing" or _forks(runner, options)
+    return workers_in_process(runner, options) or _forks(runner, options)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,8 @@ run may never call (datasketch imports ``scipy.integrate`` for ``quad``; Beam im
 ``requests`` and ``httplib2`` for GCE metadata and staging). A :class:`StandIn` takes the
 dependency's place in ``sys.modules`` while the package imports (its *window*, under ``lock``)
 and is removed right after, so the package's module holds the stand-in and everyone else who
-imports the dependency later gets the real one.
+imports the dependency later gets the real one. :func:`import_with_stand_ins` opens the window;
+it also takes ``None`` for a module the package should import as if it were not installed.
 
 Guarantees of a stand-in for module ``name``:
 
@@ -25,7 +26,7 @@ import importlib
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 
@@ -59,20 +60,20 @@ class StandIn(types.ModuleType):
         return forward
 
 
-def import_with_stand_ins(package: str, stand_ins: Iterable[StandIn], lock: threading.RLock) -> None:
-    """Import ``package`` with ``stand_ins`` in ``sys.modules`` for the time of its import (the
-    window, under ``lock``); a stand-in whose module is already imported is not used. Each
-    stand-in still in ``sys.modules`` afterwards is removed."""
+def import_with_stand_ins(package: str, window: Mapping[str, types.ModuleType | None], lock: threading.RLock) -> None:
+    """Import ``package`` with ``window`` in ``sys.modules`` for the time of its import (under
+    ``lock``): each name maps to a stand-in, or to ``None``, which makes importing that name raise
+    ``ImportError`` (the package then imports as if it were not installed). Names already
+    imported are left as they are. Each entry still in ``sys.modules`` afterwards is removed."""
     with lock:
-        used = [s for s in stand_ins if s.__name__ not in sys.modules]
-        for stand_in in used:
-            sys.modules[stand_in.__name__] = stand_in
+        used = {name: module for name, module in window.items() if name not in sys.modules}
+        sys.modules.update(used)  # type: ignore[arg-type]
         try:
             importlib.import_module(package)
         finally:
-            for stand_in in used:
-                if sys.modules.get(stand_in.__name__) is stand_in:
-                    del sys.modules[stand_in.__name__]
+            for name, module in used.items():
+                if name in sys.modules and sys.modules[name] is module:
+                    del sys.modules[name]
 
 
 __all__ = ["StandIn", "import_with_stand_ins"]

@@ -84,7 +84,7 @@ def _minhash_class() -> type:
     there is nothing to save; when scipy.integrate is, a plain import.
     """
     if "datasketch" not in sys.modules:
-        import_with_stand_ins("datasketch", [_stand_in()], _IMPORT_LOCK)
+        import_with_stand_ins("datasketch", {"scipy.integrate": _stand_in()}, _IMPORT_LOCK)
     from datasketch import MinHash
 
     return MinHash
